@@ -1,0 +1,171 @@
+"""Gate math for the Numba kernels, one row (one batch element, one step) at a time.
+
+Names match the CUDA header (``csrc/cell_math.cuh``) so the two read side by side. Loops are kept
+simple so LLVM vectorises them. float32 uses a SIMD-friendly ``exp`` (Cody-Waite reduction + Cephes
+polynomial, <2 ulp) because Numba has no vector math library here and scalar ``expf`` calls run ~10x
+slower; float64 uses libm for reference-grade accuracy.
+"""
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# No 'nnan'/'ninf'/'reassoc': NaN in a real step must still propagate, and the exp reduction needs
+# its operations in order.
+FASTMATH = {"contract", "arcp", "nsz", "afn"}
+JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+_OPTS = dict(fastmath=FASTMATH, error_model="numpy")
+INLINE = dict(_OPTS, inline="always")
+
+
+@intrinsic
+def _bits_to_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(**INLINE)
+def _exp_f32(x):
+    # Clamp written so that NaN falls through both tests and propagates.
+    x = np.float32(-87.0) if x < np.float32(-87.0) else x
+    x = np.float32(88.0) if x > np.float32(88.0) else x
+    ni = np.int32(x * np.float32(1.44269504) + np.float32(128.5)) - np.int32(128)
+    n = np.float32(ni)
+    r = x - n * np.float32(0.693359375)
+    r = r - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _bits_to_float32((ni + np.int32(127)) << np.int32(23))
+
+
+@njit(**INLINE)
+def _tanh_f32(x):
+    # Cephes tanhf: odd polynomial near 0 keeps the relative error small, 1 - 2/(e^2x + 1) elsewhere.
+    z = x * x
+    p = np.float32(-5.70498872745e-3)
+    p = p * z + np.float32(2.06390887954e-2)
+    p = p * z + np.float32(-5.37397155531e-2)
+    p = p * z + np.float32(1.33314422036e-1)
+    p = p * z + np.float32(-3.33332819422e-1)
+    small = x + x * z * p
+    e = _exp_f32(np.float32(2.0) * x)
+    large = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
+    return small if abs(x) < np.float32(0.625) else large
+
+
+def sigmoid(x):
+    """Logistic sigmoid of a scalar (Numba only)."""
+
+
+def tanh(x):
+    """Hyperbolic tangent of a scalar (Numba only)."""
+
+
+@overload(sigmoid, jit_options=_OPTS)
+def _sigmoid(x):
+    if x == types.float32:
+        return lambda x: np.float32(1.0) / (np.float32(1.0) + _exp_f32(-x))
+    return lambda x: 1.0 / (1.0 + math.exp(-x))
+
+
+@overload(tanh, jit_options=_OPTS)
+def _tanh(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@njit(**INLINE)
+def carry_row(t, b, zero_output, out, hs, cs):
+    """A padded step (b, t): states carried; output 0 or the previous step's output."""
+    hs[t + 1, b] = hs[t, b]
+    if cs is not None:
+        cs[t + 1, b] = cs[t, b]
+    if zero_output or t == 0:
+        out[t, b] = 0
+    else:
+        out[t, b] = out[t - 1, b]
+
+
+@njit(**INLINE)
+def carry_row_grad(t, b, zero_output, d_out, d_carry):
+    """Backward of carry_row for the output: its gradient flows to out[t-1, b] unless out was 0."""
+    if zero_output or t == 0:
+        d_carry[b] = 0
+    else:
+        d_carry[b] += d_out[t, b]
+
+
+@njit(**INLINE)
+def lstm_cell_fwd(g, u, c_prev, c_new, h_new, H):
+    """g: x_t W + b (4H,) becomes the activations (i, f, c~, o); u: h_{t-1} U (4H,)."""
+    for j in range(4 * H):
+        g[j] += u[j]
+    for j in range(2 * H):
+        g[j] = sigmoid(g[j])
+    for j in range(2 * H, 3 * H):
+        g[j] = tanh(g[j])
+    for j in range(3 * H, 4 * H):
+        g[j] = sigmoid(g[j])
+    for j in range(H):
+        c = g[H + j] * c_prev[j] + g[j] * g[2 * H + j]
+        c_new[j] = c
+        h_new[j] = g[3 * H + j] * tanh(c)
+
+
+@njit(**INLINE)
+def lstm_cell_bwd(a, c_prev, c_new, dh, dc, dg, H):
+    """a: activations (i, f, c~, o); dh: total gradient of h_t; dc (in: of c_t, out: of c_{t-1});
+    dg (4H,) written: gradient of the pre-activations."""
+    for j in range(H):
+        i = a[j]
+        f = a[H + j]
+        cc = a[2 * H + j]
+        o = a[3 * H + j]
+        tc = tanh(c_new[j])
+        dct = dc[j] + dh[j] * o * (1 - tc * tc)
+        dg[j] = dct * cc * i * (1 - i)
+        dg[H + j] = dct * c_prev[j] * f * (1 - f)
+        dg[2 * H + j] = dct * i * (1 - cc * cc)
+        dg[3 * H + j] = dh[j] * tc * o * (1 - o)
+        dc[j] = dct * f
+
+
+@njit(**INLINE)
+def gru_gates_zr(g, u, b_rec, H):
+    """z and r in place in g[:2H]: g = x_t W + b_in, u = h_{t-1} U_zr, b_rec the recurrent bias."""
+    for j in range(2 * H):
+        g[j] = sigmoid(g[j] + u[j] + b_rec[j])
+
+
+@njit(**INLINE)
+def gru_cell_fwd(g, hr_term, h_prev, h_new, H):
+    """g: (z, r, x_t W_h + b_h) -> (z, r, h~); hr_term: the reset-gated recurrent term added to the
+    candidate ((r) * (h U_h + b_rec_h) when reset_after, else (r*h) U_h)."""
+    for j in range(H):
+        hh = tanh(g[2 * H + j] + hr_term[j])
+        g[2 * H + j] = hh
+        z = g[j]
+        h_new[j] = z * h_prev[j] + (1 - z) * hh
+
+
+@njit(**INLINE)
+def gru_cell_bwd(a, h_prev, dh, dg, H):
+    """a: (z, r, h~); dh: total gradient of h_t. Writes dg = (d z_pre, d r (not yet through sigmoid),
+    d h~_pre) and returns nothing; dh becomes the direct part dh * z of the gradient of h_{t-1}."""
+    for j in range(H):
+        z = a[j]
+        hh = a[2 * H + j]
+        dg[j] = dh[j] * (h_prev[j] - hh) * z * (1 - z)
+        dg[2 * H + j] = dh[j] * (1 - z) * (1 - hh * hh)
+        dh[j] = dh[j] * z

@@ -1,0 +1,74 @@
+"""LSTM scans on the CPU: masked and packed, forward and backward (contract in maskrnn/_scan.py).
+
+One jitted call runs the whole sequence: per step, one BLAS GEMM (h @ U over the rows that are computed)
+and the fused gate math of ``cells``. The masked and packed variants share one body: the packed kernels
+pass ``mask=None`` (Numba prunes the test) and compute only the prefix ``[0, batch_sizes[t])``.
+"""
+
+import numpy as np
+from numba import njit
+
+from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd
+
+
+@njit(**JIT)
+def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
+    T, B, G = gx.shape
+    H = G // 4
+    u = np.empty((B, G), gx.dtype)
+    for t in range(T):
+        n = batch_sizes[t]
+        if n > 0:
+            np.dot(hs[t, :n], U, u[:n])
+        for b in range(B):
+            if b < n and (mask is None or mask[t, b]):
+                lstm_cell_fwd(gx[t, b], u[b], cs[t, b], cs[t + 1, b], hs[t + 1, b], H)
+                out[t, b] = hs[t + 1, b]
+            else:
+                carry_row(t, b, zero_output, out, hs, cs)
+
+
+@njit(**JIT)
+def _lstm_bwd(gx, U, mask, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx):
+    T, B, G = gx.shape
+    H = G // 4
+    Ut = np.ascontiguousarray(U.T)
+    d_carry = np.zeros((B, H), gx.dtype)
+    dht = np.empty(H, gx.dtype)
+    dh_prev = np.empty((B, H), gx.dtype)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        for b in range(B):
+            if b < n and (mask is None or mask[t, b]):
+                for j in range(H):
+                    dht[j] = dh[b, j] + d_out[t, b, j] + d_carry[b, j]
+                    d_carry[b, j] = 0
+                lstm_cell_bwd(gx[t, b], cs[t, b], cs[t + 1, b], dht, dc[b], dgx[t, b], H)
+            else:
+                dgx[t, b] = 0
+                carry_row_grad(t, b, zero_output, d_out, d_carry)
+        if n > 0:
+            np.dot(dgx[t, :n], Ut, dh_prev[:n])
+        for b in range(n):
+            if mask is None or mask[t, b]:
+                dh[b] = dh_prev[b]
+
+
+def _full(T, B):
+    return np.full(T, B, np.int32)
+
+
+def lstm_masked_fwd(gx, U, mask, zero_output, out, hs, cs):
+    _lstm_fwd(gx, U, mask, _full(*mask.shape), zero_output, out, hs, cs)
+
+
+def lstm_packed_fwd(gx, U, batch_sizes, zero_output, out, hs, cs):
+    _lstm_fwd(gx, U, None, batch_sizes, zero_output, out, hs, cs)
+
+
+def lstm_masked_bwd(gx, U, mask, zero_output, hs, cs, d_out, dh, dc, dgx):
+    _lstm_bwd(gx, U, mask, _full(*mask.shape), zero_output, hs, cs, d_out, dh, dc, dgx)
+
+
+def lstm_packed_bwd(gx, U, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx):
+    _lstm_bwd(gx, U, None, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx)

@@ -1,0 +1,207 @@
+"""The one dispatcher: validates every argument once, picks the device from the inputs, puts the problem in
+scan layout (time-major, go_backwards applied, rows sorted for the packed kernels, padded inputs zeroed),
+runs the shared driver (``_scan``) with that device's kernels and returns results in the caller's layout.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from . import _scan
+from ._validate import Problem, validate
+
+LSTMGrads = namedtuple("LSTMGrads", "x kernel recurrent_kernel bias h0 c0")
+LSTMGrads.__doc__ = "Gradients from ``lstm_vjp``'s pullback, each shaped like its argument (bias: None if absent)."
+GRUGrads = namedtuple("GRUGrads", "x kernel recurrent_kernel bias h0")
+GRUGrads.__doc__ = "Gradients from ``gru_vjp``'s pullback, each shaped like its argument (bias: None if absent)."
+
+
+def _engine(device):
+    if device == "cpu":
+        from . import _cpu
+
+        return np, _cpu
+    try:
+        from . import _cuda
+    except ImportError as e:
+        raise RuntimeError(f"maskrnn: the CUDA engine cannot be loaded ({e})") from e
+    ok, why = _cuda.available()
+    if not ok:
+        raise RuntimeError(f"maskrnn: device 'cuda' requested but {why}")
+    import cupy
+
+    return cupy, _cuda
+
+
+def make_plan(xp, mask):
+    """mask (T,B) bool in scan order -> Plan. Rows that are each one run of real steps touching the end
+    (post-padded) or the start (pre-padded) of the scan take the packed kernels; anything else the masked."""
+    T, B = mask.shape
+    if T > 1:
+        ups = mask[1:] & ~mask[:-1]
+        downs = mask[:-1] & ~mask[1:]
+        post, pre = not bool(ups.any()), not bool(downs.any())
+    else:
+        post, pre = True, False
+    if not (post or pre):
+        return _scan.Plan(mask=mask)
+    lengths = np.asarray(mask.sum(axis=0).get() if xp is not np else mask.sum(axis=0), np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    steps = np.arange(T)
+    if post:
+        batch_sizes = (lengths[None, :] > steps[:, None]).sum(axis=1)
+    else:
+        batch_sizes = (lengths[None, :] >= T - steps[:, None]).sum(axis=1)
+    plan = _scan.Plan(mask=mask, batch_sizes=batch_sizes.astype(np.int32))
+    if np.any(order != np.arange(B)):
+        plan.order = xp.asarray(order)
+        plan.inverse = xp.asarray(np.argsort(order))
+        plan.mask = mask[:, plan.order]
+    return plan
+
+
+class _Layout:
+    """Moves arrays between the caller's layout and the scan layout for one call."""
+
+    def __init__(self, xp, p: Problem):
+        self.xp, self.p = xp, p
+        self.plan = make_plan(xp, self._to_scan_time(p.mask_tm))
+
+    def _to_scan_time(self, a):
+        return a[::-1] if self.p.go_backwards else a
+
+    def rows(self, a, axis=0):
+        """Permute batch rows into plan order (a copy, C-contiguous)."""
+        if self.plan.order is not None:
+            a = self.xp.take(a, self.plan.order, axis=axis)
+        return self.xp.ascontiguousarray(a)
+
+    def unrows(self, a, axis=0):
+        if self.plan.order is not None:
+            a = self.xp.take(a, self.plan.inverse, axis=axis)
+        return a
+
+    def seq_in(self, a, time_major, flip):
+        """Caller's (B,T,F) or (T,B,F) -> scan (T,B,F)."""
+        a = a if time_major else a.transpose(1, 0, 2)
+        return self.rows(a[::-1] if flip else a, axis=1)
+
+    def seq_out(self, a, flip):
+        a = self.unrows(a, axis=1)
+        a = a[::-1] if flip else a
+        return self.xp.ascontiguousarray(a if self.p.time_major else a.transpose(1, 0, 2))
+
+    def inputs(self):
+        p, xp = self.p, self.xp
+        x = self.seq_in(p.x, p.time_major, p.go_backwards)
+        # Padded steps are zeroed so NaN/Inf there reach no GEMM, output or gradient.
+        return xp.where(self.plan.mask[:, :, None], x, 0)
+
+
+def _run(cell, args, kwargs, training):
+    p = validate(cell, args, kwargs)
+    xp, K = _engine(p.device)
+    lay = _Layout(xp, p)
+    plan, H = lay.plan, p.units
+    x = lay.inputs()
+    h0 = lay.rows(p.h0)
+    if cell == "lstm":
+        c0 = lay.rows(p.c0)
+        out, h, c, tape = _scan.lstm_forward(xp, K, x, p.kernel, p.recurrent_kernel, p.bias, h0, c0, plan,
+                                             p.zero_output_for_mask)
+        results = (lay.seq_out(out, False), lay.unrows(h), lay.unrows(c))
+    else:
+        b_in, b_rec = p.bias_in_rec(xp)
+        out, h, tape = _scan.gru_forward(xp, K, x, p.kernel, p.recurrent_kernel, b_in, b_rec, h0,
+                                         p.reset_after, plan, p.zero_output_for_mask)
+        results = (lay.seq_out(out, False), lay.unrows(h))
+    if not training:
+        return results
+
+    def grad_in(d, shape):
+        if d is None:
+            return None
+        d = xp.asarray(d, dtype=p.dtype)
+        if d.shape != shape:
+            raise ValueError(f"upstream gradient has shape {d.shape}, expected {shape}")
+        return d
+
+    def pullback(d_outputs=None, d_h=None, d_c=None):
+        d_out = grad_in(d_outputs, results[0].shape)
+        d_out = None if d_out is None else lay.seq_in(d_out, p.time_major, False)
+        d_h = grad_in(d_h, (p.batch, H))
+        d_h = None if d_h is None else lay.rows(d_h)
+        if cell == "lstm":
+            d_c = grad_in(d_c, (p.batch, H))
+            d_c = None if d_c is None else lay.rows(d_c)
+            dx, dW, dU, db, dh0, dc0 = _scan.lstm_backward(xp, K, plan, p.zero_output_for_mask, tape, d_out,
+                                                           d_h, d_c)
+            return LSTMGrads(lay.seq_out(dx, p.go_backwards), dW, dU, db if p.has_bias else None,
+                             lay.unrows(dh0), lay.unrows(dc0))
+        if d_c is not None:
+            raise TypeError("gru pullback takes no d_c: a GRU has no cell state")
+        dx, dW, dU, db_in, db_rec, dh0 = _scan.gru_backward(xp, K, plan, p.zero_output_for_mask,
+                                                            p.reset_after, tape, d_out, d_h)
+        db = None
+        if p.has_bias:
+            db = xp.stack([db_in, db_rec]) if p.reset_after else db_in
+        return GRUGrads(lay.seq_out(dx, p.go_backwards), dW, dU, db, lay.unrows(dh0))
+
+    if cell == "gru":
+        return results, lambda d_outputs=None, d_h=None: pullback(d_outputs, d_h)
+    return results, pullback
+
+
+_DOC_ARGS = """
+    x: (B,T,I) (or (T,B,I) with time_major) float array; NumPy runs on the CPU, CuPy (or any
+        __cuda_array_interface__ / CUDA __dlpack__ object) on the GPU.
+    kernel: (I,GH); recurrent_kernel: (H,GH); bias: Keras layout (see SPEC.md section 1) or None.
+    mask: (B,T) bool, True = real step; or lengths: (B,) ints in [0, T] (post-padding). Not both.
+    initial_state: zeros when None.
+    go_backwards: scan from the last step; outputs come back in processing (reversed) order, as Keras.
+    zero_output_for_mask: outputs at masked steps are 0 instead of the previous step's output.
+    device: "cpu" or "cuda" to override the inputs' device (also MASKRNN_DEVICE).
+"""
+
+
+def lstm(x, kernel, recurrent_kernel, bias=None, *, mask=None, lengths=None, initial_state=None,
+         go_backwards=False, zero_output_for_mask=False, time_major=False, device=None):
+    return _run("lstm", (x, kernel, recurrent_kernel, bias), dict(
+        mask=mask, lengths=lengths, initial_state=initial_state, go_backwards=go_backwards,
+        zero_output_for_mask=zero_output_for_mask, time_major=time_major, device=device), training=False)
+
+
+def lstm_vjp(x, kernel, recurrent_kernel, bias=None, *, mask=None, lengths=None, initial_state=None,
+             go_backwards=False, zero_output_for_mask=False, time_major=False, device=None):
+    return _run("lstm", (x, kernel, recurrent_kernel, bias), dict(
+        mask=mask, lengths=lengths, initial_state=initial_state, go_backwards=go_backwards,
+        zero_output_for_mask=zero_output_for_mask, time_major=time_major, device=device), training=True)
+
+
+def gru(x, kernel, recurrent_kernel, bias=None, *, reset_after=True, mask=None, lengths=None,
+        initial_state=None, go_backwards=False, zero_output_for_mask=False, time_major=False, device=None):
+    return _run("gru", (x, kernel, recurrent_kernel, bias), dict(
+        reset_after=reset_after, mask=mask, lengths=lengths, initial_state=initial_state,
+        go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask, time_major=time_major,
+        device=device), training=False)
+
+
+def gru_vjp(x, kernel, recurrent_kernel, bias=None, *, reset_after=True, mask=None, lengths=None,
+            initial_state=None, go_backwards=False, zero_output_for_mask=False, time_major=False, device=None):
+    return _run("gru", (x, kernel, recurrent_kernel, bias), dict(
+        reset_after=reset_after, mask=mask, lengths=lengths, initial_state=initial_state,
+        go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask, time_major=time_major,
+        device=device), training=True)
+
+
+lstm.__doc__ = f"""LSTM over a masked batch (Keras semantics). Returns (outputs (B,T,H), h_T (B,H), c_T (B,H)).
+
+    initial_state: (h0, c0), each (B,H). G = 4 (gates i, f, c, o).{_DOC_ARGS}"""
+lstm_vjp.__doc__ = """``lstm`` that keeps what backward needs. Returns ((outputs, h_T, c_T), pullback);
+    ``pullback(d_outputs=None, d_h=None, d_c=None)`` -> LSTMGrads (None upstream = zero; callable again)."""
+gru.__doc__ = f"""GRU over a masked batch (Keras semantics). Returns (outputs (B,T,H), h_T (B,H)).
+
+    reset_after: Keras's variant switch (True = PyTorch/cuDNN style, bias (2,3H)); bias (3H,) when False.
+    initial_state: h0 (B,H) (or [h0]). G = 3 (gates z, r, h).{_DOC_ARGS}"""
+gru_vjp.__doc__ = """``gru`` that keeps what backward needs. Returns ((outputs, h_T), pullback);
+    ``pullback(d_outputs=None, d_h=None)`` -> GRUGrads (None upstream = zero; callable again)."""

@@ -1,0 +1,75 @@
+"""Shared fixtures: one tolerance table, the device fixture (CPU always, CUDA when present), random data."""
+
+import numpy as np
+import pytest
+
+import maskrnn
+
+# Relative error bound (max |ours - reference| / max |reference|) per dtype.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": 2e-2, "bfloat16": 5e-2}
+
+
+def cuda_skip_reason():
+    info = maskrnn.info()
+    if not info["cuda_extension"]:
+        return "maskrnn was built without CUDA (nvcc not found at install time)"
+    if not info["gpus"]:
+        return "no CUDA GPU visible"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "cupy is not installed (pip install maskrnn[gpu])"
+    return None
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    if request.param == "cuda":
+        reason = cuda_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    return request.param
+
+
+def to_device(a, device):
+    if a is None or device == "cpu":
+        return a
+    import cupy
+
+    return cupy.asarray(a)
+
+
+def to_host(a):
+    if a is None:
+        return None
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def rel_err(ours, ref):
+    ours, ref = to_host(ours).astype(np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape
+    return float(np.max(np.abs(ours - ref), initial=0.0) / max(np.max(np.abs(ref), initial=0.0), 1e-30))
+
+
+def make_mask(rng, kind, B, T):
+    """(B,T) bool masks of each kind the kernels must handle."""
+    lengths = rng.integers(0, T + 1, B)
+    if kind == "none":
+        return None
+    if kind == "post":
+        return np.arange(T)[None, :] < lengths[:, None]
+    if kind == "pre":
+        return np.arange(T)[None, :] >= (T - lengths)[:, None]
+    if kind == "holes":
+        m = rng.random((B, T)) > 0.3
+        m[0] = False  # one all-masked row
+        return m
+    if kind == "empty":
+        return np.zeros((B, T), bool)
+    raise ValueError(kind)
+
+
+@pytest.fixture
+def rng(request):
+    # Fresh data per test, reproducible from the test id.
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
