@@ -77,6 +77,8 @@ def _choose_device(named, device):
 
 
 def _to_device(a, device, name):
+    if _where(a) is None:  # lists and scalars: converted with the problem's dtype in _array
+        return a
     if device == "cpu":
         if _where(a) == "cuda":
             if hasattr(a, "get"):
@@ -128,6 +130,8 @@ def validate(cell, args, kw) -> Problem:
     arrs = {n: (None if a is None else _to_device(a, device, n)) for n, a in named.items()}
 
     x = arrs["x"]
+    if not hasattr(x, "dtype"):
+        x = xp.asarray(x, dtype=np.float32)
     if x.dtype.kind != "f" and str(x.dtype) != "bfloat16":
         raise TypeError(f"x must be a floating-point array (float32 or float64), got dtype {x.dtype}")
     if device == "cpu" and x.dtype not in CPU_DTYPES:

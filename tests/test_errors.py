@@ -1,0 +1,95 @@
+"""Every bad input raises ValueError/TypeError (or RuntimeError for an unavailable device) naming the
+argument and what was expected."""
+
+import re
+
+import numpy as np
+import pytest
+
+import maskrnn
+
+B, T, I, H = 2, 3, 4, 5
+
+
+def lstm_args():
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype("float32")  # noqa: E731
+    return dict(x=f(B, T, I), kernel=f(I, 4 * H), recurrent_kernel=f(H, 4 * H), bias=f(4 * H))
+
+
+def call(op="lstm", **changes):
+    a = lstm_args()
+    if op == "gru":
+        a.update(kernel=a["kernel"][:, : 3 * H], recurrent_kernel=a["recurrent_kernel"][:, : 3 * H],
+                 bias=np.zeros((2, 3 * H), "float32"))
+    a.update(changes)
+    fn = maskrnn.lstm if op == "lstm" else maskrnn.gru
+    return fn(a.pop("x"), a.pop("kernel"), a.pop("recurrent_kernel"), a.pop("bias"), **a)
+
+
+CASES = [
+    (dict(x=np.zeros((B, T), "float32")), ValueError, "x must be 3-D"),
+    (dict(x=np.zeros((B, 0, I), "float32")), ValueError, "no time steps"),
+    (dict(x=np.zeros((B, T, I), "int32")), TypeError, "x must be a floating-point"),
+    (dict(x=np.zeros((B, T, I), "float16")), TypeError, "float16"),
+    (dict(kernel=np.zeros((I + 1, 4 * H), "float32")), ValueError, "kernel must have shape"),
+    (dict(kernel=np.zeros((I, 4 * H + 1), "float32")), ValueError, "kernel must have shape"),
+    (dict(kernel=np.zeros((I, 4 * H), "float64")), TypeError, "kernel has dtype float64"),
+    (dict(recurrent_kernel=np.zeros((H, 3 * H), "float32")), ValueError, "recurrent_kernel must have shape"),
+    (dict(bias=np.zeros(3 * H, "float32")), ValueError, "bias must have shape"),
+    (dict(mask=np.ones((B, T), "int8")), TypeError, "mask must be a boolean"),
+    (dict(mask=np.ones((B, T + 1), bool)), ValueError, "mask must have shape"),
+    (dict(lengths=np.array([1, 4])), ValueError, "lengths must lie in [0, T]"),
+    (dict(lengths=np.array([-1, 2])), ValueError, "lengths must lie in [0, T]"),
+    (dict(lengths=np.array([1.0, 2.0])), TypeError, "lengths must be an integer"),
+    (dict(lengths=np.array([1, 2, 3])), ValueError, "lengths must have shape"),
+    (dict(lengths=np.array([1, 2]), mask=np.ones((B, T), bool)), ValueError, "either mask or lengths"),
+    (dict(initial_state=np.zeros((B, H), "float32")), ValueError, "pair (h0, c0)"),
+    (dict(initial_state=(np.zeros((B, H + 1), "float32"), np.zeros((B, H), "float32"))), ValueError,
+     "initial_state h0 must have shape"),
+    (dict(initial_state=(np.zeros((B, H), "float32"), np.zeros((B, H), "float64"))), TypeError,
+     "initial_state c0 has dtype"),
+    (dict(device="tpu"), ValueError, "device must be 'cpu' or 'cuda'"),
+]
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), CASES)
+def test_bad_lstm_input(changes, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call(**changes)
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), [
+    (dict(bias=np.zeros(3 * H, "float32")), ValueError, "bias must have shape (2, 15)"),
+    (dict(bias=np.zeros((2, 3 * H), "float32"), reset_after=False), ValueError, "bias must have shape (15,)"),
+    (dict(initial_state=[np.zeros((B, H), "float32")] * 2), ValueError, "h0 (B, units) or [h0]"),
+])
+def test_bad_gru_input(changes, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call("gru", **changes)
+
+
+def test_env_device_checked(monkeypatch):
+    monkeypatch.setenv("MASKRNN_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="MASKRNN_DEVICE must be"):
+        call()
+
+
+def test_cuda_without_engine_says_why():
+    if maskrnn.info()["gpus"]:
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="cuda"):
+        call(device="cuda")
+
+
+def test_bad_upstream_gradient_shape():
+    a = lstm_args()
+    _, pullback = maskrnn.lstm_vjp(a.pop("x"), a.pop("kernel"), a.pop("recurrent_kernel"), a.pop("bias"))
+    with pytest.raises(ValueError, match="upstream gradient has shape"):
+        pullback(np.zeros((B, T, H + 1), "float32"))
+
+
+def test_lists_take_the_dtype_of_x():
+    a = lstm_args()
+    out, _, _ = maskrnn.lstm(a["x"], a["kernel"].tolist(), a["recurrent_kernel"], a["bias"].tolist())
+    assert out.dtype == np.float32
