@@ -25,6 +25,7 @@ and ``out[t, b] = 0 if zero_output or t == 0 else out[t - 1, b]``.
   there is none; unused when not reset_after, where the whole bias is in gx). hr (T,B,H) written:
   ``h_{t-1} U_h + b_rec_h`` (reset_after) or ``r * h_{t-1}`` (not reset_after); 0 at padded steps (the
   weight-gradient GEMMs read every entry).
+- ``matmul(a, b)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step products.
 - ``gru_{masked,packed}_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)``
   dh (B,H): in the gradient of h_T, out that of h0. dgx (T,B,3H) written: gradient of the input
   pre-activations. dgr (T,B,3H) written when reset_after: gradient of the recurrent pre-activations
@@ -58,21 +59,26 @@ class Plan:
         return "masked" if self.batch_sizes is None else "packed"
 
 
-def _project(xp, x, W, b):
+def _matmul(xp, K):
+    return getattr(K, "matmul", xp.matmul)
+
+
+def _project(xp, K, x, W, b):
     """One GEMM for all steps: (T,B,I) @ (I,GH) + b -> (T,B,GH)."""
     T, B, In = x.shape
-    gx = xp.matmul(x.reshape(T * B, In), W)
+    gx = _matmul(xp, K)(x.reshape(T * B, In), W)
     if b is not None:
         gx += b
     return gx.reshape(T, B, W.shape[1])
 
 
-def _input_grads(xp, x, W, dgx):
+def _input_grads(xp, K, x, W, dgx):
     """Gradients of x, W and the input bias from the pre-activation gradient dgx (T,B,GH)."""
     T, B, In = x.shape
     d2 = dgx.reshape(T * B, -1)
-    dx = xp.matmul(d2, W.T).reshape(T, B, In)
-    dW = xp.matmul(x.reshape(T * B, In).T, d2)
+    mm = _matmul(xp, K)
+    dx = mm(d2, W.T).reshape(T, B, In)
+    dW = mm(x.reshape(T * B, In).T, d2)
     return dx, dW, d2.sum(axis=0)
 
 
@@ -86,7 +92,7 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; h0, c0 (B,H). Returns out (T,B,H), h_T, c_T and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
-    gx = _project(xp, x, W, b)
+    gx = _project(xp, K, x, W, b)
     out = xp.empty((T, B, H), dtype=x.dtype)
     hs = _states(xp, T, B, H, x.dtype, h0)
     cs = _states(xp, T, B, H, x.dtype, c0)
@@ -105,8 +111,8 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     dc = xp.zeros((B, H), x.dtype) if d_c is None else d_c.copy()
     dgx = xp.empty_like(tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
-    dx, dW, db = _input_grads(xp, x, W, dgx)
-    dU = xp.matmul(hs[:T].reshape(T * B, H).T, dgx.reshape(T * B, 4 * H))
+    dx, dW, db = _input_grads(xp, K, x, W, dgx)
+    dU = _matmul(xp, K)(hs[:T].reshape(T * B, H).T, dgx.reshape(T * B, 4 * H))
     return dx, dW, dU, db, dh, dc
 
 
@@ -116,7 +122,7 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     Returns out (T,B,H), h_T and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
-    gx = _project(xp, x, W, b_in)
+    gx = _project(xp, K, x, W, b_in)
     out = xp.empty((T, B, H), dtype=x.dtype)
     hs = _states(xp, T, B, H, x.dtype, h0)
     hr = xp.empty((T, B, H), dtype=x.dtype)
@@ -137,13 +143,14 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
     dgr = xp.empty_like(tape["gx"]) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")
     kernel(tape["gx"], U, plan.steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
-    dx, dW, db_in = _input_grads(xp, x, W, dgx)
+    dx, dW, db_in = _input_grads(xp, K, x, W, dgx)
     h_prev = hs[:T].reshape(T * B, H)
     if reset_after:
         d2 = dgr.reshape(T * B, 3 * H)
-        return dx, dW, xp.matmul(h_prev.T, d2), db_in, d2.sum(axis=0), dh
+        return dx, dW, _matmul(xp, K)(h_prev.T, d2), db_in, d2.sum(axis=0), dh
     d2 = dgx.reshape(T * B, 3 * H)
     dU = xp.empty_like(U)
-    dU[:, : 2 * H] = xp.matmul(h_prev.T, d2[:, : 2 * H])
-    dU[:, 2 * H :] = xp.matmul(hr.reshape(T * B, H).T, d2[:, 2 * H :])
+    mm = _matmul(xp, K)
+    dU[:, : 2 * H] = mm(h_prev.T, xp.ascontiguousarray(d2[:, : 2 * H]))
+    dU[:, 2 * H :] = mm(hr.reshape(T * B, H).T, xp.ascontiguousarray(d2[:, 2 * H :]))
     return dx, dW, dU, db_in, None, dh
