@@ -87,14 +87,19 @@ class _Layout:
         return self.rows(a[::-1] if flip else a, axis=1)
 
     def seq_out(self, a, flip):
-        a = self.unrows(a, axis=1)
+        """Scan (T,B,F) -> caller's layout, in one copy."""
         a = a[::-1] if flip else a
-        return self.xp.ascontiguousarray(a if self.p.time_major else a.transpose(1, 0, 2))
+        if not self.p.time_major:
+            a = a.transpose(1, 0, 2)
+        a = self.unrows(a, axis=0 if not self.p.time_major else 1)
+        return self.xp.ascontiguousarray(a)
 
-    def inputs(self):
+    def inputs(self, training):
         p, xp = self.p, self.xp
         x = self.seq_in(p.x, p.time_major, p.go_backwards)
-        # Padded steps are zeroed so NaN/Inf there reach no GEMM, output or gradient.
+        if not training:
+            return x  # the kernels never read a padded step's projection
+        # Padded steps are zeroed so NaN/Inf there reach no weight-gradient GEMM.
         return xp.where(self.plan.mask[:, :, None], x, 0)
 
 
@@ -103,7 +108,7 @@ def _run(cell, args, kwargs, training):
     xp, K = _engine(p.device)
     lay = _Layout(xp, p)
     plan, H = lay.plan, p.units
-    x = lay.inputs()
+    x = lay.inputs(training)
     h0 = lay.rows(p.h0)
     if cell == "lstm":
         c0 = lay.rows(p.c0)
