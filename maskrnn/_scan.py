@@ -7,10 +7,10 @@ with batch rows in the plan's order (sorted by length, longest first, for the pa
 
 Scan-kernel contract: the CPU (``maskrnn._cpu``) and GPU (``maskrnn._cuda``) engines export the same names
 with the same arguments. ``steps`` is either a ``(T, B)`` bool mask (``*_masked_*``: every row computed,
-kept by the mask) or ``batch_sizes``, a ``(T,)`` int32 NumPy array on the host for every engine (``*_packed_*``: at step t only
-rows ``[0, batch_sizes[t])`` are real and only they are computed; a GPU engine sizes each step's grid from
-it). The mask lives on the engine's device. At a padded step (b, t) every state is carried
-and ``out[t, b] = 0 if zero_output or t == 0 else out[t - 1, b]``.
+kept by the mask) or ``batch_sizes``, a ``(T,)`` int32 NumPy array on the host for every engine
+(``*_packed_*``: at step t only rows ``[0, batch_sizes[t])`` are real and only they are computed; a GPU
+engine sizes each step's grid from it). The mask lives on the engine's device. At a padded step (b, t)
+every state is carried and ``out[t, b] = 0 if zero_output or t == 0 else out[t - 1, b]``.
 
 - ``lstm_{masked,packed}_fwd(gx, U, steps, zero_output, out, hs, cs)``
   gx (T,B,4H): in ``x_t W + b``; out the gate activations (i, f, c~, o) at real steps.

@@ -1,6 +1,5 @@
 """Random problems for the cell tests: weights in Keras layout, for lstm, gru and gru reset_after=False."""
 
-import numpy as np
 
 import maskrnn
 from maskrnn import reference
