@@ -6,7 +6,9 @@ Environment:
   MASKRNN_BUILD_TYPE         CMake build type, Release by default.
 """
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,10 @@ class CMakeExtension(Extension):
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
-        build_temp = Path(self.build_temp) / ext.name
+        # One build folder per toolchain: pip's isolated build environments live in fresh temporary paths,
+        # and a CMake cache pointing at a deleted one fails the next `pip install .` in the same tree.
+        tools = f"{sys.executable}|{shutil.which('cmake')}|{shutil.which('ninja')}"
+        build_temp = Path(self.build_temp) / ext.name / hashlib.sha1(tools.encode()).hexdigest()[:10]
         build_temp.mkdir(parents=True, exist_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}",

@@ -22,6 +22,6 @@ def info() -> dict:
         "cpu_backend": f"numba {numba.__version__}",
         "native_extension": ext is not None,
         "cuda_extension": built,
-        "cuda_archs": ext.cuda_archs.split(";") if built else [],
+        "cuda_archs": ext.cuda_archs.split(",") if built else [],
         "gpus": list(ext.gpu_names()) if built else [],
     }
