@@ -1,4 +1,4 @@
-"""Command line: ``python -m maskrnn info`` prints build/device info."""
+"""Command line: ``python -m maskrnn info`` prints build/device info; ``python -m maskrnn bench`` benchmarks."""
 
 import argparse
 import json
@@ -9,11 +9,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maskrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print version, CPU backend, CUDA build and GPUs as JSON")
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        from . import info
+    from . import bench
 
-        print(json.dumps(info(), indent=2))
+    bench.add_arguments(sub.add_parser("bench", help="benchmark against cuDNN, PyTorch and Keras (SPEC.md 6)"))
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench.main(args)
+    from . import info
+
+    print(json.dumps(info(), indent=2))
     return 0
 
 

@@ -25,3 +25,17 @@ def info() -> dict:
         "cuda_archs": ext.cuda_archs.split(",") if built else [],
         "gpus": list(ext.gpu_names()) if built else [],
     }
+
+
+def cuda_ready():
+    """(True, "") when the CUDA engine can run here, else (False, why and how to fix)."""
+    ext = _extension()
+    if ext is None or not ext.cuda_built:
+        return False, "maskrnn was built without CUDA: reinstall with nvcc on PATH (MASKRNN_CUDA=ON pip install .)"
+    if not list(ext.gpu_names()):
+        return False, "no CUDA GPU is visible"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False, "CuPy is not installed: pip install maskrnn[gpu]"
+    return True, ""

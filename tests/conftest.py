@@ -3,23 +3,15 @@
 import numpy as np
 import pytest
 
-import maskrnn
+from maskrnn._info import cuda_ready
 
 # Relative error bound (max |ours - reference| / max |reference|) per dtype.
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": 2e-2, "bfloat16": 5e-2}
 
 
 def cuda_skip_reason():
-    info = maskrnn.info()
-    if not info["cuda_extension"]:
-        return "maskrnn was built without CUDA (nvcc not found at install time)"
-    if not info["gpus"]:
-        return "no CUDA GPU visible"
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return "cupy is not installed (pip install maskrnn[gpu])"
-    return None
+    ok, why = cuda_ready()
+    return None if ok else why
 
 
 @pytest.fixture(params=["cpu", "cuda"])
