@@ -1,0 +1,271 @@
+"""PyTorch integration: ``lstm``/``gru`` as autograd Functions over maskrnn's engines, and Keras-style modules.
+
+CPU tensors run the Numba engine on NumPy views of the tensors' memory; CUDA tensors run the CUDA engine on
+CuPy views (DLPack), on torch's current stream. Nothing is copied between devices. Signatures and semantics
+are those of ``maskrnn.lstm`` / ``maskrnn.gru`` (SPEC.md sections 2-3); the Keras weight layout is used.
+"""
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+import maskrnn
+
+from . import convert
+
+
+def _view(t):
+    """Tensor -> NumPy (CPU) or CuPy (CUDA) array sharing its memory; None stays None."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        return t
+    t = t.detach()
+    if t.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t.numpy()
+
+
+def _tensor(a):
+    if a is None:
+        return None
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+
+
+def _stream(x):
+    if not x.is_cuda:
+        return contextlib.nullcontext()
+    import cupy
+
+    return cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream, x.device.index)
+
+
+def _steps(options):
+    """mask / lengths tensors -> engine arrays (they carry no gradient)."""
+    opts = dict(options)
+    for k in ("mask", "lengths"):
+        opts[k] = _view(opts.get(k))
+    return opts
+
+
+class _LSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, recurrent_kernel, bias, h0, c0, options):
+        state = None if h0 is None else (_view(h0), _view(c0))
+        with _stream(x):
+            (out, h, c), ctx.pullback = maskrnn.lstm_vjp(_view(x), _view(kernel), _view(recurrent_kernel),
+                                                         _view(bias), initial_state=state, **_steps(options))
+        return _tensor(out), _tensor(h), _tensor(c)
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        with _stream(d_out):
+            g = ctx.pullback(_view(d_out), _view(d_h), _view(d_c))
+        has_state = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
+        return (_tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias),
+                _tensor(g.h0) if has_state else None, _tensor(g.c0) if has_state else None, None)
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, recurrent_kernel, bias, h0, options):
+        with _stream(x):
+            (out, h), ctx.pullback = maskrnn.gru_vjp(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias),
+                                                     initial_state=_view(h0), **_steps(options))
+        return _tensor(out), _tensor(h)
+
+    @staticmethod
+    def backward(ctx, d_out, d_h):
+        with _stream(d_out):
+            g = ctx.pullback(_view(d_out), _view(d_h))
+        h0 = _tensor(g.h0) if ctx.needs_input_grad[4] else None
+        return _tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias), h0, None
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def lstm(x, kernel, recurrent_kernel, bias=None, *, mask=None, lengths=None, initial_state=None,
+         go_backwards=False, zero_output_for_mask=False, time_major=False):
+    """maskrnn.lstm on tensors, differentiable in x, kernel, recurrent_kernel, bias and initial_state (h0, c0).
+    Returns (outputs (B,T,H), h_T (B,H), c_T (B,H))."""
+    options = dict(mask=mask, lengths=lengths, go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask,
+                   time_major=time_major)
+    h0, c0 = (None, None) if initial_state is None else initial_state
+    if _needs_grad(x, kernel, recurrent_kernel, bias, h0, c0):
+        return _LSTM.apply(x, kernel, recurrent_kernel, bias, h0, c0, options)
+    state = None if h0 is None else (_view(h0), _view(c0))
+    with _stream(x):
+        res = maskrnn.lstm(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias), initial_state=state,
+                           **_steps(options))
+    return tuple(_tensor(r) for r in res)
+
+
+def gru(x, kernel, recurrent_kernel, bias=None, *, reset_after=True, mask=None, lengths=None, initial_state=None,
+        go_backwards=False, zero_output_for_mask=False, time_major=False):
+    """maskrnn.gru on tensors, differentiable in x, kernel, recurrent_kernel, bias and initial_state h0.
+    Returns (outputs (B,T,H), h_T (B,H))."""
+    options = dict(reset_after=reset_after, mask=mask, lengths=lengths, go_backwards=go_backwards,
+                   zero_output_for_mask=zero_output_for_mask, time_major=time_major)
+    if isinstance(initial_state, (list, tuple)):
+        (initial_state,) = initial_state
+    if _needs_grad(x, kernel, recurrent_kernel, bias, initial_state):
+        return _GRU.apply(x, kernel, recurrent_kernel, bias, initial_state, options)
+    with _stream(x):
+        res = maskrnn.gru(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias),
+                          initial_state=_view(initial_state), **_steps(options))
+    return tuple(_tensor(r) for r in res)
+
+
+def _glorot_uniform(shape):
+    limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+    return torch.empty(shape).uniform_(-limit, limit)
+
+
+def _orthogonal(shape):
+    return nn.init.orthogonal_(torch.empty(shape))
+
+
+class _Recurrent(nn.Module):
+    """Keras-layer options shared by LSTM and GRU; parameters in the Keras layout."""
+
+    GATES = 0
+
+    def __init__(self, input_size, units, *, return_sequences=False, return_state=False, go_backwards=False,
+                 zero_output_for_mask=False, use_bias=True, dtype=torch.float32, device=None):
+        super().__init__()
+        self.config = dict(input_size=input_size, units=units, return_sequences=return_sequences,
+                           return_state=return_state, go_backwards=go_backwards,
+                           zero_output_for_mask=zero_output_for_mask, use_bias=use_bias, dtype=dtype, device=device)
+        self.input_size, self.units = input_size, units
+        self.return_sequences, self.return_state = return_sequences, return_state
+        self.go_backwards, self.zero_output_for_mask = go_backwards, zero_output_for_mask
+        G = self.GATES * units
+        self.kernel = nn.Parameter(_glorot_uniform((input_size, G)).to(dtype=dtype, device=device))
+        self.recurrent_kernel = nn.Parameter(_orthogonal((units, G)).to(dtype=dtype, device=device))
+        self.bias = nn.Parameter(self._initial_bias().to(dtype=dtype, device=device)) if use_bias else None
+
+    def _options(self):
+        return dict(go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask)
+
+    def _finish(self, out, *states):
+        y = out if self.return_sequences else out[:, -1]
+        return (y, *states) if self.return_state else y
+
+    def load_keras_weights(self, kernel, recurrent_kernel, bias=None):
+        with torch.no_grad():
+            for p, w in ((self.kernel, kernel), (self.recurrent_kernel, recurrent_kernel), (self.bias, bias)):
+                if p is not None:
+                    p.copy_(torch.as_tensor(np.asarray(w)))
+        return self
+
+
+class LSTM(_Recurrent):
+    """Keras LSTM as an nn.Module: forward(x (B,T,I), mask=None, initial_state=None, lengths=None) returns
+    outputs (return_sequences) or the last output, plus (h, c) with return_state."""
+
+    GATES = 4
+
+    def __init__(self, input_size, units, *, unit_forget_bias=True, **options):
+        self.unit_forget_bias = unit_forget_bias
+        super().__init__(input_size, units, **options)
+        self.config["unit_forget_bias"] = unit_forget_bias
+
+    def _initial_bias(self):
+        b = torch.zeros(4 * self.units)
+        if self.unit_forget_bias:
+            b[self.units: 2 * self.units] = 1.0
+        return b
+
+    def forward(self, x, mask=None, initial_state=None, lengths=None):
+        out, h, c = lstm(x, self.kernel, self.recurrent_kernel, self.bias, mask=mask, lengths=lengths,
+                         initial_state=initial_state, **self._options())
+        return self._finish(out, h, c)
+
+    @classmethod
+    def from_torch(cls, module, reverse=False, **options):
+        """Same weights as a single-layer torch.nn.LSTM (batch_first is the caller's business)."""
+        kernel, recurrent_kernel, bias = convert.lstm_weights_from_torch(module, reverse)
+        layer = cls(module.input_size, module.hidden_size, use_bias=bias is not None,
+                    dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device, **options)
+        return layer.load_keras_weights(kernel, recurrent_kernel, bias)
+
+
+class GRU(_Recurrent):
+    """Keras GRU as an nn.Module (reset_after=True by default, as Keras 3 and torch.nn.GRU)."""
+
+    GATES = 3
+
+    def __init__(self, input_size, units, *, reset_after=True, **options):
+        self.reset_after = reset_after
+        super().__init__(input_size, units, **options)
+        self.config["reset_after"] = reset_after
+
+    def _initial_bias(self):
+        return torch.zeros((2, 3 * self.units) if self.reset_after else (3 * self.units,))
+
+    def forward(self, x, mask=None, initial_state=None, lengths=None):
+        out, h = gru(x, self.kernel, self.recurrent_kernel, self.bias, reset_after=self.reset_after, mask=mask,
+                     lengths=lengths, initial_state=initial_state, **self._options())
+        return self._finish(out, h)
+
+    @classmethod
+    def from_torch(cls, module, reverse=False, **options):
+        kernel, recurrent_kernel, bias = convert.gru_weights_from_torch(module, reverse)
+        layer = cls(module.input_size, module.hidden_size, use_bias=bias is not None,
+                    dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device, **options)
+        return layer.load_keras_weights(kernel, recurrent_kernel, bias)
+
+
+class Bidirectional(nn.Module):
+    """Keras Bidirectional: the backward layer is a copy of ``layer`` with go_backwards flipped; both see the
+    same mask; zero_output_for_mask is forced to return_sequences on both (as Keras does); with
+    return_sequences the backward outputs are flipped back to the original time order.
+    merge_mode: "concat" (default), "sum", "mul", "ave" or None (a list [forward, backward]).
+    return_state order: (out, fwd_h, fwd_c, bwd_h, bwd_c) (GRU: (out, fwd_h, bwd_h))."""
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None):
+        super().__init__()
+        if merge_mode not in ("concat", "sum", "mul", "ave", None):
+            raise ValueError(f"merge_mode must be one of concat, sum, mul, ave, None; got {merge_mode!r}")
+        if backward_layer is None:  # Keras: a fresh layer from the same config, freshly initialised
+            backward_layer = type(layer)(**dict(layer.config, go_backwards=not layer.go_backwards))
+        self.forward_layer, self.backward_layer, self.merge_mode = layer, backward_layer, merge_mode
+        for sub in (self.forward_layer, self.backward_layer):
+            sub.zero_output_for_mask = sub.return_sequences
+
+    def forward(self, x, mask=None, initial_state=None, lengths=None):
+        n = 2 if isinstance(self.forward_layer, LSTM) else 1
+        fwd_state = bwd_state = None
+        if initial_state is not None:
+            initial_state = list(initial_state)
+            fwd_state, bwd_state = initial_state[:n], initial_state[n:]
+            fwd_state = fwd_state if n == 2 else fwd_state[0]
+            bwd_state = bwd_state if n == 2 else bwd_state[0]
+        f = self.forward_layer(x, mask=mask, initial_state=fwd_state, lengths=lengths)
+        b = self.backward_layer(x, mask=mask, initial_state=bwd_state, lengths=lengths)
+        f_states, b_states = (), ()
+        if self.forward_layer.return_state:
+            f, f_states = f[0], tuple(f[1:])
+            b, b_states = b[0], tuple(b[1:])
+        if self.forward_layer.return_sequences:
+            b = torch.flip(b, dims=[1])
+        if self.merge_mode == "concat":
+            out = torch.cat([f, b], dim=-1)
+        elif self.merge_mode == "sum":
+            out = f + b
+        elif self.merge_mode == "mul":
+            out = f * b
+        elif self.merge_mode == "ave":
+            out = (f + b) / 2
+        else:
+            out = [f, b]
+        if not self.forward_layer.return_state:
+            return out
+        return (*out, *f_states, *b_states) if isinstance(out, list) else (out, *f_states, *b_states)

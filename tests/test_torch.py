@@ -1,0 +1,201 @@
+"""maskrnn.torch: autograd Functions and modules against gradcheck, a plain PyTorch implementation of the
+Keras equations, and torch.nn.LSTM/GRU."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import maskrnn.torch as mt  # noqa: E402
+from maskrnn import convert  # noqa: E402
+
+CELLS = ["lstm", "gru", "gru_v1"]
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def tdevice(request):
+    if request.param == "cuda":
+        from conftest import cuda_skip_reason
+
+        if not torch.cuda.is_available():
+            pytest.skip("torch sees no CUDA device")
+        if cuda_skip_reason():
+            pytest.skip(cuda_skip_reason())
+    return torch.device(request.param)
+
+
+def keras_rnn(cell, x, W, U, b, mask, h0, c0, go_backwards, zero_output, reset_after=True):
+    """The Keras per-step rule (keras-masking-spec.md 4.2) in plain torch ops, for autograd to differentiate."""
+    B, T, _ = x.shape
+    H = U.shape[0]
+    h, c = h0, c0
+    prev = torch.zeros(B, H, dtype=x.dtype)
+    outs = []
+    for t in (range(T - 1, -1, -1) if go_backwards else range(T)):
+        m = mask[:, t, None]
+        x_t = torch.where(m, x[:, t], torch.zeros_like(x[:, t]))
+        if cell == "lstm":
+            i, f, cc, o = torch.split(x_t @ W + h @ U + b, H, dim=1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cc)
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            c = torch.where(m, c_new, c)
+        elif reset_after:
+            a, r_ = x_t @ W + b[0], h @ U + b[1]
+            z = torch.sigmoid(a[:, :H] + r_[:, :H])
+            r = torch.sigmoid(a[:, H:2 * H] + r_[:, H:2 * H])
+            h_new = z * h + (1 - z) * torch.tanh(a[:, 2 * H:] + r * r_[:, 2 * H:])
+        else:
+            a = x_t @ W + b
+            z = torch.sigmoid(a[:, :H] + h @ U[:, :H])
+            r = torch.sigmoid(a[:, H:2 * H] + h @ U[:, H:2 * H])
+            h_new = z * h + (1 - z) * torch.tanh(a[:, 2 * H:] + (r * h) @ U[:, 2 * H:])
+        h = torch.where(m, h_new, h)
+        out = torch.where(m, h_new, torch.zeros_like(h_new) if zero_output else prev)
+        outs.append(out)
+        prev = out
+    return torch.stack(outs, 1), h, c
+
+
+def problem(rng, cell, B, T, I, H, dtype, mask_kind):
+    G = 4 if cell == "lstm" else 3
+    t = lambda *s: torch.tensor(rng.standard_normal(s) * 0.5, dtype=dtype, requires_grad=True)  # noqa: E731
+    b = t(2, 3 * H) if cell == "gru" else t(G * H)
+    lengths = rng.integers(0, T + 1, B)
+    if mask_kind == "holes":
+        mask = rng.random((B, T)) > 0.3
+        mask[0] = False
+    else:
+        mask = np.arange(T)[None, :] < lengths[:, None]
+    return t(B, T, I), t(I, G * H), t(H, G * H), b, t(B, H), t(B, H), torch.from_numpy(mask)
+
+
+def call(cell, x, W, U, b, mask, h0, c0, **kw):
+    if cell == "lstm":
+        return mt.lstm(x, W, U, b, mask=mask, initial_state=(h0, c0), **kw)
+    return mt.gru(x, W, U, b, mask=mask, initial_state=h0, reset_after=cell == "gru", **kw)
+
+
+@pytest.mark.parametrize("mask_kind", ["holes", "post"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck(rng, cell, mask_kind):
+    x, W, U, b, h0, c0, mask = problem(rng, cell, 3, 5, 2, 3, torch.float64, mask_kind)
+    if cell == "gru_v1":
+        b = torch.tensor(rng.standard_normal(9), requires_grad=True)
+    args = (x, W, U, b, h0) + ((c0,) if cell == "lstm" else ())
+
+    def f(x, W, U, b, h0, c0=None):
+        return call(cell, x, W, U, b, mask, h0, c0)
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("zero_output", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", ["holes", "post"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_equal_plain_torch(rng, tdevice, cell, mask_kind, go_backwards, zero_output):
+    x, W, U, b, h0, c0, mask = problem(rng, cell, 4, 7, 3, 5, torch.float64, mask_kind)
+    if cell == "gru_v1":
+        b = torch.tensor(rng.standard_normal(15), requires_grad=True)
+    leaves = [x, W, U, b, h0] + ([c0] if cell == "lstm" else [])
+    ups = [torch.tensor(rng.standard_normal(s)) for s in [(4, 7, 5), (4, 5), (4, 5)]]
+    kw = dict(go_backwards=go_backwards, zero_output_for_mask=zero_output)
+    ref = keras_rnn("lstm" if cell == "lstm" else "gru", x, W, U, b, mask, h0, c0, go_backwards, zero_output,
+                    reset_after=cell == "gru")
+    n = 3 if cell == "lstm" else 2
+    want = torch.autograd.grad(sum((r * u).sum() for r, u in zip(ref[:n], ups)), leaves)
+    dev = [v.detach().to(tdevice).requires_grad_() for v in leaves]
+    outs = call(cell, *dev[:4], mask.to(tdevice), dev[4], dev[5] if cell == "lstm" else None, **kw)
+    for o, r in zip(outs, ref):
+        torch.testing.assert_close(o.cpu(), r.detach(), rtol=1e-10, atol=1e-10)
+    got = torch.autograd.grad(sum((o * u.to(tdevice)).sum() for o, u in zip(outs, ups)), dev)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_nan_in_padding_leaves_gradients_finite(rng, tdevice, cell):
+    x, W, U, b, h0, c0, mask = problem(rng, cell, 4, 6, 3, 4, torch.float32, "holes")
+    if cell == "gru_v1":
+        b = torch.tensor(rng.standard_normal(12), dtype=torch.float32, requires_grad=True)
+    grads = []
+    for fill in (0.0, float("nan")):
+        xx = x.detach().clone()
+        xx[~mask] = fill
+        leaves = [v.detach().to(tdevice).requires_grad_() for v in (xx, W, U, b, h0, c0)]
+        outs = call(cell, *leaves[:4], mask.to(tdevice), leaves[4], leaves[5] if cell == "lstm" else None)
+        loss = sum((o * o).sum() for o in outs)
+        grads.append(torch.autograd.grad(loss, leaves[:5]))
+    for clean, dirty in zip(*grads):
+        assert torch.isfinite(dirty).all()
+        torch.testing.assert_close(dirty, clean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_modules_match_torch_nn_on_packed_batches(rng, cell):
+    B, T, I, H = 5, 9, 4, 6
+    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H, batch_first=True)
+    ours = (mt.LSTM if cell == "lstm" else mt.GRU).from_torch(ref, return_sequences=True, return_state=True)
+    x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32)
+    lengths = torch.tensor(rng.integers(1, T + 1, B))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out_ref, state_ref = ref(packed)
+    out_ref = torch.nn.utils.rnn.pad_packed_sequence(out_ref, batch_first=True, total_length=T)[0]
+    got = ours(x, lengths=lengths)
+    valid = (torch.arange(T)[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(got[0] * valid, out_ref, rtol=1e-5, atol=1e-5)
+    h_ref = state_ref[0][0] if cell == "lstm" else state_ref[0]
+    torch.testing.assert_close(got[1], h_ref, rtol=1e-5, atol=1e-5)
+    if cell == "lstm":
+        torch.testing.assert_close(got[2], state_ref[1][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bidirectional(rng, cell, merge_mode):
+    B, T, I, H = 3, 6, 2, 4
+    layer = (mt.LSTM if cell == "lstm" else mt.GRU)(I, H, return_sequences=True, return_state=True,
+                                                      dtype=torch.float64)
+    bi = mt.Bidirectional(layer, merge_mode=merge_mode)
+    x = torch.tensor(rng.standard_normal((B, T, I)))
+    mask = torch.from_numpy(rng.random((B, T)) > 0.3)
+    res = bi(x, mask=mask)
+    fl, bl = bi.forward_layer, bi.backward_layer
+    assert bl.go_backwards and fl.zero_output_for_mask and bl.zero_output_for_mask
+    f = call(cell, x, fl.kernel, fl.recurrent_kernel, fl.bias, mask, None, None, zero_output_for_mask=True)
+    b = call(cell, x, bl.kernel, bl.recurrent_kernel, bl.bias, mask, None, None, zero_output_for_mask=True,
+             go_backwards=True)
+    fo, bo = f[0], torch.flip(b[0], [1])
+    want = {"concat": torch.cat([fo, bo], -1), "sum": fo + bo, "mul": fo * bo, "ave": (fo + bo) / 2, None: None}
+    n = 2 if merge_mode is None else 1
+    if merge_mode is None:
+        torch.testing.assert_close(res[0], fo)
+        torch.testing.assert_close(res[1], bo)
+    else:
+        torch.testing.assert_close(res[0], want[merge_mode])
+    for got, w in zip(res[n:], (*f[1:], *b[1:])):
+        torch.testing.assert_close(got, w)
+
+
+def test_converters_round_trip(rng):
+    m = torch.nn.GRU(3, 4, bidirectional=True)
+    for reverse in (False, True):
+        W, U, b = convert.gru_weights_from_torch(m, reverse=reverse)
+        sd = convert.gru_weights_to_torch(W, U, b, reverse=reverse)
+        for k, v in sd.items():
+            np.testing.assert_array_equal(v, m.state_dict()[k].numpy())
+    with pytest.raises(ValueError, match="single-layer"):
+        convert.lstm_weights_from_torch(torch.nn.LSTM(3, 4, num_layers=2))
+
+
+def test_training_example_learns(capsys):
+    """A shortened run of examples/train_masked.py (the README states the full run's accuracy)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_masked.py"
+    spec = importlib.util.spec_from_file_location("train_masked", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    acc = example.main(["--steps", "120", "--seed", "1"])
+    assert "final accuracy:" in capsys.readouterr().out
+    assert acc >= 0.85
