@@ -5,10 +5,14 @@ Public API (shapes in the glossary of ``maskrnn._scan``):
     lstm_vjp, gru_vjp       forward scans that keep what backward needs, plus a pullback for the gradients
     pad_sequences           keras.utils.pad_sequences, identical
     info                    build and device information (``python -m maskrnn info``)
+    get_mask                the mask a maskrnn.layers layer attached to its output
+Submodules: maskrnn.layers (Keras-style layers), maskrnn.torch (PyTorch autograd and modules),
+maskrnn.convert (torch.nn weights <-> Keras layout), maskrnn.reference (float64 reference).
 """
 
 from ._dispatch import GRUGrads, LSTMGrads, gru, gru_vjp, lstm, lstm_vjp
 from ._info import __version__, info
+from .layers.base import get_mask
 from .sequence import pad_sequences
 
 __all__ = [
@@ -16,6 +20,7 @@ __all__ = [
     "LSTMGrads",
     "__version__",
     "gru",
+    "get_mask",
     "gru_vjp",
     "info",
     "lstm",
