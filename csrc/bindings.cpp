@@ -1,22 +1,117 @@
-// The only file that includes pybind11. Converts Python arguments to the framework-free C++ API.
+// The only file that includes pybind11: converts Python arguments (sizes, raw device pointers as integers, a
+// CUDA stream handle) to the framework-free C++ API of scan.h. Releases the GIL while kernels are queued.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #ifdef MASKRNN_WITH_CUDA
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "device_info.h"
+#include "scan.h"
 #endif
 
 namespace py = pybind11;
 
+#ifdef MASKRNN_WITH_CUDA
+namespace {
+
+using maskrnn::ScanParams;
+
+// Scan sizes and flags from Python: batch_sizes empty -> masked kernels with the device mask at `mask`.
+struct Call {
+  ScanParams p;
+  std::vector<int32_t> batch_sizes;
+  Call(int T, int B, int H, std::vector<int32_t> sizes, std::uintptr_t mask, bool zero_output, bool reset_after,
+       std::uintptr_t scratch, std::uintptr_t stream)
+      : batch_sizes(std::move(sizes)) {
+    if (!batch_sizes.empty() && static_cast<int>(batch_sizes.size()) != T)
+      throw std::invalid_argument("batch_sizes must have T entries");
+    if (batch_sizes.empty() && mask == 0) throw std::invalid_argument("masked scan without a mask");
+    p.T = T;
+    p.B = B;
+    p.H = H;
+    p.batch_sizes = batch_sizes.empty() ? nullptr : batch_sizes.data();
+    p.mask = batch_sizes.empty() ? reinterpret_cast<const uint8_t*>(mask) : nullptr;
+    p.zero_output = zero_output;
+    p.reset_after = reset_after;
+    p.scratch = reinterpret_cast<void*>(scratch);
+    p.stream = reinterpret_cast<cudaStream_t>(stream);
+  }
+};
+
+template <typename F>
+void by_dtype(const std::string& dtype, F&& f) {
+  if (dtype == "float32") return f(float{});
+  if (dtype == "float64") return f(double{});
+  if (dtype == "float16") return f(__half{});
+  if (dtype == "bfloat16") return f(__nv_bfloat16{});
+  throw std::invalid_argument("maskrnn CUDA kernels support float32, float64, float16, bfloat16; got " + dtype);
+}
+
+template <typename T> T* ptr(std::uintptr_t a) { return reinterpret_cast<T*>(a); }
+
+using uptr = std::uintptr_t;
+using Sizes = std::vector<int32_t>;
+
+void lstm_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, uptr gx, uptr U,
+              uptr out, uptr hs, uptr cs, uptr stream) {
+  Call c(T, B, H, std::move(sizes), mask, zero_output, true, 0, stream);
+  by_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    maskrnn::lstm_fwd<S>(c.p, ptr<S>(gx), ptr<const S>(U), ptr<S>(out), ptr<S>(hs), ptr<S>(cs));
+  });
+}
+
+void lstm_bwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, uptr gx, uptr U,
+              uptr cs, uptr d_out, uptr dh, uptr dc, uptr dgx, uptr scratch, uptr stream) {
+  Call c(T, B, H, std::move(sizes), mask, zero_output, true, scratch, stream);
+  by_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    maskrnn::lstm_bwd<S>(c.p, ptr<const S>(gx), ptr<const S>(U), ptr<const S>(cs), ptr<const S>(d_out), ptr<S>(dh),
+                         ptr<S>(dc), ptr<S>(dgx));
+  });
+}
+
+void gru_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, bool reset_after,
+             uptr gx, uptr U, uptr b_rec, uptr out, uptr hs, uptr hr, uptr stream) {
+  Call c(T, B, H, std::move(sizes), mask, zero_output, reset_after, 0, stream);
+  by_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    maskrnn::gru_fwd<S>(c.p, ptr<S>(gx), ptr<const S>(U), ptr<const S>(b_rec), ptr<S>(out), ptr<S>(hs),
+                        ptr<S>(hr));
+  });
+}
+
+void gru_bwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, bool reset_after,
+             uptr gx, uptr U, uptr hs, uptr hr, uptr d_out, uptr dh, uptr dgx, uptr dgr, uptr scratch, uptr stream) {
+  Call c(T, B, H, std::move(sizes), mask, zero_output, reset_after, scratch, stream);
+  by_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    maskrnn::gru_bwd<S>(c.p, ptr<const S>(gx), ptr<const S>(U), ptr<const S>(hs), ptr<const S>(hr),
+                        ptr<const S>(d_out), ptr<S>(dh), ptr<S>(dgx), ptr<S>(dgr));
+  });
+}
+
+}  // namespace
+#endif
+
 PYBIND11_MODULE(_ext, m) {
-  m.doc() = "maskrnn native extension (CUDA kernels when built with nvcc)";
+  m.doc() = "maskrnn native extension: CUDA scan kernels when built with nvcc (see csrc/scan.h)";
 #ifdef MASKRNN_WITH_CUDA
   m.attr("cuda_built") = true;
   m.attr("cuda_archs") = std::string(MASKRNN_CUDA_ARCHS);
   m.def("gpu_names", &maskrnn::gpu_names, "Names of the visible CUDA devices (empty without driver/GPU)");
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("lstm_fwd", &lstm_fwd, nogil);
+  m.def("lstm_bwd", &lstm_bwd, nogil);
+  m.def("gru_fwd", &gru_fwd, nogil);
+  m.def("gru_bwd", &gru_bwd, nogil);
 #else
   m.attr("cuda_built") = false;
   m.attr("cuda_archs") = std::string();

@@ -36,6 +36,7 @@ def _engine(device):
 def make_plan(xp, mask):
     """mask (T,B) bool in scan order -> Plan. Rows that are each one run of real steps touching the end
     (post-padded) or the start (pre-padded) of the scan take the packed kernels; anything else the masked."""
+    mask = xp.ascontiguousarray(mask)  # the GPU kernels index it as a dense (T,B) array
     T, B = mask.shape
     if T > 1:
         ups = mask[1:] & ~mask[:-1]

@@ -141,3 +141,17 @@ def test_keras_test_vectors():
     np.testing.assert_allclose(out[1, :, 0], [0.16051409, 0.16051409, 0.16051409, 0.30818558], atol=1e-6)
     out, _ = maskrnn.gru(x, Wg, Ug, bg, mask=gmask, go_backwards=True)
     np.testing.assert_allclose(out[:, -1, 0], [0.11669192, 0.28380975], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16"])
+@pytest.mark.parametrize("mask_kind", ["post", "holes"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_precision_on_gpu(device, rng, cell, mask_kind, dtype):
+    if device == "cpu":
+        pytest.skip("half precision runs on the GPU only (the CPU engine rejects it, see test_errors)")
+    B, T, I, H = 6, 20, 8, 40
+    p = make_problem(rng, cell, B, T, I, H, dtype)
+    mask = make_mask(rng, mask_kind, B, T)
+    for got, want in zip(run(device, cell, p, mask=mask), reference(cell, p, mask=mask)):
+        assert got.dtype == np.dtype(dtype)
+        assert rel_err(got, want) < TOLERANCE[dtype]

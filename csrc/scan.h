@@ -1,0 +1,30 @@
+#pragma once
+// Framework-free C++ API of the CUDA scans (the contract of maskrnn/_scan.py). Glossary: B batch, T time,
+// H hidden units; arrays time-major and C-contiguous: gx (T,B,G*H), U (H,G*H), out (T,B,H), hs/cs (T+1,B,H),
+// hr (T,B,H), d_out (T,B,H), dh/dc (B,H); LSTM gates i,f,c,o (G=4), GRU z,r,h (G=3). All pointers are
+// device pointers except batch_sizes (host).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace maskrnn {
+
+struct ScanParams {
+  int T = 0, B = 0, H = 0;
+  const int32_t* batch_sizes = nullptr;  // host (T,): packed kernels; nullptr for masked
+  const uint8_t* mask = nullptr;         // device (T,B) bool: masked kernels; nullptr for packed
+  bool zero_output = false;              // padded steps output 0 instead of the previous output
+  bool reset_after = true;               // GRU variant
+  void* scratch = nullptr;               // device, 3*B*H accumulation-type values (backward only)
+  cudaStream_t stream = nullptr;
+};
+
+template <typename T> void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs);
+template <typename T>
+void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc, T* dgx);
+template <typename T> void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* hr);
+template <typename T>
+void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh, T* dgx,
+             T* dgr);
+
+}  // namespace maskrnn

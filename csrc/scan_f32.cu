@@ -1,0 +1,4 @@
+#include "instantiate.cuh"
+
+using maskrnn::ScanParams;
+MASKRNN_INSTANTIATE(float)
