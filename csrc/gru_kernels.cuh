@@ -128,6 +128,7 @@ __global__ void gru_bwd_product(int t, int B, int H, int n, const uint8_t* mask,
 
 template <typename T>
 void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* hr) {
+  if (p.B == 0) return;  // an empty grid is a launch error
   const dim3 grid = step_grid(p), block(BN, BM);
   for (int t = 0; t < p.T; ++t) {
     const int n = active_rows(p, t);
@@ -148,6 +149,7 @@ void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* 
 template <typename T>
 void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh, T* dgx,
              T* dgr) {
+  if (p.B == 0) return;  // an empty grid is a launch error
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* carry = dh_acc + int64_t(p.B) * p.H;

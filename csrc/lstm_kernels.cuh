@@ -78,6 +78,7 @@ __global__ void lstm_bwd_product(int t, int B, int H, int n, const uint8_t* mask
 
 template <typename T>
 void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
+  if (p.B == 0) return;  // an empty grid is a launch error
   const dim3 grid = step_grid(p), block(BN, BM);
   for (int t = 0; t < p.T; ++t) {
     lstm_fwd_step<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, active_rows(p, t), p.mask, p.zero_output, gx, U,
@@ -88,6 +89,7 @@ void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
 
 template <typename T>
 void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc, T* dgx) {
+  if (p.B == 0) return;  // an empty grid is a launch error
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* dc_acc = dh_acc + int64_t(p.B) * p.H;
