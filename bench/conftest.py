@@ -1,0 +1,1 @@
+"""bench/ is run on demand: `pytest bench/ --benchmark-enable` (pyproject disables benchmarks by default)."""
