@@ -88,6 +88,16 @@ def _states(xp, T, B, H, dtype, init):
     return s
 
 
+def _upstream(xp, tape, *grads):
+    """Upstream gradients for the backward kernels: d_out (T,B,H) and state gradients (B,H), zeros for None;
+    state gradients are copied since the kernels update them in place."""
+    T, B, _ = tape["x"].shape
+    H, dtype = tape["U"].shape[0], tape["x"].dtype
+    d_out, *states = grads
+    d_out = xp.zeros((T, B, H), dtype) if d_out is None else d_out
+    return [d_out] + [xp.zeros((B, H), dtype) if d is None else d.copy() for d in states]
+
+
 def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; h0, c0 (B,H). Returns out (T,B,H), h_T, c_T and the tape."""
     T, B, _ = x.shape
@@ -106,9 +116,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     x, W, U, hs, cs = tape["x"], tape["W"], tape["U"], tape["hs"], tape["cs"]
     T, B, _ = x.shape
     H = U.shape[0]
-    d_out = xp.zeros((T, B, H), x.dtype) if d_out is None else d_out
-    dh = xp.zeros((B, H), x.dtype) if d_h is None else d_h.copy()
-    dc = xp.zeros((B, H), x.dtype) if d_c is None else d_c.copy()
+    d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
     dgx = xp.empty_like(tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     dx, dW, db = _input_grads(xp, K, x, W, dgx)
@@ -137,8 +145,7 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
     x, W, U, hs, hr = tape["x"], tape["W"], tape["U"], tape["hs"], tape["hr"]
     T, B, _ = x.shape
     H = U.shape[0]
-    d_out = xp.zeros((T, B, H), x.dtype) if d_out is None else d_out
-    dh = xp.zeros((B, H), x.dtype) if d_h is None else d_h.copy()
+    d_out, dh = _upstream(xp, tape, d_out, d_h)
     dgx = xp.empty_like(tape["gx"])
     dgr = xp.empty_like(tape["gx"]) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")

@@ -195,6 +195,7 @@ def _state(xp, a, name, dtype, B, H):
 
 
 def _mask(xp, mask, lengths, T, B, time_major):
+    mask, lengths = (None if a is None else xp.asarray(a) for a in (mask, lengths))  # lists too
     if lengths is not None:
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")

@@ -158,6 +158,14 @@ class _Recurrent(nn.Module):
         y = out if self.return_sequences else out[:, -1]
         return (y, *states) if self.return_state else y
 
+    @classmethod
+    def from_torch(cls, module, reverse=False, **options):
+        """Same weights as a single-layer torch.nn.LSTM / GRU (reverse: its backward direction)."""
+        kernel, recurrent_kernel, bias = cls._from_torch_weights(module, reverse)
+        layer = cls(module.input_size, module.hidden_size, use_bias=bias is not None,
+                    dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device, **options)
+        return layer.load_keras_weights(kernel, recurrent_kernel, bias)
+
     def load_keras_weights(self, kernel, recurrent_kernel, bias=None):
         with torch.no_grad():
             for p, w in ((self.kernel, kernel), (self.recurrent_kernel, recurrent_kernel), (self.bias, bias)):
@@ -171,6 +179,7 @@ class LSTM(_Recurrent):
     outputs (return_sequences) or the last output, plus (h, c) with return_state."""
 
     GATES = 4
+    _from_torch_weights = staticmethod(convert.lstm_weights_from_torch)
 
     def __init__(self, input_size, units, *, unit_forget_bias=True, **options):
         self.unit_forget_bias = unit_forget_bias
@@ -188,19 +197,13 @@ class LSTM(_Recurrent):
                          initial_state=initial_state, **self._options())
         return self._finish(out, h, c)
 
-    @classmethod
-    def from_torch(cls, module, reverse=False, **options):
-        """Same weights as a single-layer torch.nn.LSTM (batch_first is the caller's business)."""
-        kernel, recurrent_kernel, bias = convert.lstm_weights_from_torch(module, reverse)
-        layer = cls(module.input_size, module.hidden_size, use_bias=bias is not None,
-                    dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device, **options)
-        return layer.load_keras_weights(kernel, recurrent_kernel, bias)
 
 
 class GRU(_Recurrent):
     """Keras GRU as an nn.Module (reset_after=True by default, as Keras 3 and torch.nn.GRU)."""
 
     GATES = 3
+    _from_torch_weights = staticmethod(convert.gru_weights_from_torch)
 
     def __init__(self, input_size, units, *, reset_after=True, **options):
         self.reset_after = reset_after
@@ -215,12 +218,6 @@ class GRU(_Recurrent):
                      lengths=lengths, initial_state=initial_state, **self._options())
         return self._finish(out, h)
 
-    @classmethod
-    def from_torch(cls, module, reverse=False, **options):
-        kernel, recurrent_kernel, bias = convert.gru_weights_from_torch(module, reverse)
-        layer = cls(module.input_size, module.hidden_size, use_bias=bias is not None,
-                    dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device, **options)
-        return layer.load_keras_weights(kernel, recurrent_kernel, bias)
 
 
 class Bidirectional(nn.Module):

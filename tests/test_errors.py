@@ -93,3 +93,22 @@ def test_lists_take_the_dtype_of_x():
     a = lstm_args()
     out, _, _ = maskrnn.lstm(a["x"], a["kernel"].tolist(), a["recurrent_kernel"], a["bias"].tolist())
     assert out.dtype == np.float32
+
+
+def test_mixed_devices_are_refused():
+    class OnGpu:  # any object exposing __cuda_array_interface__ counts as a GPU array
+        __cuda_array_interface__ = {"shape": (B, T, I), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises(ValueError, match=r"different devices \(x on cuda, kernel on cpu"):
+        call(x=OnGpu())
+
+
+def test_mask_and_lengths_as_lists():
+    a = lstm_args()
+    mask = [[True, True, False], [True, False, False]]
+    by_list = maskrnn.lstm(a["x"], a["kernel"], a["recurrent_kernel"], a["bias"], mask=mask)
+    by_lengths = maskrnn.lstm(a["x"], a["kernel"], a["recurrent_kernel"], a["bias"], lengths=[2, 1])
+    for u, v in zip(by_list, by_lengths):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(TypeError, match="mask must be a boolean"):
+        call(mask=[[1, 1, 0], [1, 0, 0]])

@@ -6,7 +6,7 @@ per-step products, the gate math of ``cells``; ``mask=None`` selects the packed 
 import numpy as np
 from numba import njit
 
-from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
+from .cells import JIT, carry_row, carry_row_grad, every_row, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
 
 
 @njit(**JIT)
@@ -104,12 +104,8 @@ def _gru_bwd(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, 
                     dh[b, j] = dht[b, j] + dh_prev[b, j]
 
 
-def _full(T, B):
-    return np.full(T, B, np.int32)
-
-
 def gru_masked_fwd(gx, U, b_rec, mask, zero_output, reset_after, out, hs, hr):
-    _gru_fwd(gx, U, b_rec, mask, _full(*mask.shape), zero_output, reset_after, out, hs, hr)
+    _gru_fwd(gx, U, b_rec, mask, every_row(mask), zero_output, reset_after, out, hs, hr)
 
 
 def gru_packed_fwd(gx, U, b_rec, batch_sizes, zero_output, reset_after, out, hs, hr):
@@ -117,7 +113,7 @@ def gru_packed_fwd(gx, U, b_rec, batch_sizes, zero_output, reset_after, out, hs,
 
 
 def gru_masked_bwd(gx, U, mask, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
-    _gru_bwd(gx, U, mask, _full(*mask.shape), zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
+    _gru_bwd(gx, U, mask, every_row(mask), zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
 
 
 def gru_packed_bwd(gx, U, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
