@@ -23,21 +23,22 @@ namespace {
 
 using maskrnn::ScanParams;
 
-// Scan sizes and flags from Python: batch_sizes empty -> masked kernels with the device mask at `mask`.
+// Scan sizes and flags from Python: rows [0, batch_sizes[t]) are computed at step t; a non-zero `mask` (device
+// pointer) selects the real ones among them (masked kernels), mask 0 means all of them are real (packed).
 struct Call {
   ScanParams p;
   std::vector<int32_t> batch_sizes;
   Call(int T, int B, int H, std::vector<int32_t> sizes, std::uintptr_t mask, bool zero_output, bool reset_after,
        std::uintptr_t scratch, std::uintptr_t stream)
       : batch_sizes(std::move(sizes)) {
-    if (!batch_sizes.empty() && static_cast<int>(batch_sizes.size()) != T)
-      throw std::invalid_argument("batch_sizes must have T entries");
-    if (batch_sizes.empty() && mask == 0) throw std::invalid_argument("masked scan without a mask");
+    if (static_cast<int>(batch_sizes.size()) != T) throw std::invalid_argument("batch_sizes must have T entries");
+    for (int32_t n : batch_sizes)
+      if (n < 0 || n > B) throw std::invalid_argument("batch_sizes entries must lie in [0, B]");
     p.T = T;
     p.B = B;
     p.H = H;
-    p.batch_sizes = batch_sizes.empty() ? nullptr : batch_sizes.data();
-    p.mask = batch_sizes.empty() ? reinterpret_cast<const uint8_t*>(mask) : nullptr;
+    p.batch_sizes = batch_sizes.data();
+    p.mask = reinterpret_cast<const uint8_t*>(mask);
     p.zero_output = zero_output;
     p.reset_after = reset_after;
     p.scratch = reinterpret_cast<void*>(scratch);

@@ -11,8 +11,8 @@ namespace maskrnn {
 
 struct ScanParams {
   int T = 0, B = 0, H = 0;
-  const int32_t* batch_sizes = nullptr;  // host (T,): packed kernels; nullptr for masked
-  const uint8_t* mask = nullptr;         // device (T,B) bool: masked kernels; nullptr for packed
+  const int32_t* batch_sizes = nullptr;  // host (T,): rows [0, batch_sizes[t]) are computed at step t
+  const uint8_t* mask = nullptr;         // device (T,B) bool selecting the real rows among them; nullptr: all
   bool zero_output = false;              // padded steps output 0 instead of the previous output
   bool reset_after = true;               // GRU variant
   void* scratch = nullptr;               // device, 3*B*H accumulation-type values (backward only)

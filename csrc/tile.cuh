@@ -43,7 +43,7 @@ __device__ inline void tile_dot(const T* A, int64_t lda, int nrows, const T* Bm,
   }
 }
 
-// Rows computed at step t: the packed prefix, or every row for the masked kernels.
+// Rows computed at step t: a prefix of the (sorted) batch.
 inline int active_rows(const ScanParams& p, int t) { return p.batch_sizes ? p.batch_sizes[t] : p.B; }
 
 __device__ inline bool is_real(const uint8_t* mask, int t, int B, int b, int n) {

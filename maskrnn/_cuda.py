@@ -24,10 +24,11 @@ def _stream():
 
 
 def _steps(steps):
-    """Packed kernels get the host batch sizes, masked ones the device mask's pointer."""
+    """(host batch sizes, device mask pointer or 0 for the packed kernels)."""
     if isinstance(steps, np.ndarray):
         return [int(n) for n in steps], 0
-    return [], steps.data.ptr
+    mask, sizes = steps
+    return [int(n) for n in sizes], mask.data.ptr
 
 
 def _sizes(gx, U):

@@ -34,26 +34,24 @@ def _engine(device):
 
 
 def make_plan(xp, mask):
-    """mask (T,B) bool in scan order -> Plan. Rows that are each one run of real steps touching the end
-    (post-padded) or the start (pre-padded) of the scan take the packed kernels; anything else the masked."""
+    """mask (T,B) bool in scan order -> Plan. Rows are sorted by how many leading steps need computing, so
+    that each step computes a prefix of rows. Post-padded masks (each row real, then padded) and pre-padded
+    ones take the packed kernels; any other mask the masked kernels, whose rows stop after their last real
+    step (from there on their states are only carried)."""
     mask = xp.ascontiguousarray(mask)  # the GPU kernels index it as a dense (T,B) array
     T, B = mask.shape
-    if T > 1:
-        ups = mask[1:] & ~mask[:-1]
-        downs = mask[:-1] & ~mask[1:]
-        post, pre = not bool(ups.any()), not bool(downs.any())
+    host = mask.get() if xp is not np else mask
+    post = not (host[1:] & ~host[:-1]).any()
+    pre = not post and not (host[:-1] & ~host[1:]).any()
+    steps = np.arange(T)[:, None]
+    if pre:
+        span = host.sum(axis=0)
+        active = span[None, :] >= T - steps
     else:
-        post, pre = True, False
-    if not (post or pre):
-        return _scan.Plan(mask=mask)
-    lengths = np.asarray(mask.sum(axis=0).get() if xp is not np else mask.sum(axis=0), np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    steps = np.arange(T)
-    if post:
-        batch_sizes = (lengths[None, :] > steps[:, None]).sum(axis=1)
-    else:
-        batch_sizes = (lengths[None, :] >= T - steps[:, None]).sum(axis=1)
-    plan = _scan.Plan(mask=mask, batch_sizes=batch_sizes.astype(np.int32))
+        span = np.where(host.any(axis=0), T - np.argmax(host[::-1], axis=0), 0)  # last real step + 1
+        active = span[None, :] > steps
+    plan = _scan.Plan(mask=mask, batch_sizes=active.sum(axis=1).astype(np.int32), packed=post or pre)
+    order = np.argsort(-span, kind="stable")
     if np.any(order != np.arange(B)):
         plan.order = xp.asarray(order)
         plan.inverse = xp.asarray(np.argsort(order))

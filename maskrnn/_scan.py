@@ -6,11 +6,12 @@ Glossary (used everywhere in maskrnn): B batch, T time, I input features, H hidd
 with batch rows in the plan's order (sorted by length, longest first, for the packed kernels).
 
 Scan-kernel contract: the CPU (``maskrnn._cpu``) and GPU (``maskrnn._cuda``) engines export the same names
-with the same arguments. ``steps`` is either a ``(T, B)`` bool mask (``*_masked_*``: every row computed,
-kept by the mask) or ``batch_sizes``, a ``(T,)`` int32 NumPy array on the host for every engine
-(``*_packed_*``: at step t only rows ``[0, batch_sizes[t])`` are real and only they are computed; a GPU
-engine sizes each step's grid from it). The mask lives on the engine's device. At a padded step (b, t)
-every state is carried and ``out[t, b] = 0 if zero_output or t == 0 else out[t - 1, b]``.
+with the same arguments. ``batch_sizes`` is a ``(T,)`` int32 NumPy array on the host for every engine: at
+step t only rows ``[0, batch_sizes[t])`` are computed (a GPU engine sizes each step's grid from it). For the
+``*_packed_*`` kernels ``steps = batch_sizes`` and those rows are exactly the real ones; for ``*_masked_*``
+``steps = (mask, batch_sizes)`` with a ``(T, B)`` bool mask on the engine's device selecting the real ones
+within the prefix (rows past their last real step need no work: their states are carried). At a padded
+step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 else out[t - 1, b]``.
 
 - ``lstm_{masked,packed}_fwd(gx, U, steps, zero_output, out, hs, cs)``
   gx (T,B,4H): in ``x_t W + b``; out the gate activations (i, f, c~, o) at real steps.
@@ -35,28 +36,36 @@ every state is carried and ``out[t, b] = 0 if zero_output or t == 0 else out[t -
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class Plan:
     """Which kernel variant runs and in which row order (see ``_dispatch.make_plan``).
 
-    mask: (T,B) bool in scan order, always present (it also zeroes padded inputs).
-    batch_sizes: (T,) int32 for the packed kernels, None for the masked ones.
+    mask: (T,B) bool in scan order and row order, always present (it also zeroes padded inputs).
+    batch_sizes: (T,) int32 on the host: rows [0, batch_sizes[t]) are computed at step t (None: all rows).
+    packed: the mask is exactly that prefix (post- or pre-padding); otherwise the masked kernels also
+    select by the mask within the prefix.
     order: (B,) row permutation applied before the scan (None: identity); inverse: its inverse.
     """
 
     mask: Any
     batch_sizes: Any = None
+    packed: bool = False
     order: Any = None
     inverse: Any = None
 
     @property
     def steps(self):
-        return self.mask if self.batch_sizes is None else self.batch_sizes
+        sizes = self.batch_sizes
+        if sizes is None:
+            sizes = np.full(self.mask.shape[0], self.mask.shape[1], np.int32)
+        return sizes if self.packed else (self.mask, sizes)
 
     @property
     def variant(self) -> str:
-        return "masked" if self.batch_sizes is None else "packed"
+        return "packed" if self.packed else "masked"
 
 
 def _matmul(xp, K):

@@ -56,6 +56,10 @@ def make_mask(rng, kind, B, T):
         m = rng.random((B, T)) > 0.3
         m[0] = False  # one all-masked row
         return m
+    if kind == "post_holes":  # post-padded rows with holes: masked kernels, rows stop after their last real step
+        m = (np.arange(T)[None, :] < lengths[:, None]) & (rng.random((B, T)) > 0.2)
+        m[0] = False
+        return m
     if kind == "empty":
         return np.zeros((B, T), bool)
     raise ValueError(kind)

@@ -45,7 +45,7 @@ def finite_difference(cell, p, upstream, name, index, eps=1e-6, **kw):
 
 @pytest.mark.parametrize("zero_output", [False, True])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("mask_kind", ["none", "post", "pre", "holes"])
+@pytest.mark.parametrize("mask_kind", ["none", "post", "pre", "holes", "post_holes"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradients_match_finite_differences(device, rng, cell, mask_kind, go_backwards, zero_output):
     B, T, I, H = 3, 5, 2, 3

@@ -8,7 +8,7 @@ from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 import maskrnn._dispatch as dispatch
 
-MASKS = ["none", "post", "pre", "holes", "empty"]
+MASKS = ["none", "post", "pre", "holes", "post_holes", "empty"]
 
 
 def run(device, cell, p, **kw):
@@ -155,3 +155,12 @@ def test_half_precision_on_gpu(device, rng, cell, mask_kind, dtype):
     for got, want in zip(run(device, cell, p, mask=mask), reference(cell, p, mask=mask)):
         assert got.dtype == np.dtype(dtype)
         assert rel_err(got, want) < TOLERANCE[dtype]
+
+
+def test_masked_plan_skips_steps_after_each_rows_last_real_step():
+    mask = np.array([[1, 0, 1, 0, 0, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1]], bool)
+    plan = dispatch.make_plan(np, mask.T.copy())
+    assert plan.variant == "masked"
+    np.testing.assert_array_equal(plan.order, [3, 1, 0, 2])  # last real steps 5, 4, 2, none
+    np.testing.assert_array_equal(plan.batch_sizes, [3, 3, 3, 2, 2, 1])
+    np.testing.assert_array_equal(plan.mask, mask.T[:, [3, 1, 0, 2]])

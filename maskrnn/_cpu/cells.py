@@ -85,11 +85,6 @@ def _tanh(x):
     return lambda x: math.tanh(x)
 
 
-def every_row(mask):
-    """batch_sizes for the masked kernels: all B rows at each of the T steps of a (T,B) mask."""
-    return np.full(mask.shape[0], mask.shape[1], np.int32)
-
-
 @njit(**INLINE)
 def carry_row(t, b, zero_output, out, hs, cs):
     """A padded step (b, t): states carried; output 0 or the previous step's output."""

@@ -6,7 +6,7 @@ per-step products, the gate math of ``cells``; ``mask=None`` selects the packed 
 import numpy as np
 from numba import njit
 
-from .cells import JIT, carry_row, carry_row_grad, every_row, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
+from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
 
 
 @njit(**JIT)
@@ -104,16 +104,18 @@ def _gru_bwd(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, 
                     dh[b, j] = dht[b, j] + dh_prev[b, j]
 
 
-def gru_masked_fwd(gx, U, b_rec, mask, zero_output, reset_after, out, hs, hr):
-    _gru_fwd(gx, U, b_rec, mask, every_row(mask), zero_output, reset_after, out, hs, hr)
+def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
+    mask, sizes = steps
+    _gru_fwd(gx, U, b_rec, mask, sizes, zero_output, reset_after, out, hs, hr)
 
 
 def gru_packed_fwd(gx, U, b_rec, batch_sizes, zero_output, reset_after, out, hs, hr):
     _gru_fwd(gx, U, b_rec, None, batch_sizes, zero_output, reset_after, out, hs, hr)
 
 
-def gru_masked_bwd(gx, U, mask, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
-    _gru_bwd(gx, U, mask, every_row(mask), zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
+def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
+    mask, sizes = steps
+    _gru_bwd(gx, U, mask, sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
 
 
 def gru_packed_bwd(gx, U, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):

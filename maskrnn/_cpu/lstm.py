@@ -8,7 +8,7 @@ pass ``mask=None`` (Numba prunes the test) and compute only the prefix ``[0, bat
 import numpy as np
 from numba import njit
 
-from .cells import JIT, carry_row, carry_row_grad, every_row, lstm_cell_bwd, lstm_cell_fwd
+from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd
 
 
 @njit(**JIT)
@@ -54,16 +54,18 @@ def _lstm_bwd(gx, U, mask, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx)
                 dh[b] = dh_prev[b]
 
 
-def lstm_masked_fwd(gx, U, mask, zero_output, out, hs, cs):
-    _lstm_fwd(gx, U, mask, every_row(mask), zero_output, out, hs, cs)
+def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
+    mask, sizes = steps
+    _lstm_fwd(gx, U, mask, sizes, zero_output, out, hs, cs)
 
 
 def lstm_packed_fwd(gx, U, batch_sizes, zero_output, out, hs, cs):
     _lstm_fwd(gx, U, None, batch_sizes, zero_output, out, hs, cs)
 
 
-def lstm_masked_bwd(gx, U, mask, zero_output, hs, cs, d_out, dh, dc, dgx):
-    _lstm_bwd(gx, U, mask, every_row(mask), zero_output, hs, cs, d_out, dh, dc, dgx)
+def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
+    mask, sizes = steps
+    _lstm_bwd(gx, U, mask, sizes, zero_output, hs, cs, d_out, dh, dc, dgx)
 
 
 def lstm_packed_bwd(gx, U, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx):
