@@ -142,8 +142,6 @@ def _run(cell, args, kwargs, training):
                                                            d_h, d_c)
             return LSTMGrads(lay.seq_out(dx, p.go_backwards), dW, dU, db if p.has_bias else None,
                              lay.unrows(dh0), lay.unrows(dc0))
-        if d_c is not None:
-            raise TypeError("gru pullback takes no d_c: a GRU has no cell state")
         dx, dW, dU, db_in, db_rec, dh0 = _scan.gru_backward(xp, K, plan, p.zero_output_for_mask,
                                                             p.reset_after, tape, d_out, d_h)
         db = None
