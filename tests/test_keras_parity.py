@@ -21,8 +21,8 @@ def numpy(y):
     return [numpy(v) for v in y] if isinstance(y, (list, tuple)) else keras.ops.convert_to_numpy(y)
 
 
-def pair(cell, **options):
-    """A Keras layer and a maskrnn layer holding the same weights."""
+def pair(cell, load=True, **options):
+    """A Keras layer and a maskrnn layer holding the same weights (load=False: each its own initial weights)."""
     ours_cls, keras_cls = (layers.LSTM, keras.layers.LSTM) if cell == "lstm" else (layers.GRU, keras.layers.GRU)
     if cell != "lstm":
         options["reset_after"] = cell == "gru"
@@ -30,7 +30,8 @@ def pair(cell, **options):
     k.build((B, T, I))
     ours = ours_cls(H, **options)
     ours.build((B, T, I))
-    ours.set_weights(k.get_weights())
+    if load:
+        ours.set_weights(k.get_weights())
     return k, ours
 
 
@@ -102,3 +103,66 @@ def test_keras_weights_load_unchanged(rng, cell):
     dense.set_weights(dense_k.get_weights())
     np.testing.assert_allclose(dense(emb(ids)), numpy(dense_k(emb_k(ids))), atol=1e-6)
     np.testing.assert_array_equal(emb(ids)._keras_mask, numpy(emb_k.compute_mask(ids)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_v1"])
+def test_bias_options_and_initializers_match_keras(rng, cell):
+    k, ours = pair(cell, use_bias=False, return_sequences=True)
+    assert len(ours.get_weights()) == len(k.get_weights()) == 2
+    x, mask, _ = data(rng, cell, "holes", with_state=False)
+    assert np.max(np.abs(ours(x, mask=mask) - numpy(k(x, mask=mask)))) < TOL
+    # Deterministic initializers give Keras's exact weights (random ones draw from another generator).
+    inits = dict(kernel_initializer="ones", recurrent_initializer="zeros", bias_initializer="ones")
+    cases = [inits] + ([dict(inits, bias_initializer="zeros", unit_forget_bias=False)] if cell == "lstm" else [])
+    for options in cases:
+        k, fresh = pair(cell, load=False, **options)
+        for a, b in zip(fresh.get_weights(), k.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sequential_model_matches_keras(rng):
+    def stack(lib):
+        return [lib.Embedding(30, 6, mask_zero=True), lib.LSTM(H, return_sequences=True),
+                lib.Bidirectional(lib.GRU(H, return_sequences=True)), lib.Dense(2)]
+
+    ids = rng.integers(1, 30, (B, T))
+    ids[rng.random((B, T)) < 0.3] = 0  # holes
+    ids[0, :3] = 0  # pre-padding
+    ids[1] = 0  # an all-masked row
+    k = keras.Sequential(stack(keras.layers))
+    want = k(ids)
+    ours = layers.Sequential(stack(layers))
+    ours(ids)
+    ours.set_weights(k.get_weights())
+    got = ours(ids)
+    assert np.max(np.abs(got - numpy(want))) < TOL
+    np.testing.assert_array_equal(layers.get_mask(got), ids != 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_documented_differences_from_keras(rng, cell):
+    """SPEC.md section 2: maskrnn uses the attached mask with initial_state, and a go_backwards layer attaches
+    the reversed mask; Keras 3.15 drops the former and leaves the latter unreversed."""
+    k, ours = pair(cell, return_sequences=True)
+    x, mask, state = data(rng, cell, "holes", with_state=True)
+    x = np.where(mask[..., None], x, 0).astype("float32")
+    keras_implicit = numpy(k(keras.layers.Masking()(x), initial_state=state))
+    np.testing.assert_array_equal(keras_implicit, numpy(k(x, initial_state=state)))  # Keras: mask ignored
+    got = ours(layers.Masking()(x), initial_state=state)
+    assert np.max(np.abs(got - numpy(k(x, mask=mask, initial_state=state)))) < TOL
+    kb, back = pair(cell, return_sequences=True, go_backwards=True)
+    want = kb(keras.layers.Masking()(x))
+    got = back(layers.Masking()(x))
+    assert np.max(np.abs(got - numpy(want))) < TOL
+    np.testing.assert_array_equal(numpy(want._keras_mask), mask)
+    np.testing.assert_array_equal(layers.get_mask(got), mask[:, ::-1])
+
+
+@pytest.mark.parametrize("mask_value", [0.0, -1.0, np.nan])
+def test_masking_matches_keras(rng, mask_value):
+    x = rng.integers(-1, 2, (B, T, 2)).astype("float32")
+    x[0, 1] = mask_value
+    x[2, 3, 0] = np.nan
+    want, got = keras.layers.Masking(mask_value=mask_value)(x), layers.Masking(mask_value=mask_value)(x)
+    np.testing.assert_array_equal(got, numpy(want))
+    np.testing.assert_array_equal(layers.get_mask(got), numpy(want._keras_mask))

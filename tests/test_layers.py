@@ -5,10 +5,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import to_device, to_host
 
 import maskrnn
 from maskrnn import layers, reference
-from maskrnn.layers import initializers
+from maskrnn.layers import get_mask, initializers
 
 RAW = [[711, 632, 71], [73, 8, 3215, 55, 927], [83, 91, 1, 645, 1253, 927]]
 GUIDE_MASK = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], bool)
@@ -184,12 +185,18 @@ def test_keras_lstm_and_gru_test_vectors():
     mask = np.array([[True, True, True, False], [True, True, False, False]])
     out = layers.LSTM(2, **kw)(x, mask=mask)
     np.testing.assert_allclose(out, [[0.11755939] * 2, [0.28556206] * 2], atol=1e-6)
+    seq = layers.LSTM(2, return_sequences=True, **kw)(x, mask=mask)
+    np.testing.assert_allclose(seq[..., 0], [[0.0158891, 0.05552048, 0.11755939, 0.11755939],
+                                             [0.14185596, 0.28556206, 0.28556206, 0.28556206]], atol=1e-6)
+    np.testing.assert_array_equal(seq._keras_mask, mask)
     out = layers.LSTM(2, return_sequences=True, zero_output_for_mask=True, **kw)(x, mask=mask)
     np.testing.assert_allclose(out[1, :, 0], [0.14185596, 0.28556206, 0, 0], atol=1e-6)
     out = layers.LSTM(2, go_backwards=True, **kw)(x, mask=np.array([[0, 1, 1, 1], [0, 0, 1, 1]], bool))
     np.testing.assert_allclose(out, [[0.15341201] * 2, [0.3844719] * 2], atol=1e-6)
     gmask = np.array([[True, True, False, True], [True, False, False, True]])
     np.testing.assert_allclose(layers.GRU(2, **kw)(x, mask=gmask), [[0.19393763] * 2, [0.30818558] * 2], atol=1e-6)
+    seq = layers.GRU(2, return_sequences=True, **kw)(x, mask=gmask)
+    np.testing.assert_allclose(seq[1, :, 0], [0.16051409, 0.16051409, 0.16051409, 0.30818558], atol=1e-6)
     np.testing.assert_allclose(layers.GRU(2, go_backwards=True, **kw)(x, mask=gmask),
                                [[0.11669192] * 2, [0.28380975] * 2], atol=1e-6)
     bi = layers.Bidirectional(layers.GRU(2, **kw))(x, mask=gmask)
@@ -226,3 +233,92 @@ def test_weights_round_trip_and_errors():
         layers.Bidirectional(layers.LSTM(2), merge_mode="max")
     with pytest.raises(ValueError, match="Unrecognized keyword"):
         layers.LSTM(2, time_major=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_mask_dtype_and_explicit_mask(rng, cell):
+    x = rng.standard_normal((3, 6, 2)).astype("float32")
+    mask = rng.random((3, 6)) > 0.4
+    layer = (layers.LSTM if cell == "lstm" else layers.GRU)(4, return_sequences=True, seed=0)
+    want = layer(x, mask=mask)
+    for other in (mask.astype("int32"), mask.astype("float32"), mask[..., None]):  # Keras casts masks to bool
+        np.testing.assert_array_equal(layer(x, mask=other), want)
+    attached = layers.attach_mask(x.copy(), ~mask)
+    np.testing.assert_array_equal(layer(attached, mask=mask), want)  # an explicit mask wins over the attached one
+    np.testing.assert_array_equal(layers.Sequential([layer])(x, mask=mask), want)
+
+
+def test_output_masks_of_state_and_pair_outputs(rng):
+    x = layers.attach_mask(rng.standard_normal((2, 5, 3)).astype("float32"), rng.random((2, 5)) > 0.3)
+    out, h, c = layers.LSTM(4, return_sequences=True, return_state=True)(x)
+    np.testing.assert_array_equal(get_mask(out), get_mask(x))
+    assert get_mask(h) is None and get_mask(c) is None
+    assert get_mask(layers.LSTM(4)(x)) is None
+    fwd, bwd = layers.Bidirectional(layers.GRU(4, return_sequences=True), merge_mode=None)(x)
+    np.testing.assert_array_equal(get_mask(fwd), get_mask(x))  # both halves in original time order
+    np.testing.assert_array_equal(get_mask(bwd), get_mask(x))
+    assert get_mask(layers.Bidirectional(layers.GRU(4))(x)) is None
+
+
+def test_embedding_masking_dense_details():
+    emb = layers.Embedding(3, 2, mask_zero=True)
+    ids = np.array([[0.4, 0.0, 2.0]])
+    y = emb(ids)
+    np.testing.assert_array_equal(y._keras_mask, [[True, False, True]])  # computed on raw ids, as in Keras
+    np.testing.assert_array_equal(y[0, 0], emb.embeddings[0])  # 0.4 looks up row 0
+    assert not layers.Embedding(3, 2).supports_masking
+    with pytest.raises(ValueError, match="`input_dim` must be a positive integer"):
+        layers.Embedding(0, 2)
+    x = np.array([[[np.nan, 0], [0, 0]]], "float32")
+    y = layers.Masking()(x)
+    np.testing.assert_array_equal(y._keras_mask, [[True, False]])  # NaN != 0: never masked, passes through
+    assert np.isnan(y[0, 0, 0])
+    assert layers.Masking()(np.array([[[1], [0]]], "int32")).dtype == np.int32
+    dense = layers.Dense(3, activation=np.negative, bias_initializer="ones")
+    z = dense(emb(ids))
+    np.testing.assert_allclose(z, -(np.asarray(emb(ids)) @ dense.kernel + 1), rtol=1e-6)
+    np.testing.assert_array_equal(z._keras_mask, [[True, False, True]])
+
+
+def test_initializers_and_seed():
+    a, b = layers.LSTM(8, seed=3), layers.LSTM(8, seed=3)
+    for layer in (a, b):
+        layer.build((1, 1, 5))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    assert all(w.dtype == np.float32 for w in a.get_weights())
+    kernel, recurrent, bias = a.get_weights()
+    assert np.abs(kernel).max() <= np.sqrt(6 / (5 + 32))  # glorot_uniform
+    np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(8), atol=1e-5)  # orthogonal rows
+    np.testing.assert_array_equal(bias, np.repeat([0, 1, 0, 0], 8))  # zeros, forget block exactly 1
+    gru = layers.GRU(8, bias_initializer="ones", seed=0)
+    gru.build((1, 1, 5))
+    np.testing.assert_array_equal(gru.bias, np.ones((2, 24)))
+    w = layers.Layer(seed=1).add_weight((400, 50), initializer="random_normal")
+    assert abs(w.std() - 0.05) < 2e-3 and w.shape == (400, 50)
+    with pytest.raises(ValueError, match="unknown initializer"):
+        layers.Layer().add_weight((2,), initializer="nope")
+
+
+def test_bidirectional_backward_layer(rng):
+    x = rng.standard_normal((2, 5, 3)).astype("float32")
+    back = layers.LSTM(4, go_backwards=True, return_sequences=True, seed=1)
+    bi = layers.Bidirectional(layers.LSTM(4, return_sequences=True), backward_layer=back, merge_mode="sum")
+    y = bi(x)
+    fwd = bi.forward_layer(x)
+    assert bi.backward_layer is back and back.zero_output_for_mask  # forced to return_sequences
+    np.testing.assert_allclose(y, fwd + back(x)[:, ::-1], atol=1e-6)
+    assert len(bi.get_weights()) == 6
+    with pytest.raises(ValueError, match="opposite go_backwards"):
+        layers.Bidirectional(layers.LSTM(4), backward_layer=layers.LSTM(4))
+
+
+def test_masks_ride_on_device_arrays(device, rng):
+    ids = rng.integers(0, 9, (3, 6))
+    ids[0, 4:] = 0
+    emb, gru = layers.Embedding(9, 4, mask_zero=True), layers.GRU(5, return_sequences=True, return_state=True)
+    out, h = gru(emb(to_device(ids, device)))
+    assert isinstance(out, np.ndarray) == (device == "cpu")  # CuPy in, CuPy out
+    np.testing.assert_array_equal(to_host(get_mask(out)), ids != 0)
+    assert get_mask(h) is None
+    np.testing.assert_allclose(to_host(out), gru(emb(ids))[0], atol=1e-5)

@@ -68,9 +68,10 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(a for a in _ACTIVATIONS if a)} or None")
-        self.units, self.activation, self.use_bias = int(units), activation, use_bias
+        if not callable(activation) and activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(a for a in _ACTIVATIONS if a)}, None or a callable")
+        self.units, self.use_bias = int(units), use_bias
+        self.activation = activation if callable(activation) else _ACTIVATIONS[activation]
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         self.supports_masking = True
 
@@ -83,4 +84,4 @@ class Dense(Layer):
         y = xp.asarray(inputs) @ xp.asarray(self.kernel)
         if self.bias is not None:
             y = y + xp.asarray(self.bias)
-        return _ACTIVATIONS[self.activation](y)
+        return self.activation(y)

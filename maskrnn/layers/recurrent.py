@@ -71,7 +71,7 @@ class _RNN(Layer):
         out, *states = self._op(x, *weights, mask=mask, initial_state=initial_state,
                                 go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask)
         y = out if self.return_sequences else out[:, -1]
-        return [y, *states] if self.return_state else y
+        return (y, *states) if self.return_state else y  # a tuple, as Keras returns
 
     def compute_mask(self, inputs, mask=None):
         if _is_sequence(mask):
@@ -184,14 +184,14 @@ class Bidirectional(Layer):
             fwd_state, bwd_state = list(initial_state[:half]), list(initial_state[half:])
         y = self.forward_layer.call(sequences, initial_state=fwd_state, mask=mask)
         y_rev = self.backward_layer.call(sequences, initial_state=bwd_state, mask=mask)
-        states = []
+        states = ()
         if self.return_state:
             y, states = y[0], y[1:] + y_rev[1:]
             y_rev = y_rev[0]
         if self.return_sequences:
             y_rev = y_rev[:, ::-1]
         xp = _xp(y)
-        out = [y, y_rev] if self.merge_mode is None else [_MERGES[self.merge_mode](xp, y, y_rev)]
+        out = (y, y_rev) if self.merge_mode is None else (_MERGES[self.merge_mode](xp, y, y_rev),)
         return out + states if (self.return_state or self.merge_mode is None) else out[0]
 
     def compute_mask(self, inputs, mask=None):
