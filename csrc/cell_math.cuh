@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>  // expf/tanhf on the host side (nvcc declares them for device code itself)
+
 namespace maskrnn {
 
 template <typename T> struct AccType { using type = float; };

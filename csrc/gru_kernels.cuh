@@ -1,6 +1,7 @@
 #pragma once
 // GRU scans, both variants. reset_after: one fused kernel per step (h U for z, r, h at once). Not reset_after:
-// z and r first, then (r * h) U_h and the candidate. Backward: a pointwise kernel, then the products.
+// z and r first, then (r * h) U_h and the candidate. Backward: one kernel per step (the previous step's
+// products fused with this step's pointwise gradients), plus the reset-gate product when not reset_after.
 #include "tile.cuh"
 
 namespace maskrnn {
@@ -27,8 +28,10 @@ __global__ void gru_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bo
     return;
   }
   T* g = gx + (t * BH + int64_t(b) * H) * 3;
-  const Acc z = sigmoid(to_acc(g[j]) + u[0] + to_acc(b_rec[j]));
-  const Acc r = sigmoid(to_acc(g[H + j]) + u[1] + to_acc(b_rec[H + j]));
+  // Not reset_after has its whole bias in gx; b_rec is only read by the reset_after variant.
+  const Acc bz = kFull ? to_acc(b_rec[j]) : Acc(0), br = kFull ? to_acc(b_rec[H + j]) : Acc(0);
+  const Acc z = sigmoid(to_acc(g[j]) + u[0] + bz);
+  const Acc r = sigmoid(to_acc(g[H + j]) + u[1] + br);
   g[j] = from_acc<T>(z);
   g[H + j] = from_acc<T>(r);
   if (!kFull) {
@@ -69,15 +72,23 @@ __global__ void gru_fwd_candidate(int t, int B, int H, int n, const uint8_t* mas
   out[o] = from_acc<T>(h_new);
 }
 
-// Pointwise backward at step t: dgx (and dgr when reset_after); dh becomes the direct part dh_t * z.
+// Backward step t: first dh_t += next_{t+1} U[:, :K]^T for the real rows of step t+1 (next = dgr with K = 3H
+// when reset_after, else dgx with K = 2H: the z, r part; n_next = 0 at the last step), fused here to save a
+// launch per step; then dgx (and dgr when reset_after) of step t, and dh becomes the direct part dh_t * z.
 template <typename T>
-__global__ void gru_bwd_point(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, bool reset_after,
-                              const T* gx, const T* hs, const T* hr, const T* d_out, acc_t<T>* dh, acc_t<T>* carry,
-                              T* dgx, T* dgr) {
+__global__ void gru_bwd_step(int t, int B, int H, int n_next, int n, const uint8_t* mask, bool zero_output,
+                             bool reset_after, const T* next, int K, const T* U, const T* gx, const T* hs,
+                             const T* hr, const T* d_out, acc_t<T>* dh, acc_t<T>* carry, T* dgx, T* dgr) {
   using Acc = acc_t<T>;
-  const int b = blockIdx.y * BM + threadIdx.y, j = blockIdx.x * BN + threadIdx.x;
+  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
+  const int b = row0 + threadIdx.y, j = col0 + threadIdx.x;
+  const int64_t BH = int64_t(B) * H;
+  Acc v[1] = {0};
+  if (row0 < n_next)  // block-uniform test
+    tile_dot<T, 1>(next + (t + 1) * BH * 3, 3 * H, n_next, U, 1, 3 * H, H, K, row0, col0, v);
   if (b >= B || j >= H) return;
-  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s, row = (t * BH + int64_t(b) * H) * 3;
+  const int64_t s = int64_t(b) * H + j, o = t * BH + s, row = (t * BH + int64_t(b) * H) * 3;
+  if (is_real(mask, t + 1, B, b, n_next)) dh[s] += v[0];  // b < n_next is tested first: t + 1 < T
   if (!is_real(mask, t, B, b, n)) {
     for (int k = 0; k < 3; ++k) {
       dgx[row + k * H + j] = from_acc<T>(Acc(0));
@@ -102,7 +113,8 @@ __global__ void gru_bwd_point(int t, int B, int H, int n, const uint8_t* mask, b
   }
 }
 
-// dh += A_t B over the real rows, A_t = rows of src at step t (width lda), B(k, c) = U[c * 3H + k0 + k].
+// dh += A_t B over the real rows of step t, A_t = columns [a_offset, a_offset + K) of dgx_t (or dgr_t),
+// B(k, c) = U[c * 3H + a_offset + k].
 // With kReset (not reset_after, first product): A = d hh_pre, the result is d(r * h); it yields the reset
 // gate's gradient into dgx and r * d(r * h) into dh instead.
 template <typename T, bool kReset>
@@ -128,7 +140,7 @@ __global__ void gru_bwd_product(int t, int B, int H, int n, const uint8_t* mask,
 
 template <typename T>
 void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* hr) {
-  if (p.B == 0) return;  // an empty grid is a launch error
+  if (empty(p)) return;
   const dim3 grid = step_grid(p), block(BN, BM);
   for (int t = 0; t < p.T; ++t) {
     const int n = active_rows(p, t);
@@ -149,7 +161,7 @@ void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* 
 template <typename T>
 void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh, T* dgx,
              T* dgr) {
-  if (p.B == 0) return;  // an empty grid is a launch error
+  if (empty(p)) return;
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* carry = dh_acc + int64_t(p.B) * p.H;
@@ -157,21 +169,23 @@ void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T*
   copy_to_acc<T>(p, nullptr, carry);
   const dim3 grid = step_grid(p), block(BN, BM);
   const int H = p.H;
+  // The product of h_{t-1} with every pre-activation gradient that reads it through U: all three gates'
+  // recurrent ones (dgr) when reset_after; else z and r here, the candidate's in the kReset product.
+  T* next = p.reset_after ? dgr : dgx;
+  const int K = p.reset_after ? 3 * H : 2 * H;
   for (int t = p.T - 1; t >= 0; --t) {
-    const int n = active_rows(p, t);
-    gru_bwd_point<T><<<grid, block, 0, p.stream>>>(t, p.B, H, n, p.mask, p.zero_output, p.reset_after, gx, hs, hr,
-                                                    d_out, dh_acc, carry, dgx, dgr);
+    const int n = active_rows(p, t), n_next = t + 1 < p.T ? active_rows(p, t + 1) : 0;
+    gru_bwd_step<T><<<grid, block, 0, p.stream>>>(t, p.B, H, n_next, n, p.mask, p.zero_output, p.reset_after, next,
+                                                   K, U, gx, hs, hr, d_out, dh_acc, carry, dgx, dgr);
     MASKRNN_LAUNCH_CHECK();
-    if (p.reset_after) {  // dh += dgr_t U^T
-      gru_bwd_product<T, false><<<grid, block, 0, p.stream>>>(t, p.B, H, n, p.mask, 3 * H, 0, dgr, gx, hs, U,
-                                                               dh_acc);
+    if (!p.reset_after) {  // d(r * h) = dhh_t U_h^T -> reset gate gradient and r * d(r * h)
+      gru_bwd_product<T, true><<<grid, block, 0, p.stream>>>(t, p.B, H, n, p.mask, H, 2 * H, dgx, gx, hs, U, dh_acc);
       MASKRNN_LAUNCH_CHECK();
-      continue;
     }
-    // d(r * h) = dhh_t U_h^T -> reset gate gradient and r * d(r * h); then dh += [dz, dr]_t U_zr^T.
-    gru_bwd_product<T, true><<<grid, block, 0, p.stream>>>(t, p.B, H, n, p.mask, H, 2 * H, dgx, gx, hs, U, dh_acc);
-    MASKRNN_LAUNCH_CHECK();
-    gru_bwd_product<T, false><<<grid, block, 0, p.stream>>>(t, p.B, H, n, p.mask, 2 * H, 0, dgx, gx, hs, U, dh_acc);
+  }
+  if (p.T > 0) {
+    gru_bwd_product<T, false><<<grid, block, 0, p.stream>>>(0, p.B, H, active_rows(p, 0), p.mask, K, 0, next, gx, hs,
+                                                             U, dh_acc);
     MASKRNN_LAUNCH_CHECK();
   }
   copy_from_acc<T>(p, dh_acc, dh);

@@ -1,7 +1,7 @@
 #pragma once
-// LSTM scans: one fused kernel per step forward (h U, gate math, mask select); backward one pointwise and
-// one product kernel per step. Masked and packed share the kernels: packed passes mask == nullptr and the
-// prefix size n, and blocks of padded rows skip the product.
+// LSTM scans: one fused kernel per step forward (h U, gate math, mask select) and backward (the previous
+// step's dgx U^T, gate gradients, mask select). Masked and packed share the kernels: packed passes
+// mask == nullptr and the prefix size n, and blocks of padded rows skip the product.
 #include "tile.cuh"
 
 namespace maskrnn {
@@ -36,15 +36,23 @@ __global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, b
   out[o] = from_acc<T>(h_new);
 }
 
-// Gate gradients at step t. dh, dc, carry: (B,H) accumulation-type running gradients of h, c and of the
-// output carried into padded steps.
+// Backward step t: first dh_t = dgx_{t+1} U^T for the real rows of step t+1 (n_next rows computed there; 0 at
+// the last step, which starts from the upstream gradient), fused here to save a launch per step; then the gate
+// gradients of step t. dh, dc, carry: (B,H) accumulation-type running gradients of h, c and of the output
+// carried into padded steps.
 template <typename T>
-__global__ void lstm_bwd_point(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, const T* gx,
-                               const T* cs, const T* d_out, acc_t<T>* dh, acc_t<T>* dc, acc_t<T>* carry, T* dgx) {
+__global__ void lstm_bwd_step(int t, int B, int H, int n_next, int n, const uint8_t* mask, bool zero_output,
+                              const T* gx, const T* U, const T* cs, const T* d_out, acc_t<T>* dh, acc_t<T>* dc,
+                              acc_t<T>* carry, T* dgx) {
   using Acc = acc_t<T>;
-  const int b = blockIdx.y * BM + threadIdx.y, j = blockIdx.x * BN + threadIdx.x;
-  if (b >= B || j >= H) return;
+  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
+  const int b = row0 + threadIdx.y, j = col0 + threadIdx.x;
   const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;
+  Acc v[1] = {0};
+  if (row0 < n_next)  // block-uniform test
+    tile_dot<T, 1>(dgx + (t + 1) * BH * 4, 4 * H, n_next, U, 1, 4 * H, H, 4 * H, row0, col0, v);
+  if (b >= B || j >= H) return;
+  if (is_real(mask, t + 1, B, b, n_next)) dh[s] = v[0];  // b < n_next is tested first: t + 1 < T
   T* dg = dgx + (t * BH + int64_t(b) * H) * 4;
   if (!is_real(mask, t, B, b, n)) {
 #pragma unroll
@@ -65,7 +73,7 @@ __global__ void lstm_bwd_point(int t, int B, int H, int n, const uint8_t* mask, 
   for (int k = 0; k < 4; ++k) dg[k * H + j] = from_acc<T>(d[k]);
 }
 
-// dh_{t-1} = dgx_t U^T for the real rows of step t; other rows keep their gradient.
+// dh_{t-1} = dgx_t U^T for the real rows of step t (t = 0: the gradient of h0); other rows keep theirs.
 template <typename T>
 __global__ void lstm_bwd_product(int t, int B, int H, int n, const uint8_t* mask, const T* dgx, const T* U,
                                  acc_t<T>* dh) {
@@ -78,7 +86,7 @@ __global__ void lstm_bwd_product(int t, int B, int H, int n, const uint8_t* mask
 
 template <typename T>
 void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
-  if (p.B == 0) return;  // an empty grid is a launch error
+  if (empty(p)) return;
   const dim3 grid = step_grid(p), block(BN, BM);
   for (int t = 0; t < p.T; ++t) {
     lstm_fwd_step<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, active_rows(p, t), p.mask, p.zero_output, gx, U,
@@ -89,7 +97,7 @@ void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
 
 template <typename T>
 void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc, T* dgx) {
-  if (p.B == 0) return;  // an empty grid is a launch error
+  if (empty(p)) return;
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* dc_acc = dh_acc + int64_t(p.B) * p.H;
@@ -99,11 +107,13 @@ void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T
   copy_to_acc<T>(p, nullptr, carry);
   const dim3 grid = step_grid(p), block(BN, BM);
   for (int t = p.T - 1; t >= 0; --t) {
-    const int n = active_rows(p, t);
-    lstm_bwd_point<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, n, p.mask, p.zero_output, gx, cs, d_out, dh_acc,
-                                                     dc_acc, carry, dgx);
+    const int n_next = t + 1 < p.T ? active_rows(p, t + 1) : 0;
+    lstm_bwd_step<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, n_next, active_rows(p, t), p.mask, p.zero_output,
+                                                    gx, U, cs, d_out, dh_acc, dc_acc, carry, dgx);
     MASKRNN_LAUNCH_CHECK();
-    lstm_bwd_product<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, n, p.mask, dgx, U, dh_acc);
+  }
+  if (p.T > 0) {
+    lstm_bwd_product<T><<<grid, block, 0, p.stream>>>(0, p.B, p.H, active_rows(p, 0), p.mask, dgx, U, dh_acc);
     MASKRNN_LAUNCH_CHECK();
   }
   copy_from_acc<T>(p, dh_acc, dh);

@@ -43,6 +43,9 @@ __device__ inline void tile_dot(const T* A, int64_t lda, int nrows, const T* Bm,
   }
 }
 
+// Nothing to compute (an empty grid is a launch error).
+inline bool empty(const ScanParams& p) { return p.B == 0 || p.H == 0; }
+
 // Rows computed at step t: a prefix of the (sorted) batch.
 inline int active_rows(const ScanParams& p, int t) { return p.batch_sizes ? p.batch_sizes[t] : p.B; }
 

@@ -1,16 +1,23 @@
 """The GPU engine: the scan-kernel contract of maskrnn/_scan.py on CuPy arrays, through the CUDA kernels of
-the native extension (csrc/scan.h). Raw device pointers and CuPy's current stream go to C++; nothing is copied.
-The all-step GEMMs run on CuPy (cuBLAS): the driver's default ``xp.matmul``.
+the native extension (csrc/scan.h). Raw device pointers and CuPy's current stream go to C++; nothing is copied
+(except a strided mask, made dense). The all-step GEMMs run on CuPy (cuBLAS): the driver's default ``xp.matmul``.
 """
 
 import numpy as np
 
 from ._info import _extension, cuda_ready
 
+_ready = False
+
 
 def available():
     """(True, "") when the CUDA engine can run, else (False, why and how to fix it)."""
-    return cuda_ready()
+    global _ready
+    if _ready:  # asked on every call; the device query behind it costs more than a small scan
+        return True, ""
+    ok, why = cuda_ready()
+    _ready = ok
+    return ok, why
 
 
 def _ext():
@@ -23,12 +30,36 @@ def _stream():
     return cupy.cuda.get_current_stream().ptr
 
 
+def _ptr(a):
+    # The kernels index every array as dense C order; a strided view would be read as garbage.
+    if not a.flags.c_contiguous:
+        raise ValueError(f"maskrnn CUDA kernels need C-contiguous arrays, got shape {a.shape} strides {a.strides}")
+    return a.data.ptr
+
+
+def _ptrs(gx, *arrays):
+    """Pointers of gx and the other storage-type arrays; the kernels read them all as gx's dtype."""
+    for a in arrays:
+        if a.dtype != gx.dtype:
+            raise TypeError(f"maskrnn CUDA kernels need one dtype, got {a.dtype} beside gx's {gx.dtype}")
+    return [_ptr(a) for a in (gx, *arrays)]
+
+
 def _steps(steps):
-    """(host batch sizes, device mask pointer or 0 for the packed kernels)."""
+    """(host batch sizes, device mask or None for the packed kernels). The caller keeps the mask alive until
+    the kernels are queued: it may be a fresh copy."""
     if isinstance(steps, np.ndarray):
-        return [int(n) for n in steps], 0
+        return [int(n) for n in steps], None
     mask, sizes = steps
-    return [int(n) for n in sizes], mask.data.ptr
+    if not mask.flags.c_contiguous:  # a row permutation of the plan can leave it strided
+        mask = mask.copy(order="C")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"maskrnn CUDA kernels need a bool mask, got {mask.dtype}")
+    return [int(n) for n in sizes], mask
+
+
+def _mask_ptr(mask):
+    return 0 if mask is None else _ptr(mask)
 
 
 def _sizes(gx, U):
@@ -36,11 +67,8 @@ def _sizes(gx, U):
     return T, B, U.shape[0]
 
 
-def _ptr(a):
-    return a.data.ptr
-
-
 def _scratch(n, dh):
+    """n (B,H) running gradients in the accumulation type (float64 for float64, else float32)."""
     import cupy
 
     return cupy.empty((n,) + dh.shape, np.float64 if dh.dtype == np.float64 else np.float32)
@@ -48,29 +76,28 @@ def _scratch(n, dh):
 
 def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
     sizes, mask = _steps(steps)
-    _ext().lstm_fwd(gx.dtype.name, *_sizes(gx, U), sizes, mask, bool(zero_output), _ptr(gx), _ptr(U), _ptr(out),
-                    _ptr(hs), _ptr(cs), _stream())
+    _ext().lstm_fwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output),
+                    *_ptrs(gx, U, out, hs, cs), _stream())
 
 
 def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
     sizes, mask = _steps(steps)
     scratch = _scratch(3, dh)
-    _ext().lstm_bwd(gx.dtype.name, *_sizes(gx, U), sizes, mask, bool(zero_output), _ptr(gx), _ptr(U), _ptr(cs),
-                    _ptr(d_out), _ptr(dh), _ptr(dc), _ptr(dgx), _ptr(scratch), _stream())
+    _ext().lstm_bwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output),
+                    *_ptrs(gx, U, cs, d_out, dh, dc, dgx), _ptr(scratch), _stream())
 
 
 def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
     sizes, mask = _steps(steps)
-    _ext().gru_fwd(gx.dtype.name, *_sizes(gx, U), sizes, mask, bool(zero_output), bool(reset_after), _ptr(gx),
-                   _ptr(U), _ptr(b_rec), _ptr(out), _ptr(hs), _ptr(hr), _stream())
+    _ext().gru_fwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output), bool(reset_after),
+                   *_ptrs(gx, U, b_rec, out, hs, hr), _stream())
 
 
 def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
     sizes, mask = _steps(steps)
     scratch = _scratch(2, dh)
-    _ext().gru_bwd(gx.dtype.name, *_sizes(gx, U), sizes, mask, bool(zero_output), bool(reset_after), _ptr(gx),
-                   _ptr(U), _ptr(hs), _ptr(hr), _ptr(d_out), _ptr(dh), _ptr(dgx), _ptr(dgr), _ptr(scratch),
-                   _stream())
+    _ext().gru_bwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output), bool(reset_after),
+                   *_ptrs(gx, U, hs, hr, d_out, dh, dgx, dgr), _ptr(scratch), _stream())
 
 
 # The packed and masked kernels are the same C++ entry points; `steps` tells them apart.

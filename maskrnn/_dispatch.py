@@ -55,7 +55,7 @@ def make_plan(xp, mask):
     if np.any(order != np.arange(B)):
         plan.order = xp.asarray(order)
         plan.inverse = xp.asarray(np.argsort(order))
-        plan.mask = mask[:, plan.order]
+        plan.mask = xp.ascontiguousarray(mask[:, plan.order])
     return plan
 
 

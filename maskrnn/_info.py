@@ -37,5 +37,5 @@ def cuda_ready():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return False, "CuPy is not installed: pip install maskrnn[gpu]"
+        return False, "CuPy is not installed: pip install 'maskrnn[gpu]' (cupy-cuda13x with its CUDA libraries)"
     return True, ""
