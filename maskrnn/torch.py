@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 import maskrnn
 
@@ -56,35 +57,43 @@ def _steps(options):
 class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, recurrent_kernel, bias, h0, c0, options):
+        # The engine's tape holds views of the weights: saving them makes torch's version counter catch an
+        # in-place update between forward and backward instead of returning wrong gradients.
+        ctx.save_for_backward(kernel, recurrent_kernel)
         state = None if h0 is None else (_view(h0), _view(c0))
         with _stream(x):
             (out, h, c), ctx.pullback = maskrnn.lstm_vjp(_view(x), _view(kernel), _view(recurrent_kernel),
                                                          _view(bias), initial_state=state, **_steps(options))
-        return _tensor(out), _tensor(h), _tensor(c)
+            return _tensor(out), _tensor(h), _tensor(c)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
+        ctx.saved_tensors  # noqa: B018 -- raises if the weights were modified in place since forward
+        has_state = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
         with _stream(d_out):
             g = ctx.pullback(_view(d_out), _view(d_h), _view(d_c))
-        has_state = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
-        return (_tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias),
-                _tensor(g.h0) if has_state else None, _tensor(g.c0) if has_state else None, None)
+            return (_tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias),
+                    _tensor(g.h0) if has_state else None, _tensor(g.c0) if has_state else None, None)
 
 
 class _GRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, recurrent_kernel, bias, h0, options):
+        ctx.save_for_backward(kernel, recurrent_kernel)  # see _LSTM.forward
         with _stream(x):
             (out, h), ctx.pullback = maskrnn.gru_vjp(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias),
                                                      initial_state=_view(h0), **_steps(options))
-        return _tensor(out), _tensor(h)
+            return _tensor(out), _tensor(h)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_out, d_h):
+        ctx.saved_tensors  # noqa: B018 -- see _LSTM.backward
         with _stream(d_out):
             g = ctx.pullback(_view(d_out), _view(d_h))
-        h0 = _tensor(g.h0) if ctx.needs_input_grad[4] else None
-        return _tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias), h0, None
+            h0 = _tensor(g.h0) if ctx.needs_input_grad[4] else None
+            return _tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias), h0, None
 
 
 def _needs_grad(*tensors):
@@ -104,7 +113,7 @@ def lstm(x, kernel, recurrent_kernel, bias=None, *, mask=None, lengths=None, ini
     with _stream(x):
         res = maskrnn.lstm(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias), initial_state=state,
                            **_steps(options))
-    return tuple(_tensor(r) for r in res)
+        return tuple(_tensor(r) for r in res)
 
 
 def gru(x, kernel, recurrent_kernel, bias=None, *, reset_after=True, mask=None, lengths=None, initial_state=None,
@@ -120,7 +129,7 @@ def gru(x, kernel, recurrent_kernel, bias=None, *, reset_after=True, mask=None, 
     with _stream(x):
         res = maskrnn.gru(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias),
                           initial_state=_view(initial_state), **_steps(options))
-    return tuple(_tensor(r) for r in res)
+        return tuple(_tensor(r) for r in res)
 
 
 def _glorot_uniform(shape):
@@ -198,7 +207,6 @@ class LSTM(_Recurrent):
         return self._finish(out, h, c)
 
 
-
 class GRU(_Recurrent):
     """Keras GRU as an nn.Module (reset_after=True by default, as Keras 3 and torch.nn.GRU)."""
 
@@ -219,7 +227,6 @@ class GRU(_Recurrent):
         return self._finish(out, h)
 
 
-
 class Bidirectional(nn.Module):
     """Keras Bidirectional: the backward layer is a copy of ``layer`` with go_backwards flipped; both see the
     same mask; zero_output_for_mask is forced to return_sequences on both (as Keras does); with
@@ -236,6 +243,15 @@ class Bidirectional(nn.Module):
         self.forward_layer, self.backward_layer, self.merge_mode = layer, backward_layer, merge_mode
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
+
+    @classmethod
+    def from_torch(cls, module, merge_mode="concat", **options):
+        """Same weights as a single-layer bidirectional torch.nn.LSTM / GRU; options go to both layers."""
+        if not module.bidirectional:
+            raise ValueError("from_torch needs a bidirectional module (bidirectional=True)")
+        layer = LSTM if isinstance(module, nn.LSTM) else GRU
+        return cls(layer.from_torch(module, **options), merge_mode,
+                   backward_layer=layer.from_torch(module, reverse=True, go_backwards=True, **options))
 
     def forward(self, x, mask=None, initial_state=None, lengths=None):
         n = 2 if isinstance(self.forward_layer, LSTM) else 1

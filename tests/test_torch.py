@@ -68,13 +68,21 @@ def problem(rng, cell, B, T, I, H, dtype, mask_kind):
     return t(B, T, I), t(I, G * H), t(H, G * H), b, t(B, H), t(B, H), torch.from_numpy(mask)
 
 
-def call(cell, x, W, U, b, mask, h0, c0, **kw):
+def call(cell, x, W, U, b, mask=None, h0=None, c0=None, **kw):
     if cell == "lstm":
-        return mt.lstm(x, W, U, b, mask=mask, initial_state=(h0, c0), **kw)
+        state = None if h0 is None else (h0, c0)
+        return mt.lstm(x, W, U, b, mask=mask, initial_state=state, **kw)
     return mt.gru(x, W, U, b, mask=mask, initial_state=h0, reset_after=cell == "gru", **kw)
 
 
-@pytest.mark.parametrize("mask_kind", ["holes", "post"])
+def steps(mask, mask_kind):
+    """The mask itself, or for "lengths" the same post-padded rows given as lengths (the packed kernels)."""
+    if mask_kind == "lengths":
+        return dict(mask=None, lengths=mask.sum(1))
+    return dict(mask=mask)
+
+
+@pytest.mark.parametrize("mask_kind", ["holes", "post", "lengths"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck(rng, cell, mask_kind):
     x, W, U, b, h0, c0, mask = problem(rng, cell, 3, 5, 2, 3, torch.float64, mask_kind)
@@ -83,14 +91,14 @@ def test_gradcheck(rng, cell, mask_kind):
     args = (x, W, U, b, h0) + ((c0,) if cell == "lstm" else ())
 
     def f(x, W, U, b, h0, c0=None):
-        return call(cell, x, W, U, b, mask, h0, c0)
+        return call(cell, x, W, U, b, h0=h0, c0=c0, **steps(mask, mask_kind))
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("zero_output", [False, True])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("mask_kind", ["holes", "post"])
+@pytest.mark.parametrize("mask_kind", ["holes", "post", "lengths"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradients_equal_plain_torch(rng, tdevice, cell, mask_kind, go_backwards, zero_output):
     x, W, U, b, h0, c0, mask = problem(rng, cell, 4, 7, 3, 5, torch.float64, mask_kind)
@@ -104,7 +112,8 @@ def test_gradients_equal_plain_torch(rng, tdevice, cell, mask_kind, go_backwards
     n = 3 if cell == "lstm" else 2
     want = torch.autograd.grad(sum((r * u).sum() for r, u in zip(ref[:n], ups)), leaves)
     dev = [v.detach().to(tdevice).requires_grad_() for v in leaves]
-    outs = call(cell, *dev[:4], mask.to(tdevice), dev[4], dev[5] if cell == "lstm" else None, **kw)
+    on_dev = {k: None if v is None else v.to(tdevice) for k, v in steps(mask, mask_kind).items()}
+    outs = call(cell, *dev[:4], h0=dev[4], c0=dev[5] if cell == "lstm" else None, **on_dev, **kw)
     for o, r in zip(outs, ref):
         torch.testing.assert_close(o.cpu(), r.detach(), rtol=1e-10, atol=1e-10)
     got = torch.autograd.grad(sum((o * u.to(tdevice)).sum() for o, u in zip(outs, ups)), dev)
@@ -130,23 +139,50 @@ def test_nan_in_padding_leaves_gradients_finite(rng, tdevice, cell):
         torch.testing.assert_close(dirty, clean, rtol=0, atol=0)
 
 
+def torch_grads_in_keras_layout(cell, module, reverse=False):
+    """The converters are linear in the weights, so they map torch's weight gradients to Keras layout too;
+    except the LSTM bias, which is b_ih + b_hh: its gradient is that of either one, so b_hh's is zeroed."""
+    sd = {k: p.grad for k, p in module.named_parameters()}
+    if cell == "lstm":
+        sd = {k: torch.zeros_like(v) if k.startswith("bias_hh") else v for k, v in sd.items()}
+        return convert.lstm_weights_from_torch(sd, reverse=reverse)
+    return convert.gru_weights_from_torch(sd, reverse=reverse)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_modules_match_torch_nn_on_packed_batches(rng, cell):
+def test_modules_match_torch_nn_on_packed_batches(rng, tdevice, cell, bidirectional):
     B, T, I, H = 5, 9, 4, 6
-    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H, batch_first=True)
-    ours = (mt.LSTM if cell == "lstm" else mt.GRU).from_torch(ref, return_sequences=True, return_state=True)
-    x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32)
+    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H, batch_first=True, bidirectional=bidirectional,
+                                                              dtype=torch.float64).to(tdevice)
+    kind = mt.Bidirectional if bidirectional else (mt.LSTM if cell == "lstm" else mt.GRU)
+    ours = kind.from_torch(ref, return_sequences=True, return_state=True)
+    x = torch.tensor(rng.standard_normal((B, T, I)), device=tdevice, requires_grad=True)
     lengths = torch.tensor(rng.integers(1, T + 1, B))
+    lengths[0] = T
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     out_ref, state_ref = ref(packed)
     out_ref = torch.nn.utils.rnn.pad_packed_sequence(out_ref, batch_first=True, total_length=T)[0]
-    got = ours(x, lengths=lengths)
-    valid = (torch.arange(T)[None, :] < lengths[:, None])[..., None]
-    torch.testing.assert_close(got[0] * valid, out_ref, rtol=1e-5, atol=1e-5)
-    h_ref = state_ref[0][0] if cell == "lstm" else state_ref[0]
-    torch.testing.assert_close(got[1], h_ref, rtol=1e-5, atol=1e-5)
-    if cell == "lstm":
-        torch.testing.assert_close(got[2], state_ref[1][0], rtol=1e-5, atol=1e-5)
+    states_ref = state_ref if cell == "lstm" else (state_ref,)
+    # torch stacks (direction, B, H); maskrnn returns h[, c] per direction, forward first
+    states_ref = [s[d] for d in range(2 if bidirectional else 1) for s in states_ref]
+    got = ours(x, lengths=lengths.to(tdevice))
+    valid = (torch.arange(T)[None, :] < lengths[:, None])[..., None].to(tdevice)
+    # a bidirectional layer zeroes padded outputs as torch does; a single one repeats the last real output
+    torch.testing.assert_close(got[0] * valid if not bidirectional else got[0], out_ref, rtol=1e-10, atol=1e-10)
+    for g, r in zip(got[1:], states_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+    ups = [torch.tensor(rng.standard_normal(o.shape), device=tdevice) for o in (out_ref, *states_ref)]
+    sum((o * u).sum() for o, u in zip((out_ref, *states_ref), ups)).backward()
+    want, x.grad = x.grad, None
+    sum((o * u).sum() for o, u in zip((got[0] * valid, *got[1:]), ups)).backward()
+    torch.testing.assert_close(x.grad, want, rtol=1e-9, atol=1e-10)
+    layers = [ours.forward_layer, ours.backward_layer] if bidirectional else [ours]
+    for reverse, layer in enumerate(layers):
+        for g, w in zip((layer.kernel.grad, layer.recurrent_kernel.grad, layer.bias.grad),
+                        torch_grads_in_keras_layout(cell, ref, bool(reverse))):
+            np.testing.assert_allclose(g.cpu().numpy(), w, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
@@ -174,6 +210,58 @@ def test_bidirectional(rng, cell, merge_mode):
         torch.testing.assert_close(res[0], want[merge_mode])
     for got, w in zip(res[n:], (*f[1:], *b[1:])):
         torch.testing.assert_close(got, w)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_autograd_guards(rng, cell):
+    """In-place ops on the returned states leave the gradients alone (the engine's tape must not alias
+    them); in-place changes to the weights before backward and double backward raise instead of lying."""
+    x, W, U, b, h0, c0, mask = problem(rng, cell, 3, 5, 2, 3, torch.float64, "holes")
+    if cell == "gru_v1":
+        b = torch.tensor(rng.standard_normal(9), requires_grad=True)
+    mask[:] = True
+    mask[1:, 2] = False  # holes, but every row ends with a real step: no row reordering, nothing copied
+    up = torch.tensor(rng.standard_normal((3, 5, 3)))
+
+    def grads(touch_states):
+        outs = call(cell, x, W, U, b, mask)
+        loss = (outs[0] * up).sum()
+        if touch_states:
+            with torch.no_grad():
+                for s in outs[1:]:
+                    s.mul_(-3.0)
+        return torch.autograd.grad(loss, [x, W, U, b])
+
+    for clean, touched in zip(grads(False), grads(True)):
+        torch.testing.assert_close(touched, clean, rtol=0, atol=0)
+    with torch.no_grad():
+        no_grad = call(cell, x, W, U, b, mask)
+    for a, r in zip(no_grad, call(cell, x, W, U, b, mask)):
+        torch.testing.assert_close(a, r.detach(), rtol=0, atol=0)
+    loss = (call(cell, x, W, U, b, mask)[0] * up).sum()
+    with torch.no_grad():
+        U.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    (dx,) = torch.autograd.grad((call(cell, x, W, U, b, mask)[0] ** 2 * up).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dx.sum().backward()
+
+
+def test_module_initializers_are_keras_defaults():
+    H, I = 16, 5
+    lstm, gru = mt.LSTM(I, H, dtype=torch.float64), mt.GRU(I, H)
+    limit = (6.0 / (I + 4 * H)) ** 0.5
+    assert 0 < lstm.kernel.abs().max() <= limit
+    U = lstm.recurrent_kernel.detach()
+    # orthogonal rows (drawn in float32, then cast)
+    torch.testing.assert_close(U @ U.T, torch.eye(H, dtype=torch.float64), rtol=0, atol=1e-6)
+    want = torch.zeros(4 * H, dtype=torch.float64)
+    want[H:2 * H] = 1.0  # unit_forget_bias
+    assert torch.equal(lstm.bias.detach(), want)
+    assert gru.bias.shape == (2, 3 * H) and not gru.bias.detach().any()
+    assert mt.GRU(I, H, reset_after=False).bias.shape == (3 * H,)
+    assert mt.LSTM(I, H, use_bias=False).bias is None
 
 
 def test_converters_round_trip(rng):
