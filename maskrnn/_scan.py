@@ -122,7 +122,8 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     cs = _states(xp, T, B, H, x.dtype, c0)
     getattr(K, f"lstm_{plan.variant}_fwd")(gx, U, plan.steps, zero_output, out, hs, cs)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, cs=cs)
-    return out, hs[T], cs[T], tape
+    # Copies: the backward reads the tape, and a caller may change the returned states in place.
+    return out, hs[T].copy(), cs[T].copy(), tape
 
 
 def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
@@ -150,7 +151,7 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     kernel = getattr(K, f"gru_{plan.variant}_fwd")
     kernel(gx, U, b_rec, plan.steps, zero_output, reset_after, out, hs, hr)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, hr=hr)
-    return out, hs[T], tape
+    return out, hs[T].copy(), tape  # a copy, as in lstm_forward
 
 
 def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
