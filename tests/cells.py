@@ -29,3 +29,17 @@ def cell_fns(cell):
         return maskrnn.lstm, maskrnn.lstm_vjp, reference.lstm, {}
     extra = {"reset_after": cell == "gru"}
     return maskrnn.gru, maskrnn.gru_vjp, reference.gru, extra
+
+
+def on_device(p, device):
+    """A problem's arrays (initial states in a tuple) moved to the test device."""
+    from conftest import to_device
+
+    return {k: (tuple(to_device(s, device) for s in v) if isinstance(v, tuple) else to_device(v, device))
+            for k, v in p.items()}
+
+
+def random_upstream(rng, cell, B, T, H, dtype="float64"):
+    """Random upstream gradients of (outputs, h_T[, c_T]), never ones."""
+    shapes = [(B, T, H), (B, H), (B, H)][: 3 if cell == "lstm" else 2]
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]

@@ -3,7 +3,7 @@ masked, NaN/Inf in padding leaves every gradient finite and unchanged, the pullb
 
 import numpy as np
 import pytest
-from cells import CELLS, cell_fns, make_problem
+from cells import CELLS, cell_fns, make_problem, on_device, random_upstream
 from conftest import make_mask, to_device, to_host
 
 import maskrnn._dispatch as dispatch
@@ -13,8 +13,7 @@ ARGS = ["x", "kernel", "recurrent_kernel", "bias"]
 
 def grads(device, cell, p, upstream, **kw):
     _, vjp, _, extra = cell_fns(cell)
-    d = {k: (tuple(to_device(s, device) for s in v) if isinstance(v, tuple) else to_device(v, device))
-         for k, v in p.items()}
+    d = on_device(p, device)
     kw = {k: to_device(v, device) for k, v in kw.items()}
     outs, pullback = vjp(d.pop("x"), d.pop("kernel"), d.pop("recurrent_kernel"), d.pop("bias", None), **d,
                          **kw, **extra)
@@ -51,8 +50,7 @@ def test_gradients_match_finite_differences(device, rng, cell, mask_kind, go_bac
     B, T, I, H = 3, 5, 2, 3
     p = make_problem(rng, cell, B, T, I, H, initial_state=True)
     kw = dict(mask=make_mask(rng, mask_kind, B, T), go_backwards=go_backwards, zero_output_for_mask=zero_output)
-    n_out = 3 if cell == "lstm" else 2
-    upstream = [rng.standard_normal(s) for s in [(B, T, H), (B, H), (B, H)][:n_out]]
+    upstream = random_upstream(rng, cell, B, T, H)
     _, g = grads(device, cell, p, upstream, **kw)
     names = ARGS + (["h0", "c0"] if cell == "lstm" else ["h0"])
     for name in names:
@@ -73,8 +71,7 @@ def test_packed_gradients_equal_masked(device, rng, monkeypatch, cell, mask_kind
     B, T, I, H = 6, 11, 3, 5
     p = make_problem(rng, cell, B, T, I, H, "float32", initial_state=True)
     mask = make_mask(rng, mask_kind, B, T)
-    upstream = [rng.standard_normal(s).astype("float32") for s in [(B, T, H), (B, H), (B, H)]][
-        : 3 if cell == "lstm" else 2]
+    upstream = random_upstream(rng, cell, B, T, H, "float32")
     packed = grads(device, cell, p, upstream, mask=mask)[1]
     monkeypatch.setattr(dispatch, "make_plan", lambda xp, m: dispatch._scan.Plan(mask=m))
     masked = grads(device, cell, p, upstream, mask=mask)[1]
@@ -89,8 +86,7 @@ def test_nonfinite_padding_leaves_gradients_unchanged(device, rng, cell, mask_ki
     B, T, I, H = 4, 7, 3, 4
     p = make_problem(rng, cell, B, T, I, H, "float32", initial_state=True)
     mask = make_mask(rng, mask_kind, B, T)
-    upstream = [rng.standard_normal(s).astype("float32") for s in [(B, T, H), (B, H), (B, H)]][
-        : 3 if cell == "lstm" else 2]
+    upstream = random_upstream(rng, cell, B, T, H, "float32")
     p["x"][~mask] = 0
     clean = grads(device, cell, p, upstream, mask=mask)[1]
     p["x"][~mask] = bad

@@ -3,7 +3,7 @@ padding, edge shapes. The same tests run on the GPU through the device fixture."
 
 import numpy as np
 import pytest
-from cells import CELLS, cell_fns, make_problem
+from cells import CELLS, cell_fns, make_problem, on_device
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 import maskrnn._dispatch as dispatch
@@ -13,8 +13,7 @@ MASKS = ["none", "post", "pre", "holes", "post_holes", "empty"]
 
 def run(device, cell, p, **kw):
     op, _, _, extra = cell_fns(cell)
-    dev = {k: (tuple(to_device(s, device) for s in v) if isinstance(v, tuple) else to_device(v, device))
-           for k, v in p.items()}
+    dev = on_device(p, device)
     kw = {k: to_device(v, device) for k, v in kw.items()}
     x, W, U = dev.pop("x"), dev.pop("kernel"), dev.pop("recurrent_kernel")
     return [to_host(r) for r in op(x, W, U, dev.pop("bias", None), **dev, **kw, **extra)]
