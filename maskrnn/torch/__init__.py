@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 
 import maskrnn
 
-from . import convert
+from .. import convert
 
 
 def _view(t):
