@@ -56,10 +56,11 @@ def _check(op, named):
         # The engines run outside torch: a trace would record their outputs as constants.
         raise RuntimeError(f"maskrnn.torch.{op} cannot be traced with torch.jit.trace (the trace would hold the "
                            "outputs as constants); run it eagerly or with torch.compile")
+    compiling = torch.compiler.is_compiling()  # dynamo cannot trace the functorch query (and needs no check)
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             continue
-        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        if not compiling and torch._C._functorch.is_functorch_wrapped_tensor(t):
             raise RuntimeError(f"maskrnn.torch.{op} does not support torch.func transforms (vmap, grad, jacrev, "
                                f"...): {name} is a transformed tensor; batch the inputs instead of vmap, and use "
                                "torch.autograd for gradients")
