@@ -207,10 +207,12 @@ lstm.__doc__ = f"""LSTM over a masked batch (Keras semantics). Returns (outputs 
 
     initial_state: (h0, c0), each (B,H). G = 4 (gates i, f, c, o).{_DOC_ARGS}"""
 lstm_vjp.__doc__ = """``lstm`` that keeps what backward needs. Returns ((outputs, h_T, c_T), pullback);
-    ``pullback(d_outputs=None, d_h=None, d_c=None)`` -> LSTMGrads (None upstream = zero; callable again)."""
+    ``pullback(d_outputs=None, d_h=None, d_c=None)`` -> LSTMGrads (None upstream = zero; callable again).
+    The pullback keeps its own copies of the weights and mask: changing the caller's afterwards has no effect."""
 gru.__doc__ = f"""GRU over a masked batch (Keras semantics). Returns (outputs (B,T,H), h_T (B,H)).
 
     reset_after: Keras's variant switch (True = PyTorch/cuDNN style, bias (2,3H)); bias (3H,) when False.
     initial_state: h0 (B,H) (or [h0]). G = 3 (gates z, r, h).{_DOC_ARGS}"""
 gru_vjp.__doc__ = """``gru`` that keeps what backward needs. Returns ((outputs, h_T), pullback);
-    ``pullback(d_outputs=None, d_h=None)`` -> GRUGrads (None upstream = zero; callable again)."""
+    ``pullback(d_outputs=None, d_h=None)`` -> GRUGrads (None upstream = zero; callable again; own copies of
+    the weights and mask, as in ``lstm_vjp``)."""

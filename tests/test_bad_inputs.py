@@ -38,6 +38,8 @@ TORCH_CASES = {
     "packed x": (lambda: mt.LSTM(I, H)(packed()), TypeError, "x is a PackedSequence; pass the padded tensor with "
                  "lengths= or mask="),
     "packed x gru": (lambda: mt.gru(packed(), *args(G=3)[1:]), TypeError, "maskrnn.torch.nn"),
+    "numpy x": (lambda: mt.lstm(np.zeros((B, T, I), np.float32), *args()[1:]), TypeError,
+                "x must be a torch.Tensor, got ndarray (maskrnn.lstm takes NumPy/CuPy arrays)"),
     "kernel None": (lambda: mt.lstm(args()[0], None, args()[2]), TypeError, "kernel is required"),
     "lstm state not a pair": (lambda: mt.lstm(*args(), initial_state=torch.zeros(B, H)), ValueError,
                               "initial_state for lstm must be a pair (h0, c0)"),

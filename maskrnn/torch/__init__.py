@@ -52,6 +52,9 @@ def _check(op, named):
         raise TypeError(f"maskrnn.torch.{op}: x is a PackedSequence; pass the padded tensor with lengths= or mask= "
                         "(torch.nn.utils.rnn.pad_packed_sequence gives both), or use maskrnn.torch.nn, whose "
                         "modules take PackedSequences")
+    if not isinstance(named["x"], torch.Tensor):
+        raise TypeError(f"maskrnn.torch.{op}: x must be a torch.Tensor, got {type(named['x']).__name__} "
+                        f"(maskrnn.{op} takes NumPy/CuPy arrays)")
     if torch.jit.is_tracing():
         # The engines run outside torch: a trace would record their outputs as constants.
         raise RuntimeError(f"maskrnn.torch.{op} cannot be traced with torch.jit.trace (the trace would hold the "
