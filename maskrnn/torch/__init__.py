@@ -93,8 +93,8 @@ def _steps(options):
 class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, recurrent_kernel, bias, h0, c0, options):
-        # The engine's tape holds views of the weights: saving them makes torch's version counter catch an
-        # in-place update between forward and backward instead of returning wrong gradients.
+        # Saved so that torch's version counter refuses an in-place update of the weights between forward and
+        # backward, as torch's own ops do (the pullback itself holds copies taken at forward).
         ctx.save_for_backward(kernel, recurrent_kernel)
         with _stream(x):
             (out, h, c), ctx.pullback = maskrnn.lstm_vjp(_view(x), _view(kernel), _view(recurrent_kernel),
