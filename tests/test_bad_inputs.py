@@ -54,6 +54,12 @@ TORCH_CASES = {
     "bi gru with 3 states": (lambda: mt.Bidirectional(mt.GRU(I, H))(args()[0], initial_state=[torch.zeros(B, H)] * 3),
                              ValueError, "Bidirectional GRU must hold 2 tensors (fwd_h, bwd_h), got 3"),
     "bi of a linear": (lambda: mt.Bidirectional(nn.Linear(2, 2)), TypeError, "layer must be a maskrnn.torch LSTM"),
+    "bi mismatched layers": (lambda: mt.Bidirectional(mt.LSTM(I, H), backward_layer=mt.LSTM(I, H, time_major=True,
+                                                                                        go_backwards=True)),
+                             ValueError, "backward_layer must be the same kind of layer as layer, with the opposite "
+                             "go_backwards"),
+    "bi same direction": (lambda: mt.Bidirectional(mt.GRU(I, H), backward_layer=mt.GRU(I, H)), ValueError,
+                          "backward_layer must be"),
     "bi from rnn": (lambda: mt.Bidirectional.from_torch(nn.RNN(I, H, bidirectional=True)), TypeError,
                     "module must be a torch.nn.LSTM or torch.nn.GRU, got RNN"),
     "bi from one-way": (lambda: mt.Bidirectional.from_torch(nn.GRU(I, H)), ValueError,

@@ -320,6 +320,11 @@ class Bidirectional(nn.Module):
             raise ValueError(f"merge_mode must be one of concat, sum, mul, ave, None; got {merge_mode!r}")
         if backward_layer is None:  # Keras: a fresh layer from the same config, freshly initialised
             backward_layer = type(layer)(**dict(layer.config, go_backwards=not layer.go_backwards))
+        elif (type(backward_layer) is not type(layer) or backward_layer.go_backwards == layer.go_backwards
+              or any(getattr(backward_layer, k) != getattr(layer, k)
+                     for k in ("return_sequences", "return_state", "time_major"))):
+            raise ValueError("backward_layer must be the same kind of layer as layer, with the opposite go_backwards "
+                             "and the same return_sequences, return_state and time_major")
         self.forward_layer, self.backward_layer, self.merge_mode = layer, backward_layer, merge_mode
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
