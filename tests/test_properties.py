@@ -182,7 +182,6 @@ def test_torch_modules(case, bidirectional, return_sequences):
     torch = pytest.importorskip("torch")
     import maskrnn.torch as mt
 
-    case.state = "none"
     p = Problem(case)
     if bidirectional:  # both directions share one set of weights here, so one reference serves both
         p.flags["go_backwards"] = False
@@ -201,7 +200,14 @@ def test_torch_modules(case, bidirectional, return_sequences):
         p.flags["zero_output_for_mask"] = case.zero_output
     x = torch.tensor(p.args["x"], requires_grad=True)
     steps = {k: torch.from_numpy(v) for k, v in p.steps.items()}
-    outs = module(x, **steps)
+    states = [None if s is None else torch.tensor(s) for s in p.states.values()]
+    if case.state == "none":
+        initial_state = None
+    elif bidirectional:  # the same initial state for both directions, as the reference
+        initial_state = states * 2
+    else:
+        initial_state = states if case.cell == "lstm" else states[0]
+    outs = module(x, **steps, initial_state=initial_state)
     want = _module_reference(p, bidirectional, return_sequences)
     p.check_forward(outs, want=want)
     ups = [np.random.default_rng(case.seed + 1).standard_normal(w.shape) for w in want]

@@ -69,6 +69,7 @@ def test_gradient_penalty_is_refused_not_zero(rng):
         torch.autograd.grad(mt.gru(x, W[:, :6], U[:, :6])[0].sum(), x, create_graph=True)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_jit_trace_is_refused(rng, with_mask):
     x = torch.tensor(rng.standard_normal((2, 3, 4)), dtype=torch.float32)
