@@ -17,7 +17,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-EXAMPLES = settings(max_examples=50, deadline=None)
+EXAMPLES = settings(max_examples=40, deadline=None)
 STATE_NAMES = {"lstm": ("h0", "c0"), "gru": ("h0",), "gru_v1": ("h0",)}
 
 
