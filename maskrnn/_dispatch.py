@@ -38,7 +38,8 @@ def make_plan(xp, mask):
     that each step computes a prefix of rows. Post-padded masks (each row real, then padded) and pre-padded
     ones take the packed kernels; any other mask the masked kernels, whose rows stop after their last real
     step (from there on their states are only carried)."""
-    mask = xp.ascontiguousarray(mask)  # the GPU kernels index it as a dense (T,B) array
+    # A copy, dense as the GPU kernels index it: the pullback reads it, and the caller's mask may change.
+    mask = mask.copy()
     T, B = mask.shape
     host = mask.get() if xp is not np else mask
     post = not (host[1:] & ~host[:-1]).any()
@@ -90,8 +91,10 @@ class _Layout:
         a = a[::-1] if flip else a
         if not self.p.time_major:
             a = a.transpose(1, 0, 2)
-        a = self.unrows(a, axis=0 if not self.p.time_major else 1)
-        return self.xp.ascontiguousarray(a)
+        a = self.xp.ascontiguousarray(self.unrows(a, axis=0 if not self.p.time_major else 1))
+        # NumPy calls an array with a flipped axis of length <= 1 (T == 1, B == 0, ...) contiguous and keeps
+        # its negative stride, which torch.from_numpy refuses.
+        return a.copy() if any(s < 0 for s in a.strides) else a
 
     def inputs(self, training):
         p, xp = self.p, self.xp
@@ -109,34 +112,37 @@ def _run(cell, args, kwargs, training):
     plan, H = lay.plan, p.units
     x = lay.inputs(training)
     h0 = lay.rows(p.h0)
+    # The pullback reads the weights: copies (small next to the tape) keep a caller's in-place update between
+    # forward and pullback from changing the gradients. A checksum would cost a pass over them at each call.
+    W, U = (p.kernel.copy(), p.recurrent_kernel.copy()) if training else (p.kernel, p.recurrent_kernel)
     if cell == "lstm":
         c0 = lay.rows(p.c0)
-        out, h, c, tape = _scan.lstm_forward(xp, K, x, p.kernel, p.recurrent_kernel, p.bias, h0, c0, plan,
-                                             p.zero_output_for_mask)
+        out, h, c, tape = _scan.lstm_forward(xp, K, x, W, U, p.bias, h0, c0, plan, p.zero_output_for_mask)
         results = (lay.seq_out(out, False), lay.unrows(h), lay.unrows(c))
     else:
         b_in, b_rec = p.bias_in_rec(xp)
-        out, h, tape = _scan.gru_forward(xp, K, x, p.kernel, p.recurrent_kernel, b_in, b_rec, h0,
-                                         p.reset_after, plan, p.zero_output_for_mask)
+        out, h, tape = _scan.gru_forward(xp, K, x, W, U, b_in, b_rec, h0, p.reset_after, plan,
+                                         p.zero_output_for_mask)
         results = (lay.seq_out(out, False), lay.unrows(h))
     if not training:
         return results
 
-    def grad_in(d, shape):
+    def grad_in(d, name, shape):
         if d is None:
             return None
         d = xp.asarray(d, dtype=p.dtype)
         if d.shape != shape:
-            raise ValueError(f"upstream gradient has shape {d.shape}, expected {shape}")
+            raise ValueError(f"{name}: upstream gradient has shape {tuple(d.shape)}, expected {shape} (the shape "
+                             f"of the forward's {'outputs' if name == 'd_outputs' else name[2:] + '_T'})")
         return d
 
     def pullback(d_outputs=None, d_h=None, d_c=None):
-        d_out = grad_in(d_outputs, results[0].shape)
+        d_out = grad_in(d_outputs, "d_outputs", results[0].shape)
         d_out = None if d_out is None else lay.seq_in(d_out, p.time_major, False)
-        d_h = grad_in(d_h, (p.batch, H))
+        d_h = grad_in(d_h, "d_h", (p.batch, H))
         d_h = None if d_h is None else lay.rows(d_h)
         if cell == "lstm":
-            d_c = grad_in(d_c, (p.batch, H))
+            d_c = grad_in(d_c, "d_c", (p.batch, H))
             d_c = None if d_c is None else lay.rows(d_c)
             dx, dW, dU, db, dh0, dc0 = _scan.lstm_backward(xp, K, plan, p.zero_output_for_mask, tape, d_out,
                                                            d_h, d_c)
@@ -201,10 +207,12 @@ lstm.__doc__ = f"""LSTM over a masked batch (Keras semantics). Returns (outputs 
 
     initial_state: (h0, c0), each (B,H). G = 4 (gates i, f, c, o).{_DOC_ARGS}"""
 lstm_vjp.__doc__ = """``lstm`` that keeps what backward needs. Returns ((outputs, h_T, c_T), pullback);
-    ``pullback(d_outputs=None, d_h=None, d_c=None)`` -> LSTMGrads (None upstream = zero; callable again)."""
+    ``pullback(d_outputs=None, d_h=None, d_c=None)`` -> LSTMGrads (None upstream = zero; callable again).
+    The pullback keeps its own copies of the weights and mask: changing the caller's afterwards has no effect."""
 gru.__doc__ = f"""GRU over a masked batch (Keras semantics). Returns (outputs (B,T,H), h_T (B,H)).
 
     reset_after: Keras's variant switch (True = PyTorch/cuDNN style, bias (2,3H)); bias (3H,) when False.
     initial_state: h0 (B,H) (or [h0]). G = 3 (gates z, r, h).{_DOC_ARGS}"""
 gru_vjp.__doc__ = """``gru`` that keeps what backward needs. Returns ((outputs, h_T), pullback);
-    ``pullback(d_outputs=None, d_h=None)`` -> GRUGrads (None upstream = zero; callable again)."""
+    ``pullback(d_outputs=None, d_h=None)`` -> GRUGrads (None upstream = zero; callable again; own copies of
+    the weights and mask, as in ``lstm_vjp``)."""

@@ -92,11 +92,20 @@ def _to_device(a, device, name):
     return cupy.from_dlpack(a)
 
 
+def _from_list(xp, a, name, dtype=None):
+    """Lists, scalars -> arrays; a ragged or non-numeric list is an error that names the argument."""
+    try:
+        return xp.asarray(a, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name} must be an array or a rectangular nested list of numbers, got a "
+                      f"{type(a).__name__} that does not convert ({e})") from None
+
+
 def _array(xp, a, name, dtype):
     if a is None:
         return None
     if not hasattr(a, "dtype"):  # lists and scalars take the problem's dtype
-        a = xp.asarray(a, dtype=dtype)
+        a = _from_list(xp, a, name, dtype)
     if a.dtype != dtype:
         raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype} (the dtype of x); cast it first")
     return a
@@ -129,9 +138,12 @@ def validate(cell, args, kw) -> Problem:
         xp = np
     arrs = {n: (None if a is None else _to_device(a, device, n)) for n, a in named.items()}
 
+    for name in ("x", "kernel", "recurrent_kernel"):
+        if arrs[name] is None:
+            raise TypeError(f"{name} is required (an array), got None")
     x = arrs["x"]
     if not hasattr(x, "dtype"):
-        x = xp.asarray(x, dtype=np.float32)
+        x = _from_list(xp, x, "x", np.float32)
     if x.dtype.kind != "f" and str(x.dtype) != "bfloat16":
         raise TypeError(f"x must be a floating-point array (float32 or float64), got dtype {x.dtype}")
     if device == "cpu" and x.dtype not in CPU_DTYPES:
@@ -195,7 +207,7 @@ def _state(xp, a, name, dtype, B, H):
 
 
 def _mask(xp, mask, lengths, T, B, time_major):
-    mask, lengths = (None if a is None else xp.asarray(a) for a in (mask, lengths))  # lists too
+    mask, lengths = (None if a is None else _from_list(xp, a, n) for a, n in ((mask, "mask"), (lengths, "lengths")))
     if lengths is not None:
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")

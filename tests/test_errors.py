@@ -50,6 +50,13 @@ CASES = [
     (dict(initial_state=(np.zeros((B, H), "float32"), np.zeros((B, H), "float64"))), TypeError,
      "initial_state c0 has dtype"),
     (dict(device="tpu"), ValueError, "device must be 'cpu' or 'cuda'"),
+    (dict(kernel=None), TypeError, "kernel is required"),
+    (dict(recurrent_kernel=None), TypeError, "recurrent_kernel is required"),
+    (dict(x=[[[1.0] * I], [[1.0] * I, [2.0] * I]]), ValueError, "x must be an array or a rectangular nested list"),
+    (dict(x=[[["a"] * I] * T] * B), ValueError, "x must be an array or a rectangular nested list"),
+    (dict(bias=[0.0] * (4 * H - 1) + [[0.0]]), ValueError, "bias must be an array or a rectangular nested list"),
+    (dict(mask=[[True] * T, [True]]), ValueError, "mask must be an array or a rectangular nested list"),
+    (dict(lengths=[1, [2]]), ValueError, "lengths must be an array or a rectangular nested list"),
 ]
 
 
@@ -87,6 +94,24 @@ def test_bad_upstream_gradient_shape():
     _, pullback = maskrnn.lstm_vjp(a.pop("x"), a.pop("kernel"), a.pop("recurrent_kernel"), a.pop("bias"))
     with pytest.raises(ValueError, match="upstream gradient has shape"):
         pullback(np.zeros((B, T, H + 1), "float32"))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_upstream_gradient_errors_name_the_argument(cell):
+    a = lstm_args()
+    G = 4 if cell == "lstm" else 3
+    vjp = maskrnn.lstm_vjp if cell == "lstm" else maskrnn.gru_vjp
+    bias = a["bias"] if cell == "lstm" else None
+    _, pullback = vjp(a["x"], a["kernel"][:, : G * H], a["recurrent_kernel"][:, : G * H], bias)
+    good, bad = np.zeros((B, H), "float32"), np.zeros((B, H + 1), "float32")
+    names = ["d_outputs", "d_h", "d_c"][: 3 if cell == "lstm" else 2]
+    for i, name in enumerate(names):
+        ups = [np.zeros((B, T, H), "float32"), good, good][: len(names)]
+        ups[i] = np.zeros((B, T, H + 1), "float32") if i == 0 else bad
+        want = f"({B}, {T}, {H})" if i == 0 else f"({B}, {H})"
+        with pytest.raises(ValueError, match=re.escape(f"{name}: upstream gradient has shape") + ".*expected "
+                           + re.escape(want)):
+            pullback(*ups)
 
 
 def test_lists_take_the_dtype_of_x():

@@ -78,7 +78,7 @@ class Layer:
         self.built = False
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        self._weights = []
+        self._weights, self._weight_names = [], []
         self._supports_masking = type(self).compute_mask is not Layer.compute_mask
 
     @property
@@ -102,6 +102,7 @@ class Layer:
         value = np.asarray(initializers.call(initializers.get(initializer), tuple(shape), self._rng),
                            dtype=dtype or self.dtype)
         self._weights.append(value)
+        self._weight_names.append(name or f"weight_{len(self._weights) - 1}")
         return value
 
     def _sublayers(self):
@@ -111,6 +112,11 @@ class Layer:
     def weights(self):
         return self._weights + [w for layer in self._sublayers() for w in layer.weights]
 
+    @property
+    def weight_names(self):
+        """Names of ``weights``, in their order ("<sublayer>/<name>" for a sublayer's)."""
+        return self._weight_names + [f"{layer.name}/{n}" for layer in self._sublayers() for n in layer.weight_names]
+
     def get_weights(self):
         return [np.array(w) for w in self.weights]
 
@@ -118,10 +124,11 @@ class Layer:
         own = self.weights
         if len(weights) != len(own):
             raise ValueError(f"{self.name} expects {len(own)} weight arrays, got {len(weights)}")
-        for i, (w, new) in enumerate(zip(own, weights)):
-            new = np.asarray(new)
-            if new.shape != w.shape:
-                raise ValueError(f"weight {i} of {self.name} has shape {w.shape}, got {new.shape}")
+        news = [np.asarray(new) for new in weights]
+        for i, (name, w, new) in enumerate(zip(self.weight_names, own, news)):
+            if new.shape != w.shape:  # checked before any is set, and never broadcast
+                raise ValueError(f"{self.name}: weight {i} ({name}) has shape {new.shape}, expected {w.shape}")
+        for w, new in zip(own, news):
             w[...] = new
 
     def _call_takes(self, name):

@@ -33,7 +33,8 @@ class Embedding(Layer):
         self.supports_masking = self.mask_zero
 
     def build(self, input_shape):
-        self.embeddings = self.add_weight((self.input_dim, self.output_dim), self.embeddings_initializer)
+        self.embeddings = self.add_weight((self.input_dim, self.output_dim), self.embeddings_initializer,
+                                          name="embeddings")
 
     def call(self, inputs):
         xp = _xp(inputs)
@@ -76,8 +77,8 @@ class Dense(Layer):
         self.supports_masking = True
 
     def build(self, input_shape):
-        self.kernel = self.add_weight((input_shape[-1], self.units), self.kernel_initializer)
-        self.bias = self.add_weight((self.units,), self.bias_initializer) if self.use_bias else None
+        self.kernel = self.add_weight((input_shape[-1], self.units), self.kernel_initializer, name="kernel")
+        self.bias = self.add_weight((self.units,), self.bias_initializer, name="bias") if self.use_bias else None
 
     def call(self, inputs):
         xp = _xp(inputs)

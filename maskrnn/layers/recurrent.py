@@ -180,8 +180,13 @@ class Bidirectional(Layer):
     def call(self, sequences, initial_state=None, mask=None, training=None):
         fwd_state = bwd_state = None
         if initial_state is not None:
-            half = len(initial_state) // 2
-            fwd_state, bwd_state = list(initial_state[:half]), list(initial_state[half:])
+            n = self.forward_layer.N_STATES
+            initial_state = list(initial_state) if _is_sequence(initial_state) else [initial_state]
+            if len(initial_state) != 2 * n:
+                names = "fwd_h, fwd_c, bwd_h, bwd_c" if n == 2 else "fwd_h, bwd_h"
+                raise ValueError(f"initial_state of a Bidirectional {type(self.forward_layer).__name__} must hold "
+                                 f"{2 * n} arrays ({names}), got {len(initial_state)}")
+            fwd_state, bwd_state = initial_state[:n], initial_state[n:]
         y = self.forward_layer.call(sequences, initial_state=fwd_state, mask=mask)
         y_rev = self.backward_layer.call(sequences, initial_state=bwd_state, mask=mask)
         states = ()

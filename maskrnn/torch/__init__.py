@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence
 
 import maskrnn
 
@@ -46,6 +46,42 @@ def _stream(x):
     return cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream, x.device.index)
 
 
+def _check(op, named):
+    """Refuses, with the argument's name, what would otherwise fail deep inside or give wrong results."""
+    if isinstance(named["x"], PackedSequence):
+        raise TypeError(f"maskrnn.torch.{op}: x is a PackedSequence; pass the padded tensor with lengths= or mask= "
+                        "(torch.nn.utils.rnn.pad_packed_sequence gives both), or use maskrnn.torch.nn, whose "
+                        "modules take PackedSequences")
+    if not isinstance(named["x"], torch.Tensor):
+        raise TypeError(f"maskrnn.torch.{op}: x must be a torch.Tensor, got {type(named['x']).__name__} "
+                        f"(maskrnn.{op} takes NumPy/CuPy arrays)")
+    if torch.jit.is_tracing():
+        # The engines run outside torch: a trace would record their outputs as constants.
+        raise RuntimeError(f"maskrnn.torch.{op} cannot be traced with torch.jit.trace (the trace would hold the "
+                           "outputs as constants); run it eagerly or with torch.compile")
+    compiling = torch.compiler.is_compiling()  # dynamo cannot trace the functorch query (and needs no check)
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if not compiling and torch._C._functorch.is_functorch_wrapped_tensor(t):
+            raise RuntimeError(f"maskrnn.torch.{op} does not support torch.func transforms (vmap, grad, jacrev, "
+                               f"...): {name} is a transformed tensor; batch the inputs instead of vmap, and use "
+                               "torch.autograd for gradients")
+        if t.device.type == "cpu" and t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+            hint = (" (torch.autocast is on: run this layer under torch.autocast('cpu', enabled=False) on "
+                    "float32 inputs)" if torch.is_autocast_enabled("cpu") else "")
+            raise TypeError(f"maskrnn.torch.{op}: {name} has dtype {t.dtype}; on the CPU maskrnn computes in "
+                            f"torch.float32 or torch.float64 (float16/bfloat16 run on CUDA){hint}")
+
+
+def _first_order_only():
+    # Autograd runs backward with grad mode on exactly when create_graph=True: a graph through this backward
+    # would be missing (it is a fused kernel, not torch ops), and second-order terms would be silently zero.
+    if torch.is_grad_enabled():
+        raise RuntimeError("maskrnn.torch: second-order gradients (backward with create_graph=True) are not "
+                           "supported: maskrnn's backward is a fused kernel, not differentiable itself")
+
+
 def _steps(options):
     """mask / lengths tensors -> engine arrays (they carry no gradient)."""
     opts = dict(options)
@@ -57,24 +93,24 @@ def _steps(options):
 class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, recurrent_kernel, bias, h0, c0, options):
-        # The engine's tape holds views of the weights: saving them makes torch's version counter catch an
-        # in-place update between forward and backward instead of returning wrong gradients.
+        # Saved so that torch's version counter refuses an in-place update of the weights between forward and
+        # backward, as torch's own ops do (the pullback itself holds copies taken at forward).
         ctx.save_for_backward(kernel, recurrent_kernel)
-        state = None if h0 is None else (_view(h0), _view(c0))
         with _stream(x):
             (out, h, c), ctx.pullback = maskrnn.lstm_vjp(_view(x), _view(kernel), _view(recurrent_kernel),
-                                                         _view(bias), initial_state=state, **_steps(options))
+                                                         _view(bias), initial_state=(_view(h0), _view(c0)),
+                                                         **_steps(options))
             return _tensor(out), _tensor(h), _tensor(c)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_h, d_c):
+        _first_order_only()
         ctx.saved_tensors  # noqa: B018 -- raises if the weights were modified in place since forward
-        has_state = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
+        need = ctx.needs_input_grad
         with _stream(d_out):
             g = ctx.pullback(_view(d_out), _view(d_h), _view(d_c))
             return (_tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias),
-                    _tensor(g.h0) if has_state else None, _tensor(g.c0) if has_state else None, None)
+                    _tensor(g.h0) if need[4] else None, _tensor(g.c0) if need[5] else None, None)
 
 
 class _GRU(torch.autograd.Function):
@@ -87,8 +123,8 @@ class _GRU(torch.autograd.Function):
             return _tensor(out), _tensor(h)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_h):
+        _first_order_only()
         ctx.saved_tensors  # noqa: B018 -- see _LSTM.backward
         with _stream(d_out):
             g = ctx.pullback(_view(d_out), _view(d_h))
@@ -102,17 +138,21 @@ def _needs_grad(*tensors):
 
 def lstm(x, kernel, recurrent_kernel, bias=None, *, mask=None, lengths=None, initial_state=None,
          go_backwards=False, zero_output_for_mask=False, time_major=False):
-    """maskrnn.lstm on tensors, differentiable in x, kernel, recurrent_kernel, bias and initial_state (h0, c0).
-    Returns (outputs (B,T,H), h_T (B,H), c_T (B,H))."""
+    """maskrnn.lstm on tensors, differentiable in x, kernel, recurrent_kernel, bias and initial_state (h0, c0)
+    (either may be None: zeros). Returns (outputs (B,T,H), h_T (B,H), c_T (B,H))."""
     options = dict(mask=mask, lengths=lengths, go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask,
                    time_major=time_major)
-    h0, c0 = (None, None) if initial_state is None else initial_state
+    if initial_state is None:
+        initial_state = (None, None)
+    if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:
+        raise ValueError("initial_state for lstm must be a pair (h0, c0) of (B, units) tensors (or None)")
+    h0, c0 = initial_state
+    _check("lstm", dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias, h0=h0, c0=c0))
     if _needs_grad(x, kernel, recurrent_kernel, bias, h0, c0):
         return _LSTM.apply(x, kernel, recurrent_kernel, bias, h0, c0, options)
-    state = None if h0 is None else (_view(h0), _view(c0))
     with _stream(x):
-        res = maskrnn.lstm(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias), initial_state=state,
-                           **_steps(options))
+        res = maskrnn.lstm(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias),
+                           initial_state=(_view(h0), _view(c0)), **_steps(options))
         return tuple(_tensor(r) for r in res)
 
 
@@ -123,7 +163,11 @@ def gru(x, kernel, recurrent_kernel, bias=None, *, reset_after=True, mask=None, 
     options = dict(reset_after=reset_after, mask=mask, lengths=lengths, go_backwards=go_backwards,
                    zero_output_for_mask=zero_output_for_mask, time_major=time_major)
     if isinstance(initial_state, (list, tuple)):
+        if len(initial_state) != 1:
+            raise ValueError("initial_state for gru must be h0, a (B, units) tensor, or [h0]; "
+                             f"got {len(initial_state)} tensors")
         (initial_state,) = initial_state
+    _check("gru", dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias, h0=initial_state))
     if _needs_grad(x, kernel, recurrent_kernel, bias, initial_state):
         return _GRU.apply(x, kernel, recurrent_kernel, bias, initial_state, options)
     with _stream(x):
@@ -141,53 +185,87 @@ def _orthogonal(shape):
     return nn.init.orthogonal_(torch.empty(shape))
 
 
-class _Recurrent(nn.Module):
-    """Keras-layer options shared by LSTM and GRU; parameters in the Keras layout."""
+def _count(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
-    GATES = 0
+
+class _Recurrent(nn.Module):
+    """Keras-layer options shared by LSTM and GRU; parameters in the Keras layout. time_major: x is (T,B,I)
+    (and a mask (T,B)) instead of (B,T,I)."""
+
+    GATES = N_STATES = 0
 
     def __init__(self, input_size, units, *, return_sequences=False, return_state=False, go_backwards=False,
-                 zero_output_for_mask=False, use_bias=True, dtype=torch.float32, device=None):
+                 zero_output_for_mask=False, use_bias=True, time_major=False, dtype=torch.float32, device=None):
         super().__init__()
+        input_size, units = _count(input_size, "input_size", 0), _count(units, "units", 1)
         self.config = dict(input_size=input_size, units=units, return_sequences=return_sequences,
                            return_state=return_state, go_backwards=go_backwards,
-                           zero_output_for_mask=zero_output_for_mask, use_bias=use_bias, dtype=dtype, device=device)
+                           zero_output_for_mask=zero_output_for_mask, use_bias=use_bias, time_major=time_major,
+                           dtype=dtype, device=device)
         self.input_size, self.units = input_size, units
         self.return_sequences, self.return_state = return_sequences, return_state
         self.go_backwards, self.zero_output_for_mask = go_backwards, zero_output_for_mask
+        self.time_major = time_major
         G = self.GATES * units
         self.kernel = nn.Parameter(_glorot_uniform((input_size, G)).to(dtype=dtype, device=device))
         self.recurrent_kernel = nn.Parameter(_orthogonal((units, G)).to(dtype=dtype, device=device))
         self.bias = nn.Parameter(self._initial_bias().to(dtype=dtype, device=device)) if use_bias else None
 
     def _options(self):
-        return dict(go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask)
+        return dict(go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask,
+                    time_major=self.time_major)
 
     def _finish(self, out, *states):
-        y = out if self.return_sequences else out[:, -1]
+        y = out if self.return_sequences else (out[-1] if self.time_major else out[:, -1])
         return (y, *states) if self.return_state else y
 
     @classmethod
-    def from_torch(cls, module, reverse=False, **options):
-        """Same weights as a single-layer torch.nn.LSTM / GRU (reverse: its backward direction)."""
-        kernel, recurrent_kernel, bias = cls._from_torch_weights(module, reverse)
+    def from_torch(cls, module, reverse=None, **options):
+        """Same weights as a single-layer torch.nn.LSTM / GRU, and its layout: time_major unless the module is
+        batch_first (an explicit time_major= overrides). A bidirectional module needs reverse=False or True
+        to pick a direction (or Bidirectional.from_torch)."""
+        if getattr(module, "bidirectional", False) and reverse is None:
+            raise ValueError(f"{cls.__name__}.from_torch: module is bidirectional; use "
+                             "maskrnn.torch.Bidirectional.from_torch(module), or reverse=False/True for one direction")
+        if not options.get("reset_after", True):
+            raise ValueError("from_torch: torch.nn.GRU is Keras's reset_after=True GRU; reset_after=False cannot "
+                             "hold its weights")
+        kernel, recurrent_kernel, bias = cls._from_torch_weights(module, bool(reverse))
+        options.setdefault("time_major", not getattr(module, "batch_first", False))
         layer = cls(module.input_size, module.hidden_size, use_bias=bias is not None,
                     dtype=module.weight_ih_l0.dtype, device=module.weight_ih_l0.device, **options)
         return layer.load_keras_weights(kernel, recurrent_kernel, bias)
 
     def load_keras_weights(self, kernel, recurrent_kernel, bias=None):
+        """Copies Keras-layout weights (arrays or tensors) into the parameters; shapes must match exactly."""
+        values = dict(kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias)
+        for name, value in values.items():
+            param = getattr(self, name)
+            if value is None or param is None:
+                if value is not param:
+                    got = "None" if value is None else f"shape {tuple(np.shape(value))}"
+                    want = "None (use_bias=False)" if param is None else f"shape {tuple(param.shape)}"
+                    raise ValueError(f"{name} must be {want}, got {got}")
+                continue
+            values[name] = value = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor)
+                                                   else np.asarray(value))
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{name} must have shape {tuple(param.shape)}, got {tuple(value.shape)}")
         with torch.no_grad():
-            for p, w in ((self.kernel, kernel), (self.recurrent_kernel, recurrent_kernel), (self.bias, bias)):
-                if p is not None:
-                    p.copy_(torch.as_tensor(np.asarray(w)))
+            for name, value in values.items():
+                if value is not None:
+                    getattr(self, name).copy_(value)
         return self
 
 
 class LSTM(_Recurrent):
-    """Keras LSTM as an nn.Module: forward(x (B,T,I), mask=None, initial_state=None, lengths=None) returns
-    outputs (return_sequences) or the last output, plus (h, c) with return_state."""
+    """Keras LSTM as an nn.Module: forward(x (B,T,I) ((T,B,I) with time_major), mask=None, initial_state=None,
+    lengths=None) returns outputs (return_sequences) or the last output, plus (h, c) with return_state."""
 
-    GATES = 4
+    GATES, N_STATES = 4, 2
     _from_torch_weights = staticmethod(convert.lstm_weights_from_torch)
 
     def __init__(self, input_size, units, *, unit_forget_bias=True, **options):
@@ -210,7 +288,7 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     """Keras GRU as an nn.Module (reset_after=True by default, as Keras 3 and torch.nn.GRU)."""
 
-    GATES = 3
+    GATES, N_STATES = 3, 1
     _from_torch_weights = staticmethod(convert.gru_weights_from_torch)
 
     def __init__(self, input_size, units, *, reset_after=True, **options):
@@ -236,28 +314,43 @@ class Bidirectional(nn.Module):
 
     def __init__(self, layer, merge_mode="concat", backward_layer=None):
         super().__init__()
+        if not isinstance(layer, _Recurrent):
+            raise TypeError(f"layer must be a maskrnn.torch LSTM or GRU, got {type(layer).__name__}")
         if merge_mode not in ("concat", "sum", "mul", "ave", None):
             raise ValueError(f"merge_mode must be one of concat, sum, mul, ave, None; got {merge_mode!r}")
         if backward_layer is None:  # Keras: a fresh layer from the same config, freshly initialised
             backward_layer = type(layer)(**dict(layer.config, go_backwards=not layer.go_backwards))
+        elif (type(backward_layer) is not type(layer) or backward_layer.go_backwards == layer.go_backwards
+              or any(getattr(backward_layer, k) != getattr(layer, k)
+                     for k in ("return_sequences", "return_state", "time_major"))):
+            raise ValueError("backward_layer must be the same kind of layer as layer, with the opposite go_backwards "
+                             "and the same return_sequences, return_state and time_major")
         self.forward_layer, self.backward_layer, self.merge_mode = layer, backward_layer, merge_mode
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
 
     @classmethod
     def from_torch(cls, module, merge_mode="concat", **options):
-        """Same weights as a single-layer bidirectional torch.nn.LSTM / GRU; options go to both layers."""
+        """Same weights (and layout, see LSTM.from_torch) as a single-layer bidirectional torch.nn.LSTM / GRU;
+        options go to both layers."""
+        layer = {"LSTM": LSTM, "GRU": GRU}.get(getattr(module, "mode", None))
+        if layer is None:
+            raise TypeError(f"Bidirectional.from_torch: module must be a torch.nn.LSTM or torch.nn.GRU, "
+                            f"got {type(module).__name__}")
         if not module.bidirectional:
-            raise ValueError("from_torch needs a bidirectional module (bidirectional=True)")
-        layer = LSTM if isinstance(module, nn.LSTM) else GRU
-        return cls(layer.from_torch(module, **options), merge_mode,
+            raise ValueError("Bidirectional.from_torch: module must be bidirectional (bidirectional=True)")
+        return cls(layer.from_torch(module, reverse=False, **options), merge_mode,
                    backward_layer=layer.from_torch(module, reverse=True, go_backwards=True, **options))
 
     def forward(self, x, mask=None, initial_state=None, lengths=None):
-        n = 2 if isinstance(self.forward_layer, LSTM) else 1
+        n = self.forward_layer.N_STATES
         fwd_state = bwd_state = None
         if initial_state is not None:
-            initial_state = list(initial_state)
+            initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+            if len(initial_state) != 2 * n:
+                names = "fwd_h, fwd_c, bwd_h, bwd_c" if n == 2 else "fwd_h, bwd_h"
+                raise ValueError(f"initial_state of a Bidirectional {type(self.forward_layer).__name__} must hold "
+                                 f"{2 * n} tensors ({names}), got {len(initial_state)}")
             fwd_state, bwd_state = initial_state[:n], initial_state[n:]
             fwd_state = fwd_state if n == 2 else fwd_state[0]
             bwd_state = bwd_state if n == 2 else bwd_state[0]
@@ -268,7 +361,7 @@ class Bidirectional(nn.Module):
             f, f_states = f[0], tuple(f[1:])
             b, b_states = b[0], tuple(b[1:])
         if self.forward_layer.return_sequences:
-            b = torch.flip(b, dims=[1])
+            b = torch.flip(b, dims=[0 if self.forward_layer.time_major else 1])
         if self.merge_mode == "concat":
             out = torch.cat([f, b], dim=-1)
         elif self.merge_mode == "sum":
