@@ -17,14 +17,25 @@ __global__ void gru_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bo
   int row0, col0;
   block_origin<S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
+  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;
+  const bool real = b < B && j < H && is_real(mask, t, B, b, n);
+  T* g = gx + (t * BH + int64_t(b) * H) * 3;
+  // Loaded before the product waits for step t - 1, which does not write gx_t: their latency is hidden. Not
+  // reset_after has its whole bias in gx; b_rec is only read by the reset_after variant.
+  T gv[3] = {};
+  Acc bias[3] = {};
+#pragma unroll
+  for (int k = 0; k < S::G; ++k) {
+    gv[k] = real ? g[k * H + j] : T(0.0f);
+    if (kFull && real) bias[k] = to_acc(b_rec[k * H + j]);
+  }
   if (row0 < n)  // block-uniform test
     tile_dot<false, S>(sm, h_in, H, n, row0, U, 3 * H, H, col0, H);
   else
     wait_prior_step();
-  const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
   if (b >= B || j >= H) return;
-  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;
-  if (!is_real(mask, t, B, b, n)) {
+  if (!real) {
     hr[o] = from_acc<T>(Acc(0));
     if (kFull) {  // not reset_after carries in gru_fwd_candidate
       h_out[s] = h_in[s];
@@ -33,20 +44,17 @@ __global__ void gru_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bo
     }
     return;
   }
-  T* g = gx + (t * BH + int64_t(b) * H) * 3;
-  // Not reset_after has its whole bias in gx; b_rec is only read by the reset_after variant.
-  const Acc bz = kFull ? to_acc(b_rec[j]) : Acc(0), br = kFull ? to_acc(b_rec[H + j]) : Acc(0);
-  const Acc z = sigmoid(to_acc(g[j]) + tile_sum(sm, r, 0, jj) + bz);
-  const Acc r_gate = sigmoid(to_acc(g[H + j]) + tile_sum(sm, r, 1, jj) + br);
+  const Acc z = sigmoid(to_acc(gv[0]) + tile_sum(sm, r, 0, jj) + bias[0]);
+  const Acc r_gate = sigmoid(to_acc(gv[1]) + tile_sum(sm, r, 1, jj) + bias[1]);
   const Acc h_prev = h_in[s];
   g[j] = from_acc<T>(z);
   g[H + j] = from_acc<T>(r_gate);
   if constexpr (!kFull) {
     hr[o] = from_acc<T>(r_gate * h_prev);
   } else {
-    const Acc rh = tile_sum(sm, r, 2, jj) + to_acc(b_rec[2 * H + j]);
+    const Acc rh = tile_sum(sm, r, 2, jj) + bias[2];
     Acc hh;
-    const Acc h_new = gru_cell_fwd(z, to_acc(g[2 * H + j]), r_gate * rh, h_prev, hh);
+    const Acc h_new = gru_cell_fwd(z, to_acc(gv[2]), r_gate * rh, h_prev, hh);
     hr[o] = from_acc<T>(rh);
     g[2 * H + j] = from_acc<T>(hh);
     h_out[s] = h_new;

@@ -18,14 +18,20 @@ __global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, b
   int row0, col0;
   block_origin<S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
+  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;  // out[t,b,j] == hs[t,b,j]
+  const bool real = b < B && j < H && is_real(mask, t, B, b, n);
+  T* g = gx + (t * BH + int64_t(b) * H) * 4;
+  // Loaded before the product waits for step t - 1, which does not write gx_t: their latency is hidden.
+  T gv[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) gv[k] = real ? g[k * H + j] : T(0.0f);
   if (row0 < n)  // block-uniform test
     tile_dot<false, S>(sm, h_in, H, n, row0, U, 4 * H, H, col0, H);
   else
     wait_prior_step();
-  const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
   if (b >= B || j >= H) return;
-  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;  // out[t,b,j] == hs[t,b,j]
-  if (!is_real(mask, t, B, b, n)) {
+  if (!real) {
     h_out[s] = h_in[s];
     c_out[s] = c_in[s];
     if constexpr (kSeparateState<T>) {
@@ -35,10 +41,9 @@ __global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, b
     out[o] = carried_output(out, o, t, BH, zero_output);
     return;
   }
-  T* g = gx + (t * BH + int64_t(b) * H) * 4;
   Acc a[4];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) a[k] = to_acc(g[k * H + j]) + tile_sum(sm, r, k, jj);
+  for (int k = 0; k < 4; ++k) a[k] = to_acc(gv[k]) + tile_sum(sm, r, k, jj);
   Acc c_new, h_new;
   lstm_cell_fwd(a, c_in[s], c_new, h_new);
 #pragma unroll

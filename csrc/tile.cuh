@@ -1,10 +1,11 @@
 #pragma once
 // The per-step product shared by every scan kernel. A block of kThreads threads computes a BM-row x (G x NJ)-
 // column tile of A (rows x K) times B (K x columns) in the accumulation type. Its threads form KS k-splits; in
-// each split a thread owns 4 rows x G columns (one per group) of one column slot j, so one 4-wide shared load of
-// A and G loads of B feed 4G FMAs. Each 64-deep chunk of A and B is loaded into registers in full (every global
-// load in flight at once, the next chunk's during this chunk's math) before it is stored to shared memory.
-// The KS partial sums are added in the epilogue (tile_sum): the backward's 4H-long sum is split 8 ways.
+// each split a thread owns 4 rows x G columns (one per group) of one column slot j, so one 4-wide shared load
+// of A and one G-wide load of B feed 4G FMAs. Each 64-deep chunk of A and B is loaded into registers in full
+// (every global load in flight at once, the next chunk's during this chunk's math) before it is stored to
+// shared memory. The KS partial sums are added in the epilogue (tile_sum): the backward's 4H-long sum is split
+// 8 ways.
 #include <cstdint>
 #include <type_traits>
 
@@ -25,35 +26,51 @@ struct Tile {
   static constexpr int kSplit = BM / 4 * NJ;   // threads of one k-split
   static constexpr int KS = kThreads / kSplit;  // k-splits
   static constexpr int BKS = BKC / KS;          // k per split per chunk
-  static constexpr int NA = BKC * BM / kThreads, NB = G * BKC * NJ / kThreads;  // loads per thread per chunk
   static constexpr int SA = BM + 4;  // A row stride: 16-byte aligned rows, conflict-free stores (see fill)
+  static constexpr int GP = G == 3 ? 4 : G;  // B's groups side by side, padded for one vector load
+  static constexpr int NA = BKC * BM / kThreads, NB = GP * BKC * NJ / kThreads;  // loads per thread per chunk
   static_assert(KS * kSplit == kThreads && BKS * KS == BKC && BKS >= 1, "tile shape");
-  static_assert(NA * kThreads == BKC * BM && NB * kThreads == G * BKC * NJ, "tile fill");
-  static_assert(BM * NJ * (BM == 16 ? G : 1) == kThreads, "one epilogue element per thread");
+  static_assert(kThreads % (8 * BM) == 0 && kThreads % (8 * GP * NJ) == 0, "a thread's chunk elements share a "
+                "row of A and a column of B");
 };
-template <int G> using FwdTile = Tile<G, 32, 8>;  // 32 rows x 8 units x G gates: 256 (row, unit) pairs
+template <int G> using FwdTile = Tile<G, 32, 8>;  // 32 rows x 8 units x G gates, 4 k-splits
 using BwdTile = Tile<2, 16, 8>;                  // 16 rows x 16 units, 8 k-splits
+// The kernels' epilogues give each thread one (row, unit) of the block.
+static_assert(FwdTile<1>::BM * FwdTile<1>::NJ == kThreads && BwdTile::BM * BwdTile::G * BwdTile::NJ == kThreads);
 
 template <typename Acc, class S>
 union TileSmem {
   struct {
     alignas(16) Acc a[BKC][S::SA];  // A chunk, transposed: a[k][row]
-    Acc b[S::G][BKC][S::NJ + 1];    // B chunk: b[g][k][j]
+    alignas(16) Acc b[BKC][S::NJ][S::GP];  // B chunk: b[k][j][g]
   } t;
   Acc red[S::KS][S::G][S::BM][S::NJ];  // partial sums per k-split
 };
 
-template <typename Acc>
-__device__ inline void load4(const Acc* p, Acc (&v)[4]) {
-  v[0] = p[0], v[1] = p[1], v[2] = p[2], v[3] = p[3];
+// N consecutive shared values (16-byte aligned when N > 1) in vector loads.
+template <int N>
+__device__ inline void loadv(const float* p, float (&v)[N]) {
+  if constexpr (N == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  } else if constexpr (N == 2) {
+    const float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x, v[1] = q.y;
+  } else {
+    v[0] = p[0];
+  }
 }
-__device__ inline void load4(const float* p, float (&v)[4]) {
-  const float4 q = *reinterpret_cast<const float4*>(p);
-  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-}
-__device__ inline void load4(const double* p, double (&v)[4]) {
-  const double2 q = reinterpret_cast<const double2*>(p)[0], r = reinterpret_cast<const double2*>(p)[1];
-  v[0] = q.x, v[1] = q.y, v[2] = r.x, v[3] = r.y;
+template <int N>
+__device__ inline void loadv(const double* p, double (&v)[N]) {
+  if constexpr (N == 1) {
+    v[0] = p[0];
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const double2 q = reinterpret_cast<const double2*>(p)[i / 2];
+      v[i] = q.x, v[i + 1] = q.y;
+    }
+  }
 }
 
 // Programmatic dependent launch (sm_90): a step kernel may start while the previous step still runs; it waits
@@ -81,45 +98,39 @@ __device__ void tile_dot(TileSmem<Acc, S>& sm, const TA* A, int64_t lda, int nro
   const unsigned tid = threadIdx.x;
   TA ra[S::NA];
   TB rb[S::NB];
-  // Element e of a chunk -> (k, row) of A and (g, k, j) of B. Eight consecutive k per row of A and per column
-  // of transposed B: 32-byte segments in global memory, and lanes hit distinct banks when stored.
+  // A thread loads one row of A and one (unit, group) column of B: k = kA + i * dA and k = kB + i * dB in each
+  // chunk, so its addresses are computed once. Eight consecutive k per row of A and per column of transposed B,
+  // NJ consecutive units per gate of U: 32-byte segments in global memory. In shared memory the element
+  // (tid + i * kThreads) of B's chunk lands at that flat index of b[k][j][g], and A's lanes hit distinct banks
+  // (transposed B's: 4-way conflicts on its 4 stores per chunk).
+  constexpr int dA = kThreads / BM, dB = kThreads / (S::GP * NJ);
+  const int rA = int(tid / 8 % BM), kA = int(tid % 8 + tid / (8 * BM) * 8);
+  const bool okA = row0 + rA < nrows;
+  const TA* pA = A + (okA ? (row0 + rA) * lda + kA : 0);
+  int kB, gB, jB;
+  if constexpr (kTrans) {
+    kB = int(tid % 8 + tid / (8 * NJ * S::GP) * 8), jB = int(tid / 8 % NJ), gB = int(tid / (8 * NJ) % S::GP);
+  } else {
+    kB = int(tid / (S::GP * NJ)), jB = int(tid / S::GP % NJ), gB = int(tid % S::GP);
+  }
+  const int unit = kTrans ? col0 + gB * NJ + jB : col0 + jB;
+  const bool okB = gB < G && unit < H;
+  const TB* pB = Bm + (!okB ? 0 : kTrans ? unit * ld + kB : kB * ld + int64_t(gB) * H + unit);
+  const int64_t sB = kTrans ? dB : dB * ld;  // pB step from element i to i + 1
   auto fill_a = [&](int k0) {
 #pragma unroll
-    for (int i = 0; i < S::NA; ++i) {
-      const unsigned e = tid + i * kThreads, kk = (e & 7u) | (e / (8u * BM) << 3), r = e / 8u % BM;
-      const int row = row0 + int(r), k = k0 + int(kk);
-      ra[i] = (row < nrows && k < K) ? A[row * lda + k] : TA(0.0f);
-    }
+    for (int i = 0; i < S::NA; ++i) ra[i] = (okA && k0 + kA + i * dA < K) ? pA[k0 + i * dA] : TA(0.0f);
   };
   auto fill_b = [&](int k0) {
+    const TB* p = pB + (kTrans ? int64_t(k0) : k0 * ld);
 #pragma unroll
-    for (int i = 0; i < S::NB; ++i) {
-      const unsigned e = tid + i * kThreads;
-      if constexpr (kTrans) {
-        const unsigned kk = (e & 7u) | (e / (8u * NJ * G) << 3), j = e / 8u % NJ, g = e / (8u * NJ) % G;
-        const int unit = col0 + int(g * NJ + j), k = k0 + int(kk);
-        rb[i] = (unit < H && k < K) ? Bm[unit * ld + k] : TB(0.0f);
-      } else {
-        const unsigned j = e % NJ, kk = e / NJ % BKC, g = e / (NJ * BKC);
-        const int unit = col0 + int(j), k = k0 + int(kk);
-        rb[i] = (unit < H && k < K) ? Bm[k * ld + int64_t(g) * H + unit] : TB(0.0f);
-      }
-    }
+    for (int i = 0; i < S::NB; ++i) rb[i] = (okB && k0 + kB + i * dB < K) ? p[i * sB] : TB(0.0f);
   };
   auto store_regs = [&] {
 #pragma unroll
-    for (int i = 0; i < S::NA; ++i) {
-      const unsigned e = tid + i * kThreads;
-      sm.t.a[(e & 7u) | (e / (8u * BM) << 3)][e / 8u % BM] = to_acc(ra[i]);
-    }
+    for (int i = 0; i < S::NA; ++i) sm.t.a[kA + i * dA][rA] = to_acc(ra[i]);
 #pragma unroll
-    for (int i = 0; i < S::NB; ++i) {
-      const unsigned e = tid + i * kThreads;
-      if constexpr (kTrans)
-        sm.t.b[e / (8u * NJ) % G][(e & 7u) | (e / (8u * NJ * G) << 3)][e / 8u % NJ] = to_acc(rb[i]);
-      else
-        sm.t.b[e / (NJ * BKC)][e / NJ % BKC][e % NJ] = to_acc(rb[i]);
-    }
+    for (int i = 0; i < S::NB; ++i) sm.t.b[kB + i * dB][jB][gB] = to_acc(rb[i]);
   };
   const unsigned split = tid / S::kSplit, w = tid % S::kSplit, j = w % NJ, rg = w / NJ;
   Acc acc[4][G] = {};
@@ -129,20 +140,18 @@ __device__ void tile_dot(TileSmem<Acc, S>& sm, const TA* A, int64_t lda, int nro
   for (int k0 = 0; k0 < K; k0 += BKC) {
     store_regs();
     __syncthreads();
-    if (k0 + BKC < K) {
-      fill_b(k0 + BKC);
-      fill_a(k0 + BKC);
-    }
+    fill_b(k0 + BKC);  // past K it loads nothing; a branch here would let the compiler sink the loads
+    fill_a(k0 + BKC);
+    const int kb = int(split) * S::BKS;
 #pragma unroll
-    for (int kk = split * S::BKS; kk < int(split + 1) * S::BKS; ++kk) {
-      Acc a[4];
-      load4(&sm.t.a[kk][rg * 4], a);
+    for (int kk = kb; kk < kb + S::BKS; ++kk) {
+      Acc a[4], b[S::GP];
+      loadv<4>(&sm.t.a[kk][rg * 4], a);
+      loadv<S::GP>(&sm.t.b[kk][j][0], b);
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const Acc b = sm.t.b[g][kk][j];
+      for (int g = 0; g < G; ++g)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) acc[r][g] += a[r] * b;
-      }
+        for (int r = 0; r < 4; ++r) acc[r][g] += a[r] * b[g];
     }
     __syncthreads();
   }
