@@ -1,6 +1,9 @@
 """The GPU engine: the scan-kernel contract of maskrnn/_scan.py on CuPy arrays, through the CUDA kernels of
 the native extension (csrc/scan.h). Raw device pointers and CuPy's current stream go to C++; nothing is copied
 (except a strided mask, made dense). The all-step GEMMs run on CuPy (cuBLAS): the driver's default ``xp.matmul``.
+
+Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch wait for its kernel and raise
+at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.
 """
 
 import numpy as np
