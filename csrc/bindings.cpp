@@ -61,8 +61,8 @@ using uptr = std::uintptr_t;
 using Sizes = std::vector<int32_t>;
 
 void lstm_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, uptr gx, uptr U,
-              uptr out, uptr hs, uptr cs, uptr stream) {
-  Call c(T, B, H, std::move(sizes), mask, zero_output, true, 0, stream);
+              uptr out, uptr hs, uptr cs, uptr scratch, uptr stream) {
+  Call c(T, B, H, std::move(sizes), mask, zero_output, true, scratch, stream);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     maskrnn::lstm_fwd<S>(c.p, ptr<S>(gx), ptr<const S>(U), ptr<S>(out), ptr<S>(hs), ptr<S>(cs));
@@ -80,8 +80,8 @@ void lstm_bwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr m
 }
 
 void gru_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, bool reset_after,
-             uptr gx, uptr U, uptr b_rec, uptr out, uptr hs, uptr hr, uptr stream) {
-  Call c(T, B, H, std::move(sizes), mask, zero_output, reset_after, 0, stream);
+             uptr gx, uptr U, uptr b_rec, uptr out, uptr hs, uptr hr, uptr scratch, uptr stream) {
+  Call c(T, B, H, std::move(sizes), mask, zero_output, reset_after, scratch, stream);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     maskrnn::gru_fwd<S>(c.p, ptr<S>(gx), ptr<const S>(U), ptr<const S>(b_rec), ptr<S>(out), ptr<S>(hs),

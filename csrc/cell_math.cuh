@@ -20,6 +20,9 @@ template <typename T> __host__ __device__ inline T from_acc(acc_t<T> v) { return
 template <> __host__ __device__ inline __half from_acc<__half>(float v) { return __float2half(v); }
 template <> __host__ __device__ inline __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
+// Between a storage type and its accumulation type, either way (the running states of half-precision scans).
+template <typename U, typename T> __host__ __device__ inline U convert(T v) { return from_acc<U>(to_acc(v)); }
+
 __host__ __device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __host__ __device__ inline double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 __host__ __device__ inline float tanh_(float x) { return tanhf(x); }

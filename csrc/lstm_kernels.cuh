@@ -6,33 +6,54 @@
 
 namespace maskrnn {
 
+// h_in/c_in: the states after step t - 1, h_out/c_out: after step t, all (B,H) in the accumulation type (see
+// kSeparateState; c_in == c_out for half types: each thread reads its own c before writing it).
 template <typename T>
-__global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, T* gx,
-                              const T* U, T* out, T* hs, T* cs) {
+__global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, T* gx, const T* U,
+                              const acc_t<T>* h_in, acc_t<T>* h_out, const acc_t<T>* c_in, acc_t<T>* c_out, T* out,
+                              T* hs, T* cs) {
   using Acc = acc_t<T>;
-  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
-  const int b = row0 + threadIdx.y, j = col0 + threadIdx.x;
-  const int64_t BH = int64_t(B) * H;
-  Acc u[4] = {0, 0, 0, 0};
-  if (row0 < n) tile_dot<T, 4>(hs + t * BH, H, n, U, 4 * H, 1, H, H, row0, col0, u);  // block-uniform test
+  using S = FwdTile<4>;
+  __shared__ TileSmem<Acc, S> sm;
+  int row0, col0;
+  block_origin<S::NJ>(H, S::BM, row0, col0);
+  allow_next_step();
+  const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
+  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;  // out[t,b,j] == hs[t,b,j]
+  const bool real = b < B && j < H && is_real(mask, t, B, b, n);
+  T* g = gx + (t * BH + int64_t(b) * H) * 4;
+  // Loaded before the product waits for step t - 1, which does not write gx_t: their latency is hidden.
+  T gv[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) gv[k] = real ? g[k * H + j] : T(0.0f);
+  if (row0 < n)  // block-uniform test
+    tile_dot<false, S>(sm, h_in, H, n, row0, U, 4 * H, H, col0, H);
+  else
+    wait_prior_step();
   if (b >= B || j >= H) return;
-  const int64_t o = t * BH + int64_t(b) * H + j;  // out[t,b,j] == hs[t,b,j]; hs[t+1,b,j] = o + BH
-  if (!is_real(mask, t, B, b, n)) {
-    hs[o + BH] = hs[o];
-    cs[o + BH] = cs[o];
+  if (!real) {
+    h_out[s] = h_in[s];
+    c_out[s] = c_in[s];
+    if constexpr (kSeparateState<T>) {
+      hs[o + BH] = hs[o];
+      cs[o + BH] = cs[o];
+    }
     out[o] = carried_output(out, o, t, BH, zero_output);
     return;
   }
-  T* g = gx + (t * BH + int64_t(b) * H) * 4;
   Acc a[4];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) a[k] = to_acc(g[k * H + j]) + u[k];
+  for (int k = 0; k < 4; ++k) a[k] = to_acc(gv[k]) + tile_sum(sm, r, k, jj);
   Acc c_new, h_new;
-  lstm_cell_fwd(a, to_acc(cs[o]), c_new, h_new);
+  lstm_cell_fwd(a, c_in[s], c_new, h_new);
 #pragma unroll
   for (int k = 0; k < 4; ++k) g[k * H + j] = from_acc<T>(a[k]);
-  cs[o + BH] = from_acc<T>(c_new);
-  hs[o + BH] = from_acc<T>(h_new);
+  c_out[s] = c_new;
+  h_out[s] = h_new;
+  if constexpr (kSeparateState<T>) {
+    cs[o + BH] = from_acc<T>(c_new);
+    hs[o + BH] = from_acc<T>(h_new);
+  }
   out[o] = from_acc<T>(h_new);
 }
 
@@ -45,14 +66,20 @@ __global__ void lstm_bwd_step(int t, int B, int H, int n_next, int n, const uint
                               const T* gx, const T* U, const T* cs, const T* d_out, acc_t<T>* dh, acc_t<T>* dc,
                               acc_t<T>* carry, T* dgx) {
   using Acc = acc_t<T>;
-  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
-  const int b = row0 + threadIdx.y, j = col0 + threadIdx.x;
-  const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;
-  Acc v[1] = {0};
+  using S = BwdTile;
+  __shared__ TileSmem<Acc, S> sm;
+  int row0, col0;
+  block_origin<S::G * S::NJ>(H, S::BM, row0, col0);
+  allow_next_step();
+  const int64_t BH = int64_t(B) * H;
   if (row0 < n_next)  // block-uniform test
-    tile_dot<T, 1>(dgx + (t + 1) * BH * 4, 4 * H, n_next, U, 1, 4 * H, H, 4 * H, row0, col0, v);
+    tile_dot<true, S>(sm, dgx + (t + 1) * BH * 4, 4 * H, n_next, row0, U, 4 * H, H, col0, 4 * H);
+  else
+    wait_prior_step();
+  const int r = threadIdx.x / (S::G * S::NJ), u = threadIdx.x % (S::G * S::NJ), b = row0 + r, j = col0 + u;
   if (b >= B || j >= H) return;
-  if (is_real(mask, t + 1, B, b, n_next)) dh[s] = v[0];  // b < n_next is tested first: t + 1 < T
+  const int64_t s = int64_t(b) * H + j, o = t * BH + s;
+  if (is_real(mask, t + 1, B, b, n_next)) dh[s] = tile_sum(sm, r, u / S::NJ, u % S::NJ);  // b < n_next first
   T* dg = dgx + (t * BH + int64_t(b) * H) * 4;
   if (!is_real(mask, t, B, b, n)) {
 #pragma unroll
@@ -77,21 +104,47 @@ __global__ void lstm_bwd_step(int t, int B, int H, int n_next, int n, const uint
 template <typename T>
 __global__ void lstm_bwd_product(int t, int B, int H, int n, const uint8_t* mask, const T* dgx, const T* U,
                                  acc_t<T>* dh) {
-  const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
-  const int b = row0 + threadIdx.y, j = col0 + threadIdx.x;
-  acc_t<T> v[1] = {0};
-  if (row0 < n) tile_dot<T, 1>(dgx + t * int64_t(B) * H * 4, 4 * H, n, U, 1, 4 * H, H, 4 * H, row0, col0, v);
-  if (b < B && j < H && is_real(mask, t, B, b, n)) dh[int64_t(b) * H + j] = v[0];
+  using S = BwdTile;
+  __shared__ TileSmem<acc_t<T>, S> sm;
+  int row0, col0;
+  block_origin<S::G * S::NJ>(H, S::BM, row0, col0);
+  if (row0 >= n) {  // block-uniform
+    wait_prior_step();  // a grid ends after its predecessor: the next kernel's wait covers every earlier step
+    return;
+  }
+  tile_dot<true, S>(sm, dgx + t * int64_t(B) * H * 4, 4 * H, n, row0, U, 4 * H, H, col0, 4 * H);
+  const int r = threadIdx.x / (S::G * S::NJ), u = threadIdx.x % (S::G * S::NJ), b = row0 + r, j = col0 + u;
+  if (b < B && j < H && is_real(mask, t, B, b, n)) dh[int64_t(b) * H + j] = tile_sum(sm, r, u / S::NJ, u % S::NJ);
 }
 
 template <typename T>
 void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
   if (empty(p)) return;
-  const dim3 grid = step_grid(p), block(BN, BM);
+  using Acc = acc_t<T>;
+  using S = FwdTile<4>;
+  const int64_t BH = int64_t(p.B) * p.H;
+  Acc* state = static_cast<Acc*>(p.scratch);  // half types: h (two buffers), c
+  if constexpr (kSeparateState<T>) {
+    convert_state<T, Acc>(p, hs, state);
+    convert_state<T, Acc>(p, cs, state + 2 * BH);
+  }
+  const bool pdl = pdl_supported();
+  const dim3 grid = step_grid<S::NJ>(p.B, p.H, S::BM);
   for (int t = 0; t < p.T; ++t) {
-    lstm_fwd_step<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, active_rows(p, t), p.mask, p.zero_output, gx, U,
-                                                    out, hs, cs);
-    MASKRNN_LAUNCH_CHECK();
+    const Acc *h_in, *c_in;
+    Acc *h_out, *c_out;
+    if constexpr (kSeparateState<T>) {
+      h_in = state + (t % 2) * BH;
+      h_out = state + (1 - t % 2) * BH;
+      c_in = c_out = state + 2 * BH;
+    } else {
+      h_in = hs + t * BH;
+      h_out = hs + (t + 1) * BH;
+      c_in = cs + t * BH;
+      c_out = cs + (t + 1) * BH;
+    }
+    launch(p, t > 0 && pdl, grid, lstm_fwd_step<T>, t, p.B, p.H, active_rows(p, t), p.mask, p.zero_output, gx, U,
+           h_in, h_out, c_in, c_out, out, hs, cs);
   }
 }
 
@@ -102,22 +155,19 @@ void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* dc_acc = dh_acc + int64_t(p.B) * p.H;
   Acc* carry = dc_acc + int64_t(p.B) * p.H;
-  copy_to_acc<T>(p, dh, dh_acc);
-  copy_to_acc<T>(p, dc, dc_acc);
-  copy_to_acc<T>(p, nullptr, carry);
-  const dim3 grid = step_grid(p), block(BN, BM);
+  convert_state<T, Acc>(p, dh, dh_acc);
+  convert_state<T, Acc>(p, dc, dc_acc);
+  convert_state<T, Acc>(p, nullptr, carry);
+  const bool pdl = pdl_supported();
+  const dim3 grid = step_grid<BwdTile::G * BwdTile::NJ>(p.B, p.H, BwdTile::BM);
   for (int t = p.T - 1; t >= 0; --t) {
     const int n_next = t + 1 < p.T ? active_rows(p, t + 1) : 0;
-    lstm_bwd_step<T><<<grid, block, 0, p.stream>>>(t, p.B, p.H, n_next, active_rows(p, t), p.mask, p.zero_output,
-                                                    gx, U, cs, d_out, dh_acc, dc_acc, carry, dgx);
-    MASKRNN_LAUNCH_CHECK();
+    launch(p, t + 1 < p.T && pdl, grid, lstm_bwd_step<T>, t, p.B, p.H, n_next, active_rows(p, t), p.mask,
+           p.zero_output, gx, U, cs, d_out, dh_acc, dc_acc, carry, dgx);
   }
-  if (p.T > 0) {
-    lstm_bwd_product<T><<<grid, block, 0, p.stream>>>(0, p.B, p.H, active_rows(p, 0), p.mask, dgx, U, dh_acc);
-    MASKRNN_LAUNCH_CHECK();
-  }
-  copy_from_acc<T>(p, dh_acc, dh);
-  copy_from_acc<T>(p, dc_acc, dc);
+  if (p.T > 0) launch(p, pdl, grid, lstm_bwd_product<T>, 0, p.B, p.H, active_rows(p, 0), p.mask, dgx, U, dh_acc);
+  convert_state<Acc, T>(p, dh_acc, dh);
+  convert_state<Acc, T>(p, dc_acc, dc);
 }
 
 }  // namespace maskrnn

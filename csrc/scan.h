@@ -15,7 +15,8 @@ struct ScanParams {
   const uint8_t* mask = nullptr;         // device (T,B) bool selecting the real rows among them; nullptr: all
   bool zero_output = false;              // padded steps output 0 instead of the previous output
   bool reset_after = true;               // GRU variant
-  void* scratch = nullptr;               // device, 3*B*H accumulation-type values (backward only)
+  void* scratch = nullptr;               // device, 3*B*H accumulation-type values: backward, and forward in
+                                         // float16/bfloat16 (the running states); may be null otherwise
   cudaStream_t stream = nullptr;
 };
 

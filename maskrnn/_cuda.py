@@ -1,6 +1,9 @@
 """The GPU engine: the scan-kernel contract of maskrnn/_scan.py on CuPy arrays, through the CUDA kernels of
 the native extension (csrc/scan.h). Raw device pointers and CuPy's current stream go to C++; nothing is copied
 (except a strided mask, made dense). The all-step GEMMs run on CuPy (cuBLAS): the driver's default ``xp.matmul``.
+
+Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch wait for its kernel and raise
+at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.
 """
 
 import numpy as np
@@ -68,16 +71,26 @@ def _sizes(gx, U):
 
 
 def _scratch(n, dh):
-    """n (B,H) running gradients in the accumulation type (float64 for float64, else float32)."""
+    """n (B,H) running gradients or states in the accumulation type (float64 for float64, else float32)."""
     import cupy
 
     return cupy.empty((n,) + dh.shape, np.float64 if dh.dtype == np.float64 else np.float32)
 
 
+def _state_scratch(n, hs):
+    """Float16/bfloat16 forward scans run their states in float32 between steps (n (B,H) buffers); the others
+    in the tape itself: (array or None, pointer)."""
+    if hs.dtype in (np.float32, np.float64):
+        return None, 0
+    scratch = _scratch(n, hs[0])
+    return scratch, _ptr(scratch)
+
+
 def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
     sizes, mask = _steps(steps)
+    scratch, scratch_ptr = _state_scratch(3, hs)  # h (two buffers), c; kept alive until the kernels are queued
     _ext().lstm_fwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output),
-                    *_ptrs(gx, U, out, hs, cs), _stream())
+                    *_ptrs(gx, U, out, hs, cs), scratch_ptr, _stream())
 
 
 def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
@@ -89,8 +102,9 @@ def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
 
 def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
     sizes, mask = _steps(steps)
+    scratch, scratch_ptr = _state_scratch(2, hs)  # h (two buffers)
     _ext().gru_fwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output), bool(reset_after),
-                   *_ptrs(gx, U, b_rec, out, hs, hr), _stream())
+                   *_ptrs(gx, U, b_rec, out, hs, hr), scratch_ptr, _stream())
 
 
 def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):

@@ -6,6 +6,7 @@ events. Peers that are missing or do not apply are reported as skipped, with the
 Ratios are peer time / maskrnn time: above 1 means maskrnn is faster.
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -17,10 +18,16 @@ import numpy as np
 
 from . import _info
 
-CONFIGS = [(64, 100, 128, 256), (16, 200, 64, 128), (128, 50, 256, 512), (4, 200, 256, 512), (256, 100, 512, 1024)]
-GPU_ONLY = {(256, 100, 512, 1024)}
+CONFIGS = [(64, 100, 128, 256), (16, 200, 64, 128), (128, 50, 256, 512), (4, 200, 256, 512), (256, 100, 512, 1024),
+           (32, 200, 512, 1024), (256, 100, 1024, 1024)]
+GPU_ONLY = {(256, 100, 512, 1024), (32, 200, 512, 1024), (256, 100, 1024, 1024)}
 QUICK = [(64, 100, 128, 256)]
-PEERS = ["torch-unpacked", "torch-packed", "keras", "cudnn-packed"]
+# GPU peers, like with like (perf-anchors.md section 1.1): packed input always runs cuDNN's STANDARD algorithm,
+# in fp32 with TF32 tensor cores unless torch.backends.cudnn.allow_tf32 is off (both ways here); padded fp16
+# input (mask ignored, as torch-unpacked) may get cuDNN's persistent kernels.
+CUDNN = {"cudnn-packed": dict(packed=True, tf32=None), "cudnn-packed-fp32": dict(packed=True, tf32=False),
+         "cudnn-padded-fp16": dict(packed=False, tf32=None, half=True)}
+PEERS = ["torch-unpacked", "torch-packed", "keras", *CUDNN]
 N_BUFFERS = 3  # distinct random batches cycled through, so no run times a cache-warm repeat of the last
 
 
@@ -94,16 +101,23 @@ def _torch_module(torch, cell, weights, device):
 def _torch_runner(peer, cell, mask_kind, backward, weights, batches, device):
     import torch
 
-    packed = peer != "torch-unpacked"
+    opts = CUDNN.get(peer, dict(packed=peer == "torch-packed", tf32=None))
+    packed, tf32, half = opts["packed"], opts["tf32"], opts.get("half", False)
     if packed and mask_kind != "post":
         raise _Skip("packed sequences cannot express holes in the mask")
     m = _torch_module(torch, cell, weights, device)
     data = [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
+    if half:
+        m = m.half()
+        data = [dict(b, x=b["x"].half(), d_out=b["d_out"].half()) for b in data]
+    # None: torch's own setting (recorded in the report); else pinned for this peer's calls only.
+    def flags():
+        return contextlib.nullcontext() if tf32 is None else torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32)
 
     def run(i):
         b = data[i % len(data)]
         x = b["x"].requires_grad_(backward)
-        with torch.set_grad_enabled(backward):
+        with torch.set_grad_enabled(backward), flags():
             if packed:
                 p = torch.nn.utils.rnn.pack_padded_sequence(x, b["lengths"].cpu(), batch_first=True,
                                                             enforce_sorted=False)
@@ -153,8 +167,8 @@ def _runner(impl, cell, mask_kind, backward, weights, batches, device):
         if device != "cpu":
             raise _Skip("measured on the CPU only")
         return _keras_runner(cell, mask_kind, backward, weights, batches, device)
-    if (impl == "cudnn-packed") != (device == "cuda"):
-        raise _Skip("cuDNN runs on the GPU only" if impl == "cudnn-packed" else "CPU peer")
+    if (impl in CUDNN) != (device == "cuda"):
+        raise _Skip("cuDNN runs on the GPU only" if impl in CUDNN else "CPU peer")
     return _torch_runner(impl, cell, mask_kind, backward, weights, batches, device)
 
 
@@ -218,6 +232,15 @@ def _versions():
     return versions
 
 
+def _cudnn_allow_tf32():
+    """torch.backends.cudnn.allow_tf32 as the cudnn-packed and cudnn-padded-fp16 peers ran."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
 def run_benchmark(configs, cells, devices, repeats, progress=None):
     """Measures every (device, config, cell, pass, mask) for maskrnn and each peer. Returns the report dict."""
     rows, skipped, first_calls = [], [], {}
@@ -246,6 +269,7 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
             ratio = None if impl == "maskrnn" else median / ours
             rows.append(dict(case, impl=impl, median_ms=median * 1e3, ratio=ratio))
     return dict(commit=_commit(), devices={d: _device_name(d) for d in devices}, versions=_versions(),
+                cudnn_allow_tf32=_cudnn_allow_tf32() if "cuda" in devices else None,
                 configs=[list(c) for c in configs], repeats=repeats, rows=rows, skipped=skipped,
                 first_call_s=first_calls, note="ratio = peer time / maskrnn time (>1: maskrnn faster); "
                 "torch-unpacked ignores the mask (not mask-correct), it is the speed of light for dense work")

@@ -47,6 +47,7 @@ void emu_launch(dim3 grid, dim3 block, F kernel) {
 // No CUDA runtime is linked: the check macros only need these two.
 extern "C" const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
 extern "C" cudaError_t cudaGetLastError() { return cudaSuccess; }
+#include "intrinsics.h"
 
 #include "device_info.h"
 #include "instantiate.cuh"

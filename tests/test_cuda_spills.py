@@ -1,0 +1,35 @@
+"""The CUDA kernels compile for sm_90 with no register spills and no compiler warnings (issue 13): every
+per-dtype translation unit of csrc/ through `nvcc -Xptxas -v`, in parallel. Skipped where nvcc is missing."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+NVCC = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc")
+                                     if os.access(p, os.X_OK)), None)
+SPILLS = re.compile(r"Function properties for (\w+)\s+\d+ bytes stack frame, "
+                    r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_sm90_kernels_do_not_spill(tmp_path):
+    units = sorted(CSRC.glob("scan_*.cu"))
+    assert len(units) == 4  # one per dtype: float32, float64, float16, bfloat16
+    jobs = {u.name: subprocess.Popen(
+        [NVCC, "-arch=sm_90", "-O3", "-Xptxas", "-v", "--expt-relaxed-constexpr", "-lineinfo", f"-I{CSRC}", "-c",
+         str(u), "-o", str(tmp_path / f"{u.stem}.o")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for u in units}
+    for name, job in jobs.items():
+        log = job.communicate(timeout=600)[0]
+        assert job.returncode == 0, f"{name}:\n{log}"
+        assert "warning" not in log.lower(), f"{name}:\n{log}"
+        kernels = set(re.findall(r"Compiling entry function '(\w+)'", log))
+        reports = {f: (stores, loads) for f, stores, loads in SPILLS.findall(log)}
+        assert kernels and kernels <= set(reports), f"{name}: no ptxas report\n{log}"
+        spilled = [f for f, counts in reports.items() if counts != ("0", "0")]
+        assert not spilled, f"{name}: register spills in {spilled}\n{log}"
