@@ -11,6 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 import maskrnn.torch.nn as mnn  # noqa: E402
 
 F64, F32 = torch.float64, torch.float32
+# torch.nn.LSTM with proj_size says once that oneDNN cannot run it; not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 CASES = [("lstm", 0), ("lstm", 2), ("gru", 0)]  # (cell, proj_size)
 
 
@@ -162,3 +164,135 @@ def test_masks_against_rowwise_torch(cell, proj, bidirectional, steps):
     g = grads(ours, x, hx, loss(out, h, torch.Generator().manual_seed(3)))
     r_g = grads(ref, x, hx, loss(r_out, r_h, torch.Generator().manual_seed(3)))
     check([out, *leaves(h), *g], [r_out, *leaves(r_h), *r_g], TOLERANCE["float64"])
+
+
+@pytest.mark.parametrize("cell,proj", CASES)
+def test_state_dict_round_trip(cell, proj):
+    kw = dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, bias=True)
+    ref, ours = pair(cell, proj, F32, **kw)
+    assert isinstance(ours, type(ref))
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    back = type(ref)(**dict(kw, proj_size=proj) if proj else kw)
+    back.load_state_dict(ours.state_dict())  # ours -> torch, strict
+    x = torch.randn(4, 7, 3)
+    with torch.no_grad():
+        out, r_out = ours(x)[0], back(x)[0]
+    assert rel(out, r_out) < TOLERANCE["float32"]
+
+
+@pytest.mark.parametrize("cell,proj", CASES)
+def test_gradcheck(cell, proj):
+    kw = dict(input_size=2, hidden_size=3, num_layers=2, bidirectional=True, batch_first=True)
+    _, ours = pair(cell, proj, **kw)
+    names = [n for n, _ in ours.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in ours.parameters()]
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 2, dtype=F64, generator=gen, requires_grad=True)
+    hx = initial_state(ours, 3, F64, gen)
+    lengths = torch.tensor([4, 0, 2])
+
+    def f(x, *rest):
+        state = tuple(rest[:len(leaves(hx))])
+        weights = dict(zip(names, rest[len(state):]))
+        out, h = torch.func.functional_call(ours, weights, (x, state if len(state) == 2 else state[0]),
+                                            dict(lengths=lengths))
+        return out, *leaves(h)
+
+    assert torch.autograd.gradcheck(f, (x, *leaves(hx), *params))
+
+
+def test_dropout_between_layers():
+    """In training, dropout hits each layer's output but the last, drawing as torch.nn does (same seed, same
+    numbers on a full-length batch); in eval it is off."""
+    ref, ours = pair("lstm", 0, input_size=3, hidden_size=4, num_layers=3, dropout=0.5, bidirectional=True)
+    x = torch.randn(6, 2, 3, dtype=F64)
+    results = []
+    for module in (ours, ref):
+        torch.manual_seed(5)
+        results.append(module(x)[0])
+    assert rel(*results) < TOLERANCE["float64"]
+    ours.eval()
+    ref.eval()
+    assert rel(ours(x)[0], ref(x)[0]) < TOLERANCE["float64"]
+    ours.train()
+    assert rel(ours(x)[0], ref(x)[0]) > 1e-3
+
+
+def test_weight_updates():
+    """In-place updates (optimizer steps) are seen by the next call; one between forward and backward is caught."""
+    ref, ours = pair("gru", 0, input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    ours(x)[0].sum().backward()
+    for module in (ours, ref):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(1.5)
+    assert rel(ours(x)[0], ref(x)[0]) < TOLERANCE["float64"]
+    out = ours(x)[0].sum()
+    with torch.no_grad():
+        ours.weight_hh_l1.add_(0.1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
+@pytest.mark.parametrize("cell,proj", CASES)
+def test_unbatched_and_no_grad(cell, proj):
+    ref, ours = pair(cell, proj, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, dtype=F64)
+    hx = tuple(s[:, 0] for s in leaves(initial_state(ref, 1, F64, torch.Generator().manual_seed(6))))
+    hx = hx if len(hx) == 2 else hx[0]
+    with torch.no_grad():
+        (out, h), (r_out, r_h) = ours(x, hx), ref(x, hx)
+    check([out, *leaves(h)], [r_out, *leaves(r_h)], TOLERANCE["float64"])
+
+
+def test_long_sequence():
+    """More than 65,535 steps (cuDNN's limit) on a small problem, against torch.nn on the CPU."""
+    ref, ours = pair("lstm", 0, F32, input_size=1, hidden_size=2, bidirectional=True)
+    x = torch.randn(66_000, 2, 1)
+    lengths = torch.tensor([66_000, 65_600])
+    with torch.no_grad():
+        out, (h, c) = ours(x, lengths=lengths)
+        r_packed, (r_h, r_c) = ref(pack_padded_sequence(x, lengths))
+    r_out = pad_packed_sequence(r_packed, total_length=66_000)[0]
+    check([out, h, c], [r_out, r_h, r_c], 1e-4)  # float32 over 66k steps: rounding compounds
+
+
+def test_errors():
+    m = mnn.LSTM(3, 4, batch_first=True)
+    x = torch.randn(2, 6, 3)
+    packed = pack_padded_sequence(x, torch.tensor([6, 3]), batch_first=True)
+    with pytest.raises(ValueError, match="PackedSequence carries its own lengths"):
+        m(packed, lengths=torch.tensor([6, 3]))
+    with pytest.raises(TypeError, match="torch.Tensor or a PackedSequence"):
+        m(x.numpy())
+    with pytest.raises(TypeError, match="dtype torch.float64"):
+        m(x.double())
+    with pytest.raises(ValueError, match="input_size=3"):
+        m(torch.randn(2, 6, 5))
+    with pytest.raises(ValueError, match="3-D"):
+        m(torch.randn(2, 6, 1, 3))
+    with pytest.raises(ValueError, match="time-major"):
+        m(x.transpose(0, 1), lengths=torch.tensor([6, 3]))
+    with pytest.raises(ValueError, match="looks transposed"):
+        m(x, mask=torch.ones(6, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="time-major"):
+        m(x.transpose(0, 1), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+    with pytest.raises(ValueError, match="either lengths= or mask="):
+        m(x, lengths=torch.tensor([6, 3]), mask=torch.ones(2, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\]"):
+        m(x, lengths=torch.tensor([7, 3]))
+    with pytest.raises(TypeError, match="lengths must be an integer"):
+        m(x, lengths=torch.tensor([6.0, 3.0]))
+    with pytest.raises(TypeError, match="mask must be bool or integer"):
+        m(x, mask=torch.ones(2, 6))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        m(x, mask=torch.full((2, 6), 2))
+    with pytest.raises(TypeError, match="pair"):
+        m(x, torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"c_0 must have shape \(1, 2, 4\)"):
+        m(x, (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match="unbatched"):
+        m(x[0], lengths=torch.tensor([6]))
+    with pytest.raises(ValueError, match="proj_size"):
+        mnn.GRU(3, 4, proj_size=2)

@@ -24,9 +24,9 @@ initialisation and ``isinstance`` checks are torch's own; only ``forward`` chang
 
 L = num_layers, D = 2 if bidirectional else 1. ``dropout`` applies to every layer's output but the last, in
 training, as in torch. PyTorch's GRU is maskrnn's reset_after=True GRU with gates (r, z, n) reordered to
-(z, r, h): the Keras-layout copies the kernels read are cached per parameter version (rebuilt only after an
-update), and gradients are mapped back to the torch-named parameters. With ``proj_size`` an LSTM runs a
-per-step loop of torch ops instead of the kernels (see ``_proj``): exact, but slow.
+(z, r, h): the kernels read LSTM weights as transposed views and GRU weights through one small gather per
+call (see ``_keras_weights``), and gradients are mapped back to the torch-named parameters. With
+``proj_size`` an LSTM runs a per-step loop of torch ops instead of the kernels (see ``_proj``): exact, but slow.
 """
 
 import torch
@@ -49,17 +49,19 @@ def _gru_perm(H, device):
 
 
 def _keras_weights(cell, w_ih, w_hh, b_ih, b_hh):
-    """torch-layout parameters -> fresh Keras-layout tensors (kernel (I,GH), recurrent_kernel (H,GH), bias)."""
-    with torch.no_grad():
-        bias = None
-        if cell == "gru":
-            perm = _gru_perm(w_hh.shape[1], w_hh.device)
-            w_ih, w_hh = w_ih[perm], w_hh[perm]
-            if b_ih is not None:
-                bias = torch.stack([b_ih[perm], b_hh[perm]])
-        elif b_ih is not None:
-            bias = b_ih + b_hh
-        return w_ih.t().contiguous(), w_hh.t().contiguous(), bias
+    """torch-layout parameters -> Keras layout (kernel (I,GH), recurrent_kernel (H,GH), bias), detached.
+
+    LSTM: transposed views of the parameters (torch's gate order is Keras's), no copy. GRU: one gather of
+    the gate blocks per call, about the size of the weight copies the dispatcher makes anyway. Nothing is
+    cached: a cache keyed on version counters would miss updates made through ``.data`` (gradcheck's
+    perturbations, some EMA code), which bypass the counters."""
+    w_ih, w_hh = w_ih.detach(), w_hh.detach()
+    b_ih, b_hh = (None, None) if b_ih is None else (b_ih.detach(), b_hh.detach())
+    if cell == "lstm":
+        return w_ih.t(), w_hh.t(), None if b_ih is None else b_ih + b_hh
+    perm = _gru_perm(w_hh.shape[1], w_hh.device)
+    bias = None if b_ih is None else torch.stack([b_ih[perm], b_hh[perm]])
+    return w_ih[perm].t(), w_hh[perm].t(), bias
 
 
 def _torch_grads(cell, g):
@@ -122,10 +124,12 @@ class _MaskedRNN:
         params = [getattr(self, f"{n}{sfx}", None) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         if self.CELL == "lstm" and self.proj_size:
             mask = steps.get("mask")
-            if mask is None:
+            if "lengths" in steps:
                 mask = torch.arange(x.shape[0], device=x.device)[:, None] < steps["lengths"][None, :]
+            elif mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             return lstm_proj_direction(x, *params, getattr(self, f"weight_hr{sfx}"), h0, c0, mask, reverse)
-        weights = self._keras_cache(sfx, params)
+        weights = _keras_weights(self.CELL, *params)
         options = dict(go_backwards=reverse, zero_output_for_mask=True, time_major=True,
                        **{k: _view(v) for k, v in steps.items()})
         if _needs_grad(x, h0, c0, *params):
@@ -134,16 +138,6 @@ class _MaskedRNN:
             res = tuple(_tensor(r) for r in _scan(self.CELL, x, weights, h0, c0, options, vjp=False))
         out = res[0].flip(0) if reverse else res[0]  # go_backwards returns outputs in processing order
         return out, res[1], res[2] if self.CELL == "lstm" else None
-
-    def _keras_cache(self, sfx, params):
-        """Keras-layout weights of one layer and direction, rebuilt only when a parameter changed (version
-        counter, storage, dtype or device)."""
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params if p is not None)
-        cache = self.__dict__.setdefault("_maskrnn_weights", {})
-        hit = cache.get(sfx)
-        if hit is None or hit[0] != key:
-            hit = cache[sfx] = (key, _keras_weights(self.CELL, *params))
-        return hit[1]
 
     def _layers(self, x, h0, c0, steps):
         """x (T,B,I) time-major; h0, c0 (L*D,B,*) or None. Returns output (T,B,D*H_out), h_n, c_n."""
