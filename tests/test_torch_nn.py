@@ -296,3 +296,15 @@ def test_errors():
         m(x[0], lengths=torch.tensor([6]))
     with pytest.raises(ValueError, match="proj_size"):
         mnn.GRU(3, 4, proj_size=2)
+
+
+def test_bench_rows():
+    """The bench rows for the drop-in exist, one per implementation and pass, with ratios against ours."""
+    from maskrnn import _bench_nn, bench
+
+    rows = _bench_nn.stack_rows([(3, 5, 4, 6)], ["cpu"], 1, bench.measure)
+    assert sorted((r["impl"], r["pass_"]) for r in rows) == sorted(
+        (impl, p) for impl in _bench_nn.IMPLS for p in ("fwd", "fwd+bwd"))
+    for r in rows:
+        assert r["median_ms"] > 0 and r["cell"] == _bench_nn.CELL
+        assert (r["ratio"] is None) == (r["impl"] == "maskrnn.torch.nn") and (r["ratio"] is None or r["ratio"] > 0)
