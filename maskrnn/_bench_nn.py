@@ -19,7 +19,7 @@ def _runner(impl, cfg, backward, device, seed):
     import torch
 
     from . import bench
-    from .torch import nn as mnn
+    from .torch import nn as mnn  # the drop-in module (maskrnn.torch binds no other name nn)
 
     B, T, I, H = cfg
     torch.manual_seed(seed)

@@ -308,3 +308,13 @@ def test_bench_rows():
     for r in rows:
         assert r["median_ms"] > 0 and r["cell"] == _bench_nn.CELL
         assert (r["ratio"] is None) == (r["impl"] == "maskrnn.torch.nn") and (r["ratio"] is None or r["ratio"] > 0)
+
+
+def test_from_import_gives_the_drop_in():
+    """`from maskrnn.torch import nn` in a fresh interpreter is this module, not torch.nn (a name `nn` bound in
+    maskrnn/torch/__init__.py would shadow it and silently run torch's RNNs)."""
+    import subprocess
+    import sys
+
+    code = "from maskrnn.torch import nn; import torch; assert nn.LSTM is not torch.nn.LSTM, nn.__name__"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=__file__.rsplit("/tests/", 1)[0])

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 from torch.autograd.function import once_differentiable
 
 import maskrnn
@@ -138,10 +137,10 @@ def _glorot_uniform(shape):
 
 
 def _orthogonal(shape):
-    return nn.init.orthogonal_(torch.empty(shape))
+    return torch.nn.init.orthogonal_(torch.empty(shape))
 
 
-class _Recurrent(nn.Module):
+class _Recurrent(torch.nn.Module):
     """Keras-layer options shared by LSTM and GRU; parameters in the Keras layout."""
 
     GATES = 0
@@ -156,9 +155,9 @@ class _Recurrent(nn.Module):
         self.return_sequences, self.return_state = return_sequences, return_state
         self.go_backwards, self.zero_output_for_mask = go_backwards, zero_output_for_mask
         G = self.GATES * units
-        self.kernel = nn.Parameter(_glorot_uniform((input_size, G)).to(dtype=dtype, device=device))
-        self.recurrent_kernel = nn.Parameter(_orthogonal((units, G)).to(dtype=dtype, device=device))
-        self.bias = nn.Parameter(self._initial_bias().to(dtype=dtype, device=device)) if use_bias else None
+        self.kernel = torch.nn.Parameter(_glorot_uniform((input_size, G)).to(dtype=dtype, device=device))
+        self.recurrent_kernel = torch.nn.Parameter(_orthogonal((units, G)).to(dtype=dtype, device=device))
+        self.bias = torch.nn.Parameter(self._initial_bias().to(dtype=dtype, device=device)) if use_bias else None
 
     def _options(self):
         return dict(go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask)
@@ -227,7 +226,7 @@ class GRU(_Recurrent):
         return self._finish(out, h)
 
 
-class Bidirectional(nn.Module):
+class Bidirectional(torch.nn.Module):
     """Keras Bidirectional: the backward layer is a copy of ``layer`` with go_backwards flipped; both see the
     same mask; zero_output_for_mask is forced to return_sequences on both (as Keras does); with
     return_sequences the backward outputs are flipped back to the original time order.
@@ -249,7 +248,7 @@ class Bidirectional(nn.Module):
         """Same weights as a single-layer bidirectional torch.nn.LSTM / GRU; options go to both layers."""
         if not module.bidirectional:
             raise ValueError("from_torch needs a bidirectional module (bidirectional=True)")
-        layer = LSTM if isinstance(module, nn.LSTM) else GRU
+        layer = LSTM if isinstance(module, torch.nn.LSTM) else GRU
         return cls(layer.from_torch(module, **options), merge_mode,
                    backward_layer=layer.from_torch(module, reverse=True, go_backwards=True, **options))
 
