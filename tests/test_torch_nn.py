@@ -119,6 +119,29 @@ def test_padded_lengths_float32(cell, proj, num_layers, bidirectional, batch_fir
     check([out, *leaves(h), *g], [r_out, *leaves(r_h), *r_g], TOLERANCE["float32"])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("cell,proj", CASES)
+def test_cuda_matches_cpu_torch(cell, proj):
+    """On a GPU: PackedSequence and CUDA lengths (no host copy here) against torch.nn on the CPU."""
+    from conftest import cuda_skip_reason
+
+    if not torch.cuda.is_available() or cuda_skip_reason():
+        pytest.skip(cuda_skip_reason() or "torch sees no CUDA device")
+    ref, ours = pair(cell, proj, F32, input_size=5, hidden_size=6, num_layers=2, bidirectional=True,
+                     batch_first=True)
+    ours.cuda()
+    x = torch.randn(4, 7, 5)
+    lengths = torch.tensor([7, 2, 5, 0])
+    out, h = ours(x.cuda(), lengths=lengths.cuda())
+    real = torch.arange(7)[None, :] < lengths[:, None]
+    r_out, r_h = rowwise_reference(ref, x, real, None)
+    check([out.cpu(), *(s.cpu() for s in leaves(h))], [r_out, *leaves(r_h)], 1e-4)
+    packed = pack_padded_sequence(x, lengths.clamp_min(1), batch_first=True, enforce_sorted=False)
+    p_out, p_h = ours(packed.to("cuda"))
+    r_packed, r_h = ref(packed)
+    check([p_out.data.cpu(), *(s.cpu() for s in leaves(p_h))], [r_packed.data, *leaves(r_h)], 1e-4)
+
+
 def rowwise_reference(ref, x, real, hx):
     """torch.nn run on each row's real steps alone (batch_first ref); zeros at the other steps, the initial
     state for a row with none. The semantics a masked batch must have, computed without maskrnn."""
@@ -126,6 +149,9 @@ def rowwise_reference(ref, x, real, hx):
     LD = ref.num_layers * (2 if ref.bidirectional else 1)
     out = x.new_zeros(B, T, LD // ref.num_layers * (ref.proj_size or ref.hidden_size))
     finals = []
+    if hx is None:
+        hx = tuple(x.new_zeros(LD, B, n) for n in ((ref.proj_size or ref.hidden_size), ref.hidden_size))
+        hx = hx if isinstance(ref, torch.nn.LSTM) else hx[0]
     for b in range(B):
         state = tuple(s[:, b:b + 1] for s in leaves(hx))
         idx = real[b].nonzero().squeeze(1)

@@ -97,7 +97,7 @@ class _Direction(torch.autograd.Function):
         # Saved so that torch's version counter catches an in-place update between forward and backward.
         ctx.save_for_backward(w_ih, w_hh, b_ih, b_hh)
         ctx.set_materialize_grads(False)
-        ctx.cell, ctx.like = cell, x
+        ctx.cell, ctx.like = cell, w_ih  # w_ih: for the device and stream in backward
         results, ctx.pullback = _scan(cell, x, weights, h0, c0, options, vjp=True)
         return tuple(_tensor(r) for r in results)
 
