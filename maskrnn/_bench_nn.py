@@ -33,7 +33,8 @@ def _runner(impl, cfg, backward, device, seed):
         lengths = torch.from_numpy(rng.integers(max(T // 4, 1), T + 1, B))
         x = torch.from_numpy(rng.standard_normal((B, T, I)).astype("float32"))
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        data = packed.data.to(device).requires_grad_(backward)
+        packed = packed.to(device)
+        data = packed.data.requires_grad_(backward)
         d_out = torch.randn(data.shape[0], 2 * H, device=device)
         batches.append((torch.nn.utils.rnn.PackedSequence(data, *packed[1:]), d_out))
 

@@ -194,10 +194,12 @@ class _MaskedRNN:
         lengths = real.sum(0).to(data.device, non_blocking=True)
         h0, c0 = self._hx(hx, B)
         if sorted_indices is not None:
-            h0, c0 = (None if s is None else s.index_select(1, sorted_indices) for s in (h0, c0))
+            order = sorted_indices.to(data.device)
+            h0, c0 = (None if s is None else s.index_select(1, order) for s in (h0, c0))
         out, h, c = self._layers(x, h0, c0, dict(lengths=lengths))
         if unsorted_indices is not None:
-            h, c = (None if s is None else s.index_select(1, unsorted_indices) for s in (h, c))
+            inverse = unsorted_indices.to(data.device)
+            h, c = (None if s is None else s.index_select(1, inverse) for s in (h, c))
         out = out.reshape(T * B, -1).index_select(0, where)
         return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), self._pack_states(h, c)
 
