@@ -1,8 +1,10 @@
 """Bench rows for the ``torch.nn`` drop-ins: a 2-layer bidirectional LSTM on a PackedSequence, torch.nn.LSTM
 (CPU; cuDNN on the GPU) against ``maskrnn.torch.nn.LSTM`` holding the same weights.
 
-``python -m maskrnn._bench_nn [repeats] [B,T,I,H]`` times the two alternately on the CPU (each repeat runs
-both, in alternating order) and prints the median of the per-repeat ratios, for a loaded machine.
+``python -m maskrnn._bench_nn [repeats] [B,T,I,H] [--cpu-time]`` times the two alternately on the CPU (each
+repeat runs both, in alternating order) and prints the median of the per-repeat ratios, for a loaded machine.
+``--cpu-time`` clocks process CPU time instead of wall time: with one thread each (OMP_NUM_THREADS=1
+OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1) that compares the work done, nearly unaffected by other load.
 """
 
 import sys
@@ -72,7 +74,7 @@ def stack_rows(configs, devices, repeats, measure, progress=None):
     return rows
 
 
-def interleaved(cfg=(64, 100, 128, 256), repeats=10, backward=True):
+def interleaved(cfg=(64, 100, 128, 256), repeats=10, backward=True, clock=time.perf_counter):
     """CPU: per-repeat ratio torch.nn / maskrnn.torch.nn, the two run alternately. Returns (ratios, medians)."""
     fns = {impl: _runner(impl, cfg, backward, "cpu", seed=0) for impl in IMPLS}
     for fn in fns.values():  # warm-up: Numba compile, allocator
@@ -82,18 +84,21 @@ def interleaved(cfg=(64, 100, 128, 256), repeats=10, backward=True):
     for r in range(repeats):
         for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
             time.sleep(0.2)  # let the other runner's BLAS/OpenMP threads go idle
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[impl](r)
-            times[impl].append(time.perf_counter() - t0)
+            times[impl].append(clock() - t0)
     ratios = np.array(times["torch.nn"]) / np.array(times["maskrnn.torch.nn"])
     return ratios, {impl: float(np.median(t)) for impl, t in times.items()}
 
 
 if __name__ == "__main__":
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    cfg = tuple(int(v) for v in sys.argv[2].split(",")) if len(sys.argv) > 2 else (64, 100, 128, 256)
-    ratios, medians = interleaved(cfg, repeats)
-    print(f"{CELL} {cfg} fwd+bwd on a PackedSequence, CPU, {repeats} interleaved repeats")
+    args = [a for a in sys.argv[1:] if a != "--cpu-time"]
+    cpu_time = "--cpu-time" in sys.argv
+    repeats = int(args[0]) if args else 10
+    cfg = tuple(int(v) for v in args[1].split(",")) if len(args) > 1 else (64, 100, 128, 256)
+    ratios, medians = interleaved(cfg, repeats, clock=time.process_time if cpu_time else time.perf_counter)
+    print(f"{CELL} {cfg} fwd+bwd on a PackedSequence, CPU, {repeats} interleaved repeats, "
+          f"{'process CPU' if cpu_time else 'wall'} time")
     print("  median s: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
     print(f"  torch.nn / maskrnn.torch.nn: median {np.median(ratios):.2f}x, "
           f"range {ratios.min():.2f}-{ratios.max():.2f}x")
