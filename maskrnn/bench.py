@@ -268,6 +268,10 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                 first_calls.setdefault(f"{dev} {cell} {case['pass_']}", first)
             ratio = None if impl == "maskrnn" else median / ours
             rows.append(dict(case, impl=impl, median_ms=median * 1e3, ratio=ratio))
+    if "lstm" in cells:  # the torch.nn drop-in on a 2-layer bidirectional LSTM (maskrnn/_bench_nn.py)
+        from ._bench_nn import stack_rows
+
+        rows += stack_rows(configs, devices, repeats, measure, progress)
     return dict(commit=_commit(), devices={d: _device_name(d) for d in devices}, versions=_versions(),
                 cudnn_allow_tf32=_cudnn_allow_tf32() if "cuda" in devices else None,
                 configs=[list(c) for c in configs], repeats=repeats, rows=rows, skipped=skipped,

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import maskrnn
@@ -182,7 +181,7 @@ def _glorot_uniform(shape):
 
 
 def _orthogonal(shape):
-    return nn.init.orthogonal_(torch.empty(shape))
+    return torch.nn.init.orthogonal_(torch.empty(shape))
 
 
 def _count(value, name, minimum):
@@ -191,7 +190,7 @@ def _count(value, name, minimum):
     return int(value)
 
 
-class _Recurrent(nn.Module):
+class _Recurrent(torch.nn.Module):
     """Keras-layer options shared by LSTM and GRU; parameters in the Keras layout. time_major: x is (T,B,I)
     (and a mask (T,B)) instead of (B,T,I)."""
 
@@ -210,9 +209,9 @@ class _Recurrent(nn.Module):
         self.go_backwards, self.zero_output_for_mask = go_backwards, zero_output_for_mask
         self.time_major = time_major
         G = self.GATES * units
-        self.kernel = nn.Parameter(_glorot_uniform((input_size, G)).to(dtype=dtype, device=device))
-        self.recurrent_kernel = nn.Parameter(_orthogonal((units, G)).to(dtype=dtype, device=device))
-        self.bias = nn.Parameter(self._initial_bias().to(dtype=dtype, device=device)) if use_bias else None
+        self.kernel = torch.nn.Parameter(_glorot_uniform((input_size, G)).to(dtype=dtype, device=device))
+        self.recurrent_kernel = torch.nn.Parameter(_orthogonal((units, G)).to(dtype=dtype, device=device))
+        self.bias = torch.nn.Parameter(self._initial_bias().to(dtype=dtype, device=device)) if use_bias else None
 
     def _options(self):
         return dict(go_backwards=self.go_backwards, zero_output_for_mask=self.zero_output_for_mask,
@@ -305,7 +304,7 @@ class GRU(_Recurrent):
         return self._finish(out, h)
 
 
-class Bidirectional(nn.Module):
+class Bidirectional(torch.nn.Module):
     """Keras Bidirectional: the backward layer is a copy of ``layer`` with go_backwards flipped; both see the
     same mask; zero_output_for_mask is forced to return_sequences on both (as Keras does); with
     return_sequences the backward outputs are flipped back to the original time order.
