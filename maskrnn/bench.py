@@ -1,4 +1,4 @@
-"""``python -m maskrnn bench``: maskrnn against its peers on SPEC.md section 6's workloads.
+"""``python -m maskrnn bench``: maskrnn against its peers on the workloads of docs/semantics.md.
 
 Every timed runner gets warm-up calls first (Numba compile, CUDA module load, Keras tracing), then the
 median over repeats, cycling through several freshly drawn random batches. GPU runs are timed with CUDA
@@ -345,7 +345,7 @@ def _progress_bar(total):
 
 
 def add_arguments(parser):
-    parser.add_argument("--full", action="store_true", help="all SPEC.md configurations (default: a quick subset)")
+    parser.add_argument("--full", action="store_true", help="every configuration (default: a quick subset)")
     parser.add_argument("--configs", help="B,T,I,H;B,T,I,H;... instead of the default set")
     parser.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm,gru")
     parser.add_argument("--devices", help="comma-separated: cpu,cuda (default: every available one)")

@@ -105,12 +105,13 @@ def test_no_writable_location_runs_uncached(monkeypatch):
 
 
 def test_cache_location_order(monkeypatch, tmp_path):
-    """NUMBA_CACHE_DIR first, then the package's __pycache__, the user cache, and the temporary directory."""
+    """NUMBA_CACHE_DIR first, then the package's __pycache__, the user cache, the temporary directory, and the
+    package's read-only __pycache__ (load only)."""
     monkeypatch.setattr(numba_config, "CACHE_DIR", str(tmp_path / "env"))
     kernel = cache.njit(cache=True)(_double)
     assert Path(kernel._cache.cache_path).is_relative_to(tmp_path / "env")
     expected = [caching.UserProvidedCacheLocator, caching.InTreeCacheLocator, caching.UserWideCacheLocator,
-                cache._TempDirLocator]
+                cache._TempDirLocator, cache._ShippedLocator]
     assert all(issubclass(c, e) for c, e in zip(cache._Impl._locator_classes, expected, strict=True))
 
 

@@ -4,8 +4,9 @@
 
 - Location, first that is writable: ``NUMBA_CACHE_DIR``; the package's ``__pycache__``; Numba's per-user cache
   directory; a private directory under the system temporary directory. A read-only install with no writable
-  home (a container, a service user) therefore still caches, and when nothing is writable the kernels run
-  uncached instead of failing (Numba raises "no locator available" at import).
+  home (a container, a service user) therefore still caches, and when nothing is writable the kernels load
+  what the build shipped and compile the rest uncached instead of failing (Numba raises "no locator
+  available" at import).
 - Kernels compiled when the package was built ship in the package's ``__pycache__`` (setup.py). They are read
   even when that directory is read-only and another location takes the new entries.
 - Freshness: an entry is valid for one exact content of every source file of this package folder. Numba's own
@@ -83,8 +84,18 @@ class _TempDirLocator(_PackageStamp, caching.InTreeCacheLocator):
             return None
 
 
+class _ShippedLocator(_InTreeLocator):
+    """Last resort: the package's own (read-only) __pycache__, for loading what the build shipped; saving there
+    fails and is skipped (KernelCache.save_overload)."""
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        self = cls(py_func, py_file)
+        return self if os.path.isdir(self.get_cache_path()) else None
+
+
 class _Impl(caching.CompileResultCacheImpl):
-    _locator_classes = [_EnvDirLocator, _InTreeLocator, _UserWideLocator, _TempDirLocator]
+    _locator_classes = [_EnvDirLocator, _InTreeLocator, _UserWideLocator, _TempDirLocator, _ShippedLocator]
 
 
 class KernelCache(caching.FunctionCache):
