@@ -42,7 +42,7 @@ id "$user" > /dev/null 2>&1 || useradd --no-create-home --home-dir /nonexistent 
 uid=$(id -u "$user")
 site=$("$work/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 mkdir "$work/ro" && cp -r "$site/maskrnn" "$work/ro/" && chmod -R a-w,a+rX "$work/ro"
-tmpcache=$("$work/venv/bin/python" -c "import tempfile; print(tempfile.gettempdir())")/maskrnn-numba-cache-$uid
+tmpcache=/tmp/maskrnn-numba-cache-$uid  # the user's tempfile.gettempdir() under env -i
 rm -rf "$tmpcache"
 as_user() {
   (cd "$work" && setpriv --reuid="$uid" --regid="$(id -g "$user")" --clear-groups \

@@ -228,25 +228,27 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((8, 20, 16), dtype=np.float32)
 w = [rng.standard_normal(s, dtype=np.float32) for s in ((16, 128), (32, 128), (128,))]
 mask = rng.random((8, 20)) < 0.8
-called = time.perf_counter()
+called, cpu = time.perf_counter(), time.process_time()
 maskrnn.lstm(x, *w, mask=mask)
-print(imported - start, time.perf_counter() - called)
+print(imported - start, time.perf_counter() - called, time.process_time() - cpu)
 """
 
 
 def first_call():
-    """(import_s, first_call_s) in a fresh Python process importing this same maskrnn: `import maskrnn`, then its
-    first maskrnn.lstm call (float32 forward with a mask), which loads or compiles the CPU kernels."""
+    """(import_s, first_call_s, first_call_cpu_s) in a fresh Python process importing this same maskrnn: `import
+    maskrnn`, then the wall and CPU time of its first maskrnn.lstm call (float32 forward with a mask), which loads
+    or compiles the CPU kernels. The CPU time tells the cost apart from the waiting on a loaded machine."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(_info.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True, check=True)
-    import_s, first_call_s = map(float, out.stdout.split())
-    return import_s, first_call_s
+    import_s, first_call_s, first_call_cpu_s = map(float, out.stdout.split())
+    return import_s, first_call_s, first_call_cpu_s
 
 
 def run_benchmark(configs, cells, devices, repeats, progress=None):
     """Measures every (device, config, cell, pass, mask) for maskrnn and each peer. Returns the report dict."""
-    import_s, first_call_s = first_call()  # before this process compiles anything: nothing it does is timed
+    # First, while this process is idle: nothing of it runs alongside the fresh one.
+    import_s, first_call_s, first_call_cpu_s = first_call()
     rows, skipped, first_calls = [], [], {}
     jobs = [(dev, cfg, cell, backward, mask_kind)
             for dev in devices for cfg in configs if dev == "cuda" or cfg not in GPU_ONLY
@@ -277,7 +279,8 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                  cuda_extension=info["cuda_extension"])
     return dict(commit=_commit(), build=build, devices={d: _device_name(d) for d in devices}, versions=_versions(),
                 configs=[list(c) for c in configs], repeats=repeats, rows=rows, skipped=skipped,
-                import_s=import_s, first_call_s=first_call_s, first_in_run_s=first_calls,
+                import_s=import_s, first_call_s=first_call_s, first_call_cpu_s=first_call_cpu_s,
+                first_in_run_s=first_calls,
                 note="ratio = peer time / maskrnn time (>1: maskrnn faster); "
                 "torch-unpacked ignores the mask (not mask-correct), it is the speed of light for dense work")
 
@@ -297,7 +300,8 @@ def format_table(report):
     reasons = sorted({(s["impl"], s["reason"]) for s in report["skipped"]})
     lines += ["", "skipped:"] + [f"  {impl}: {reason}" for impl, reason in reasons]
     lines += ["", f"fresh process: import maskrnn {report['import_s']:.2f} s, then first maskrnn.lstm call "
-              f"(float32, mask) first_call_s {report['first_call_s']:.2f} s",
+              f"(float32, mask) first_call_s {report['first_call_s']:.2f} s (CPU time "
+              f"{report['first_call_cpu_s']:.2f} s)",
               "first call in this run (compile/load), s: " + ", ".join(
                   f"{k} {v:.2f}" for k, v in report["first_in_run_s"].items()), report["note"]]
     return "\n".join(lines)
