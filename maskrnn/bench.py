@@ -240,7 +240,10 @@ def first_call():
     or compiles the CPU kernels. The CPU time tells the cost apart from the waiting on a loaded machine."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(_info.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True, check=True)
+    # cwd=here: `python -c` puts the working directory first on sys.path, and run from a source checkout it
+    # would import the source folder instead of the installed build being benchmarked.
+    out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, cwd=here, capture_output=True, text=True,
+                         check=True)
     import_s, first_call_s, first_call_cpu_s = map(float, out.stdout.split())
     return import_s, first_call_s, first_call_cpu_s
 
