@@ -1,9 +1,15 @@
-"""Thin CMake driver (pybind/cmake_example style): all build logic lives in CMakeLists.txt.
+"""Thin CMake driver (pybind/cmake_example style): the extension's build logic lives in CMakeLists.txt.
+
+The native extension (maskrnn._ext) is optional unless MASKRNN_CUDA=ON: without CMake or a C++ compiler the
+install goes on without it (one line says so; maskrnn.info() reports native_extension: False) and everything
+runs on the CPU engine. The build also compiles the common CPU kernels into the package (maskrnn/_precompile.py).
 
 Environment:
   MASKRNN_CUDA=AUTO|ON|OFF   build the CUDA kernels when nvcc is found (AUTO, default), always, or never.
+                             ON makes a missing CMake, C++ compiler or nvcc an error.
   MASKRNN_CUDA_ARCHS="90"    override the CUDA architecture list (CMake CUDA_ARCHITECTURES syntax).
   MASKRNN_BUILD_TYPE         CMake build type, Release by default.
+  MASKRNN_PRECOMPILE=0       do not compile the CPU kernels at build time (they compile on first use).
 """
 
 import hashlib
@@ -13,9 +19,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pybind11
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+CUDA_MODE = os.environ.get("MASKRNN_CUDA", "AUTO").upper()
+
+
+def _stop(reason: str):
+    """The build's last line: MASKRNN_CUDA=ON makes a missing tool an error, otherwise the extension is skipped."""
+    if CUDA_MODE == "ON":
+        sys.exit(f"maskrnn: MASKRNN_CUDA=ON but {reason}")
+    print(f"maskrnn: {reason}: installing without the native extension (the CPU engine needs none)", flush=True)
 
 
 class CMakeExtension(Extension):
@@ -26,6 +41,12 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
+        if shutil.which("cmake") is None:
+            return _stop("CMake was not found (pip install cmake)")
+        try:
+            import pybind11
+        except ImportError:
+            return _stop("pybind11 was not found (pip install pybind11)")
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         # One build folder per toolchain: pip's isolated build environments live in fresh temporary paths,
         # and a CMake cache pointing at a deleted one fails the next `pip install .` in the same tree.
@@ -37,15 +58,43 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('MASKRNN_BUILD_TYPE', 'Release')}",
-            f"-DMASKRNN_CUDA={os.environ.get('MASKRNN_CUDA', 'AUTO')}",
+            f"-DMASKRNN_CUDA={CUDA_MODE}",
         ]
         if os.environ.get("MASKRNN_CUDA_ARCHS"):
             args.append(f"-DMASKRNN_CUDA_ARCHS={os.environ['MASKRNN_CUDA_ARCHS']}")
-        if os.environ.get("CMAKE_GENERATOR") is None:
+        if os.environ.get("CMAKE_GENERATOR") is None and shutil.which("ninja"):
             args.append("-GNinja")
-        subprocess.run(["cmake", ext.sourcedir, *args], cwd=build_temp, check=True)
+        configured = subprocess.run(["cmake", ext.sourcedir, *args], cwd=build_temp).returncode == 0
+        skip = build_temp / "maskrnn_skip.txt"
+        if skip.exists():
+            return _stop(skip.read_text())
+        if not configured:
+            sys.exit("maskrnn: configuring the native extension failed (CMake's messages above)")
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_temp, check=True)
 
 
-setup(ext_modules=[CMakeExtension("maskrnn._ext")], cmdclass={"build_ext": CMakeBuild})
+class BuildPy(build_py):
+    """Also compiles the common CPU kernels into build_lib's kernel cache, which the wheel ships: the first call
+    after `pip install` then loads machine code instead of compiling it (seconds). The code is for this
+    machine's CPU; elsewhere, or with another Numba, the kernels compile on first use as without it."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode or os.environ.get("MASKRNN_PRECOMPILE", "1") == "0":
+            return
+        build_lib = Path(self.build_lib).resolve()
+        for stale in (build_lib / "maskrnn" / "_cpu" / "__pycache__").glob("*.nb[ic]"):
+            stale.unlink()
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(build_lib), env.get("PYTHONPATH")]))
+        run = subprocess.run([sys.executable, "-m", "maskrnn._precompile"], cwd=build_lib, env=env,
+                             capture_output=True, text=True)
+        if run.returncode == 0:
+            print(f"maskrnn: {run.stdout.strip()}", flush=True)
+        else:
+            why = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"maskrnn: CPU kernels not precompiled ({why}): they compile on first use", flush=True)
+
+
+setup(ext_modules=[CMakeExtension("maskrnn._ext")], cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy})

@@ -163,7 +163,7 @@ def _run(cell, args, kwargs, training):
 _DOC_ARGS = """
     x: (B,T,I) (or (T,B,I) with time_major) float array; NumPy runs on the CPU, CuPy (or any
         __cuda_array_interface__ / CUDA __dlpack__ object) on the GPU.
-    kernel: (I,GH); recurrent_kernel: (H,GH); bias: Keras layout (see SPEC.md section 1) or None.
+    kernel: (I,GH); recurrent_kernel: (H,GH); bias: Keras layout (docs/semantics.md) or None.
     mask: (B,T) bool ((T,B) with time_major), True = real step; or lengths: (B,) ints in [0, T]
         (post-padding). Not both.
     initial_state: zeros when None.

@@ -2,6 +2,7 @@
 in the table and in the JSON, so `python -m maskrnn bench` cannot silently rot."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,12 @@ def test_tiny_benchmark_reports_every_peer(tmp_path, capsys):
     assert "cudnn-packed: cuDNN runs on the GPU only" in table or bench.available_devices() == ["cpu", "cuda"]
     for peer in bench.PEERS:
         assert peer in table
+    import maskrnn
+
+    assert report["build"]["path"] == str(Path(maskrnn.__file__).parent)
+    assert report["build"]["native_extension"] == maskrnn.info()["native_extension"]
+    assert 0 < report["import_s"] < 60 and 0 < report["first_call_cpu_s"] and 0 < report["first_call_s"] < 600
+    assert f"first_call_s {report['first_call_s']:.2f} s" in table
 
 
 def test_plot_writes_png(tmp_path):

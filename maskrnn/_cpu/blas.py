@@ -3,8 +3,8 @@
 spin on the cores the other needed, and measured 2-3x slower end to end."""
 
 import numpy as np
-from numba import njit
 
+from .cache import njit
 from .cells import JIT
 
 

@@ -4,8 +4,8 @@ per-step products, the gate math of ``cells``; ``mask=None`` selects the packed 
 """
 
 import numpy as np
-from numba import njit
 
+from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
 
 

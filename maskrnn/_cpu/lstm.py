@@ -6,8 +6,8 @@ pass ``mask=None`` (Numba prunes the test) and compute only the prefix ``[0, bat
 """
 
 import numpy as np
-from numba import njit
 
+from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd
 
 
