@@ -9,7 +9,7 @@ Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then ru
 ``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
 see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th ``__syncthreads();`` (0-based,
 negative from the end) of csrc/FILE in the float32 kernels: a mutant the TSan build must report.
-Objects are cached by the hash of their sources and flags, so a rebuild compiles only what changed.
+Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
 import argparse
@@ -31,6 +31,7 @@ SKIP = {"device_info.cu"}  # queries the driver; emulate.cpp names the one emula
 SHARED = re.compile(r"(?<![\w.])(extern\s+)?__shared__\s+((?:__align__\s*\(\s*\d+\s*\)\s*|alignas\s*\(\s*\d+\s*\)\s*)*)"
                     r"([^;=]*?)\s*\b(\w+)\s*((?:\[[^\]]*\]\s*)*);")
 EXTENSION = sysconfig.get_config_var("EXT_SUFFIX")
+OBJECTS = ROOT / "build" / "cuda_emulation_objects"
 
 
 def _balanced(text, i, open_, close):
@@ -133,48 +134,63 @@ def copy_sources(dest, mutant=None):
             target.write_text(text)
 
 
-def compile_object(source, includes, flags, objdir):
-    digest = hashlib.sha1(" ".join(map(str, [source, *flags])).encode())
+def compile_object(source, includes, flags):
+    """g++ -c, cached in OBJECTS by the hash of the flags and the contents of the source and of this project's
+    include folders (a rebuild compiles only what changed; the TSan build reuses the plain objects)."""
+    digest = hashlib.sha1(" ".join([source.name, *flags]).encode())
     for folder in includes:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                digest.update(f.name.encode() + f.read_bytes())
+        if ROOT in folder.parents:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    digest.update(f.name.encode() + f.read_bytes())
     digest.update(source.read_bytes())
-    obj = objdir / f"{source.stem}-{digest.hexdigest()[:16]}.o"
+    obj = OBJECTS / f"{source.stem}-{digest.hexdigest()[:16]}.o"
     if not obj.exists():
         language = ["-x", "c++"] if source.suffix == ".cu" else []
-        cmd = ["g++", *flags, *(f"-I{d}" for d in includes), *language, "-c", str(source), "-o", str(obj)]
+        cmd = ["g++", *flags, *(f"-I{d}" for d in includes), *language, "-c", str(source), "-o", f"{obj}.tmp"]
         subprocess.run(cmd, check=True)
+        os.replace(f"{obj}.tmp", obj)
     return obj
 
 
 def build(out, tsan=False, mutant=None):
-    """Builds out/_ext*.so; returns its path."""
+    """Builds out/_ext*.so (and, plain, out/_emu_selftest*.so); returns its path. Under TSan only the float32
+    kernels, the runtime and the bindings are instrumented: the other dtypes' objects are the plain build's."""
     cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
-    src, objdir = out / "src", out / "obj"
+    src = out / "src"
     copy_sources(src)
-    flags = ["-std=c++20", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-attributes",
+    flags = ["-std=c++20", "-fPIC", "-pthread", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-attributes",
              "-DMASKRNN_WITH_CUDA=1", '-DMASKRNN_CUDA_ARCHS="emulated"']
-    flags += ["-O1", "-g", "-fsanitize=thread", "-Wno-tsan"] if tsan else ["-O1"]
+    sanitize = ["-g", "-fsanitize=thread", "-Wno-tsan"] if tsan else []
     # The emulation headers come first (cooperative_groups.h), the rewritten sources next, the toolkit last.
     base = [HERE / "include", src, cuda]
     py = [Path(sysconfig.get_paths()["include"]), Path(pybind11.get_include())]
-    kernel_flags = [*flags, "-include", "emu_device.h"]
-    jobs = [(f, base, kernel_flags) for f in sorted(src.glob("*.cu"))]
+    kernels = [*flags, "-include", "emu_device.h"]
+    jobs = [(f, base, kernels + (sanitize if f.name == "scan_f32.cu" else [])) for f in sorted(src.glob("*.cu"))]
     if mutant:
         mutated = out / "mutant"
         copy_sources(mutated, mutant)
-        jobs = [(mutated / f.name if f.name == "scan_f32.cu" else f, [HERE / "include", mutated if
-                 f.name == "scan_f32.cu" else src, cuda], kernel_flags) for f, _, _ in jobs]
-    jobs.append((HERE / "emulate.cpp", base, flags))
-    jobs.append((CSRC / "bindings.cpp", [*base, *py], flags))
-    objdir.mkdir(parents=True, exist_ok=True)
+        jobs = [(mutated / f.name, [HERE / "include", mutated, cuda], fl) if f.name == "scan_f32.cu" else (f, i, fl)
+                for f, i, fl in jobs]
+    jobs.append((HERE / "emulate.cpp", base, flags + sanitize))
+    jobs.append((CSRC / "bindings.cpp", [*base, *py], flags + sanitize))
+    if not tsan:  # the emulation's own tests (test_emulation.py)
+        selftest = out / "selftest" / "selftest.cu"
+        selftest.parent.mkdir(exist_ok=True)
+        text = rewrite((HERE / "selftest.cu").read_text())
+        if not selftest.exists() or selftest.read_text() != text:
+            selftest.write_text(text)
+        jobs.append((selftest, [*base, *py], kernels))
+    OBJECTS.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        objects = list(pool.map(lambda job: compile_object(*job, objdir), jobs))
+        objects = list(pool.map(lambda job: compile_object(*job), jobs))
     target = out / f"_ext{EXTENSION}"
-    link = ["g++", "-shared", "-pthread", *(["-fsanitize=thread"] if tsan else []), *map(str, objects), "-o",
-            str(target)]
-    subprocess.run(link, check=True)
+    ext_objects = objects if tsan else objects[:-1]
+    subprocess.run(["g++", "-shared", "-pthread", *sanitize, *map(str, ext_objects), "-o", str(target)], check=True)
+    if not tsan:
+        runtime = objects[-3]  # emulate.cpp's: the CUDA runtime calls
+        subprocess.run(["g++", "-shared", "-pthread", str(runtime), str(objects[-1]), "-o",
+                        str(out / f"_emu_selftest{EXTENSION}")], check=True)
     return target
 
 

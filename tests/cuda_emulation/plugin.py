@@ -1,23 +1,34 @@
 """pytest plugin (``-p plugin`` with this folder on PYTHONPATH): the "cpu" device runs maskrnn._cuda, the GPU
 engine's Python layer, on NumPy arrays with the host-emulated CUDA kernels built by build.py. The suite's CPU
-cases then check the CUDA kernels against the float64 reference without a GPU."""
+cases then check the CUDA kernels against the float64 reference without a GPU.
+
+Half precision: the array module given to the engine is NumPy whose matmul runs float16/bfloat16 (ml_dtypes)
+products in float32 and rounds once, as cuBLAS does with float32 accumulation; test_half_precision.py lifts
+the CPU engine's dtype gate to run them (``allow_half``)."""
 
 import importlib.machinery
 import importlib.util
+import os
 import sysconfig
+import types
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 import maskrnn._cuda as engine
 import maskrnn._dispatch as dispatch
+import maskrnn._validate as validate
 
-_BUILD = Path(__file__).resolve().parents[2] / "build" / "cuda_emulation"
-_path = _BUILD / f"_ext{sysconfig.get_config_var('EXT_SUFFIX')}"
+# EMU_BUILD: another build folder of build.py (the ThreadSanitizer one, a mutant).
+BUILD = Path(os.environ.get("EMU_BUILD") or Path(__file__).resolve().parents[2] / "build" / "cuda_emulation")
+_path = BUILD / f"_ext{sysconfig.get_config_var('EXT_SUFFIX')}"
 _loader = importlib.machinery.ExtensionFileLoader("_ext", str(_path))
 _spec = importlib.util.spec_from_file_location("_ext", _path, loader=_loader)
 emulated = importlib.util.module_from_spec(_spec)
 _loader.exec_module(emulated)
+
+HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 class _Host(np.ndarray):
@@ -28,6 +39,21 @@ class _Host(np.ndarray):
         return type("Data", (), {"ptr": self.ctypes.data})
 
 
+def _matmul(a, b, *args, **kwargs):
+    if a.dtype in HALF and b.dtype == a.dtype:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32), *args, **kwargs).astype(a.dtype)
+    return np.matmul(a, b, *args, **kwargs)
+
+
+xp = types.ModuleType("numpy_emulated_device", "NumPy with float32-accumulated half-precision matmul")
+xp.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")}, matmul=_matmul)
+
+
+def allow_half(monkeypatch):
+    """Let the dispatcher send float16/bfloat16 problems on device "cpu" (the emulated CUDA engine here)."""
+    monkeypatch.setattr(validate, "CPU_DTYPES", validate.CPU_DTYPES + HALF)
+
+
 _device_ptr = engine._ptr
 engine._ptr = lambda a: _device_ptr(a.view(_Host))
 engine._ext = lambda: emulated
@@ -35,4 +61,4 @@ engine._stream = lambda: 0
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
 _engine = dispatch._engine
-dispatch._engine = lambda device: (np, engine) if device == "cpu" else _engine(device)
+dispatch._engine = lambda device: (xp, engine) if device == "cpu" else _engine(device)

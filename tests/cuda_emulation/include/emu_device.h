@@ -11,8 +11,8 @@
 
 namespace emu {
 
-// Lanes of one warp meet here for a shuffle, vote or __syncwarp. Lanes of disjoint masks (tiled partitions)
-// meet independently; overlapping masks at once, or a mask naming an exited lane, are errors as on a GPU.
+// Lanes of one warp meet here for a shuffle, vote or __syncwarp, one meeting per mask (tiled partitions meet
+// independently). A mask naming an exited lane is an error; lanes that never meet end in the deadlock timeout.
 struct Warp {
   struct Group {
     unsigned arrived = 0;
@@ -43,9 +43,6 @@ inline std::array<uint64_t, 32> exchange(unsigned mask, uint64_t mine, const cha
   std::unique_lock lock(w.m);
   if (!(mask >> lane & 1u)) device_error(std::string(what) + ": the calling lane is not in the mask");
   if (mask & w.exited) device_error(std::string(what) + ": a lane of the mask has exited");
-  for (auto& [other, g] : w.groups)
-    if (other != mask && (other & mask) && g.arrived)
-      device_error(std::string(what) + ": lanes of one warp wait with overlapping, different masks");
   Warp::Group& g = w.groups[mask];
   const unsigned long token = g.generation;
   const int parity = token & 1;
@@ -186,21 +183,29 @@ T __reduce_max_sync(unsigned mask, T v) {
   return warp_reduce(mask, v, [](T a, T b) { return std::max(a, b); }, "__reduce_max_sync");
 }
 
-// Atomics (sequentially consistent: at least as strong as the GPU's, and visible to TSan) and fences.
-template <class T> T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
-template <class T> T atomicSub(T* p, T v) { return std::atomic_ref<T>(*p).fetch_sub(v); }
-template <class T> T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
-template <class T> T atomicAnd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_and(v); }
-template <class T> T atomicOr(T* p, T v) { return std::atomic_ref<T>(*p).fetch_or(v); }
-template <class T> T atomicXor(T* p, T v) { return std::atomic_ref<T>(*p).fetch_xor(v); }
+// Atomics (sequentially consistent: at least as strong as the GPU's, and visible to TSan) and fences. Each
+// first checks whether the launch has failed, so a thread spinning on a flag stops when the others are gone.
+namespace emu {
+template <class T>
+std::atomic_ref<T> atomic(T* p) {
+  if (self.launch->failed) throw Abort{};
+  return std::atomic_ref<T>(*p);
+}
+}  // namespace emu
+template <class T> T atomicAdd(T* p, T v) { return emu::atomic(p).fetch_add(v); }
+template <class T> T atomicSub(T* p, T v) { return emu::atomic(p).fetch_sub(v); }
+template <class T> T atomicExch(T* p, T v) { return emu::atomic(p).exchange(v); }
+template <class T> T atomicAnd(T* p, T v) { return emu::atomic(p).fetch_and(v); }
+template <class T> T atomicOr(T* p, T v) { return emu::atomic(p).fetch_or(v); }
+template <class T> T atomicXor(T* p, T v) { return emu::atomic(p).fetch_xor(v); }
 template <class T>
 T atomicCAS(T* p, T compare, T v) {
-  std::atomic_ref<T>(*p).compare_exchange_strong(compare, v);
+  emu::atomic(p).compare_exchange_strong(compare, v);
   return compare;
 }
 template <class T>
 T atomicMax(T* p, T v) {
-  std::atomic_ref<T> a(*p);
+  auto a = emu::atomic(p);
   T old = a.load();
   while (old < v && !a.compare_exchange_weak(old, v)) {
   }
@@ -208,7 +213,7 @@ T atomicMax(T* p, T v) {
 }
 template <class T>
 T atomicMin(T* p, T v) {
-  std::atomic_ref<T> a(*p);
+  auto a = emu::atomic(p);
   T old = a.load();
   while (v < old && !a.compare_exchange_weak(old, v)) {
   }
@@ -224,6 +229,12 @@ template <class T> T __ldcg(const T* p) { return *p; }
 template <class T> T __ldcs(const T* p) { return *p; }
 template <class T> void __stcg(T* p, T v) { *p = v; }
 template <class T> void __stcs(T* p, T v) { *p = v; }
+
+// cuda_runtime.h declares this C++ form for nvcc only.
+template <class T>
+cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
 
 // Programmatic dependent launch: launches on a stream are serialized here, so the dependency is always met.
 inline void cudaGridDependencySynchronize() {}
