@@ -2,15 +2,14 @@
 engine's Python layer, on NumPy arrays with the host-emulated CUDA kernels built by build.py. The suite's CPU
 cases then check the CUDA kernels against the float64 reference without a GPU.
 
-Half precision: the array module given to the engine is NumPy whose matmul runs float16/bfloat16 (ml_dtypes)
-products in float32 and rounds once, as cuBLAS does with float32 accumulation; test_half_precision.py lifts
-the CPU engine's dtype gate to run them (``allow_half``)."""
+Half precision: the engine's all-step GEMMs (its optional ``matmul``, see maskrnn/_scan.py) run float16 and
+bfloat16 (ml_dtypes) products in float32 and round once, as cuBLAS does with float32 accumulation;
+test_half_precision.py lifts the CPU engine's dtype gate to run them (``allow_half``)."""
 
 import importlib.machinery
 import importlib.util
 import os
 import sysconfig
-import types
 from pathlib import Path
 
 import ml_dtypes
@@ -45,9 +44,6 @@ def _matmul(a, b, *args, **kwargs):
     return np.matmul(a, b, *args, **kwargs)
 
 
-xp = types.ModuleType("numpy_emulated_device", "NumPy with float32-accumulated half-precision matmul")
-xp.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")}, matmul=_matmul)
-
 
 def allow_half(monkeypatch):
     """Let the dispatcher send float16/bfloat16 problems on device "cpu" (the emulated CUDA engine here)."""
@@ -58,7 +54,8 @@ _device_ptr = engine._ptr
 engine._ptr = lambda a: _device_ptr(a.view(_Host))
 engine._ext = lambda: emulated
 engine._stream = lambda: 0
+engine.matmul = _matmul
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
 _engine = dispatch._engine
-dispatch._engine = lambda device: (xp, engine) if device == "cpu" else _engine(device)
+dispatch._engine = lambda device: (np, engine) if device == "cpu" else _engine(device)
