@@ -93,13 +93,17 @@ fi
 
 wheels=""
 [ -d .whl ] && wheels="--find-links .whl"
-step "1 install" "$B_INSTALL" install.log \
-  "export MASKRNN_CUDA=ON MASKRNN_CUDA_ARCHS=$ARCH; $PY -m pip install --no-index --no-build-isolation $wheels -e '.[gpu,test]' ||
-   { echo 'some extras are not installed here: installing the package alone'; $PY -m pip install --no-index --no-build-isolation --no-deps -e .; } &&
-   { $PY -c 'import maskrnn._ext' || $PY setup.py build_ext --inplace; } &&
-   $PY -c 'from maskrnn._info import cuda_ready; ok, why = cuda_ready(); assert ok, why'"
-step "2 info" "$B_INFO" info.log \
-  "nvidia-smi; nvcc --version; $PY -m maskrnn info; $PY -c 'import torch, cupy; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version()); print(\"cupy\", cupy.__version__, \"runtime\", cupy.cuda.runtime.runtimeGetVersion(), \"driver\", cupy.cuda.runtime.driverGetVersion())'"
+PIP="$PY -m pip install --no-index --no-build-isolation"
+step "1 install" "$B_INSTALL" install.log "export MASKRNN_CUDA=ON MASKRNN_CUDA_ARCHS=$ARCH
+  $PIP $wheels -e '.[gpu,test]' ||
+    { echo 'some extras are not installed here: installing the package alone'; $PIP --no-deps -e .; } &&
+  { $PY -c 'import maskrnn._ext' || $PY setup.py build_ext --inplace; } &&
+  $PY -c 'from maskrnn._info import cuda_ready; ok, why = cuda_ready(); assert ok, why'"
+export VERSIONS='import torch, cupy
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+rt = cupy.cuda.runtime
+print("cupy", cupy.__version__, "runtime", rt.runtimeGetVersion(), "driver", rt.driverGetVersion())'
+step "2 info" "$B_INFO" info.log "nvidia-smi; nvcc --version; $PY -m maskrnn info; $PY -c \"\$VERSIONS\""
 step "3 pytest" "$B_PYTEST" pytest.log "$PY -m pytest ${PYTEST_ARGS[*]} --junitxml=$RES/junit.xml"
 for tool in "${SANITIZERS[@]}"; do
   step "4 $tool" "$B_SANITIZER" sanitizers.log \
@@ -124,7 +128,8 @@ print(f"pytest: {n['tests'] - n['failures'] - n['errors'] - n['skipped']} passed
       f"{n['errors']} errors, {n['skipped']} skipped")
 EOF
     for tool in "${SANITIZERS[@]}"; do
-      errors=$(sed -n "/^### $tool\$/,/^### /p" "$RES/sanitizers.log" 2>/dev/null | grep -o 'ERROR SUMMARY: [0-9]*' | tail -1)
+      errors=$(sed -n "/^### $tool\$/,/^### /p" "$RES/sanitizers.log" 2>/dev/null |
+        grep -o 'ERROR SUMMARY: [0-9]*' | tail -1)
       echo "compute-sanitizer $tool: ${errors:-no summary (cut or crashed)}"
     done
     echo "bench (the end of its table):"
