@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cooperative_groups.h>
+#include <cuda_pipeline.h>
 
 #include "check.h"
 
@@ -14,6 +15,14 @@ namespace py = pybind11;
 using uptr = std::uintptr_t;
 
 template <class T> T* ptr(uptr p) { return reinterpret_cast<T*>(p); }
+
+// Each entry point starts and ends with no last error: a failed runtime call leaves it set (on a GPU as here),
+// and the next cudaGetLastError anywhere in the process's thread (the scan kernels' launch checks too) would
+// report it again.
+struct Clean {
+  Clean() { cudaGetLastError(); }
+  ~Clean() { cudaGetLastError(); }
+};
 
 __global__ void noop() {}
 
@@ -93,11 +102,21 @@ __global__ void deadlock(int* flag) {
 
 __global__ void increment(int* x) { atomicAdd(x, 1); }
 
-// A launch with the given configuration (errors raise through csrc/check.h, as in the scan kernels). Each entry
-// point first clears the last error: a failed runtime call leaves it set, on a GPU as here, for the next
-// cudaGetLastError, so a later launch check would report it again.
+// cp.async: the shared copy still holds garbage before the wait, the value after it. in_out[t]: t + 10 in,
+// 1 out when both held.
+__global__ void async_copy(int* in_out) {
+  __shared__ int buf[32];
+  const unsigned t = threadIdx.x;
+  __pipeline_memcpy_async(&buf[t], &in_out[t], sizeof(int));
+  __pipeline_commit();
+  const bool early = buf[t] == -1;
+  __pipeline_wait_prior(0);
+  in_out[t] = early && buf[t] == int(t) + 10;
+}
+
+// A launch with the given configuration (errors raise through csrc/check.h, as in the scan kernels).
 void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, unsigned bz, size_t smem, size_t optin) {
-  cudaGetLastError();
+  Clean clean;
   MASKRNN_CHECK(cudaFuncSetAttribute(noop, cudaFuncAttributeMaxDynamicSharedMemorySize, int(optin ? optin : 49152)));
   noop<<<dim3(gx, gy), dim3(bx, by, bz), smem>>>();
   MASKRNN_LAUNCH_CHECK();
@@ -105,13 +124,14 @@ void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, unsigned bz, siz
 
 // The launch checks alone, for configurations too large to run here: the error's name.
 std::string check(unsigned gx, unsigned gy, unsigned bx, unsigned by, unsigned bz, size_t smem) {
-  cudaGetLastError();
-  return cudaGetErrorName(emu::check(emu::config(dim3(gx, gy), dim3(bx, by, bz), smem), reinterpret_cast<const void*>(noop)));
+  Clean clean;
+  const auto kernel = reinterpret_cast<const void*>(noop);
+  return cudaGetErrorName(emu::check(emu::config(dim3(gx, gy), dim3(bx, by, bz), smem), kernel));
 }
 
 void launch_ex(unsigned grid, unsigned block, unsigned cluster, bool cooperative, bool non_portable, uptr slots,
                uptr out) {
-  cudaGetLastError();
+  Clean clean;
   MASKRNN_CHECK(cudaFuncSetAttribute(cluster_ring, cudaFuncAttributeNonPortableClusterSizeAllowed, non_portable));
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
@@ -133,13 +153,13 @@ void launch_ex(unsigned grid, unsigned block, unsigned cluster, bool cooperative
 }
 
 void grid_sum_plain(unsigned grid, uptr slots, uptr out) {
-  cudaGetLastError();
+  Clean clean;
   grid_sum<<<grid, 32>>>(ptr<int>(slots), ptr<int>(out));
   MASKRNN_LAUNCH_CHECK();
 }
 
 void grid_sum_cooperative(unsigned grid, uptr slots, uptr out) {
-  cudaGetLastError();
+  Clean clean;
   int* s = ptr<int>(slots);
   int* o = ptr<int>(out);
   void* args[] = {&s, &o};
@@ -148,7 +168,7 @@ void grid_sum_cooperative(unsigned grid, uptr slots, uptr out) {
 
 // Captures `times` launches of increment on a stream, then replays the graph `replays` times.
 void graph(uptr x, int times, int replays, uptr stream) {
-  cudaGetLastError();
+  Clean clean;
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   cudaGraph_t g;
   cudaGraphExec_t exec;
@@ -163,7 +183,7 @@ void graph(uptr x, int times, int replays, uptr stream) {
 
 template <class... P>
 void run(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, uptr arg) {
-  cudaGetLastError();
+  Clean clean;
   kernel<<<grid, block, smem>>>(ptr<int>(arg));
   MASKRNN_LAUNCH_CHECK();
 }
@@ -177,9 +197,9 @@ PYBIND11_MODULE(_emu_selftest, m) {
   m.def("grid_sum_cooperative", &grid_sum_cooperative, nogil);
   m.def("graph", &graph, nogil);
   using Kernel = void (*)(int*);
-  const std::pair<const char*, Kernel> kernels[] = {{"own_shared", own_shared}, {"waits_for_last", waits_for_last},
-                                                    {"warp_ops", warp_ops}, {"deadlock", deadlock},
-                                                    {"shuffle_with_exited_lanes", shuffle_with_exited_lanes}};
+  const std::pair<const char*, Kernel> kernels[] = {
+      {"own_shared", own_shared}, {"waits_for_last", waits_for_last}, {"warp_ops", warp_ops}, {"deadlock", deadlock},
+      {"async_copy", async_copy}, {"shuffle_with_exited_lanes", shuffle_with_exited_lanes}};
   for (auto [name, kernel] : kernels)
     m.def(name, [kernel](unsigned grid, unsigned block, size_t smem, uptr arg) { run(kernel, grid, block, smem, arg); },
           nogil);

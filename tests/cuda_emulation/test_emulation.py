@@ -136,3 +136,9 @@ def test_graph_capture_records_and_replays(times, replays):
 def test_capturing_the_legacy_stream_fails():
     with pytest.raises(RuntimeError, match="cudaErrorStreamCaptureUnsupported"):
         st.graph(ints(1).ctypes.data, 1, 1, 0)
+
+
+def test_async_copies_land_at_the_wait():
+    x = np.arange(10, 42, dtype=np.int32)
+    st.async_copy(1, 32, 0, x.ctypes.data)
+    np.testing.assert_array_equal(x, 1)

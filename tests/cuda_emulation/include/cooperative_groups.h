@@ -69,12 +69,7 @@ struct cluster_group {
   }
 
  private:
-  emu::Barrier& barrier() const {
-    emu::Launch& L = *emu::self.launch;
-    const dim3 c = L.cfg.cluster, g = gridDim;
-    const unsigned id = blockIdx.x / c.x + g.x / c.x * (blockIdx.y / c.y + g.y / c.y * (blockIdx.z / c.z));
-    return L.clusters[id];
-  }
+  emu::Barrier& barrier() const { return emu::self.launch->clusters[emu::cluster_id(*emu::self.launch, blockIdx)]; }
 };
 inline cluster_group this_cluster() { return {}; }
 

@@ -132,7 +132,7 @@ inline thread_local Thread self;
 
 inline std::chrono::seconds deadlock_timeout() {
   const char* s = std::getenv("EMU_DEADLOCK_S");
-  return std::chrono::seconds(s ? std::atoi(s) : 120);
+  return std::chrono::seconds(s ? std::atoi(s) : 300);
 }
 
 inline void Launch::fail(cudaError_t code, const std::string& why) {
@@ -146,6 +146,12 @@ inline void Launch::fail(cudaError_t code, const std::string& why) {
   for (auto& b : blocks) b.barrier.wake();
   for (auto& c : clusters) c.wake();
   grid.wake();
+}
+
+// The cluster of a block (clusters tile the grid; numbered x fastest, like blocks).
+inline unsigned cluster_id(const Launch& L, uint3 block) {
+  const dim3 c = L.cfg.cluster, g = L.cfg.grid;
+  return block.x / c.x + g.x / c.x * (block.y / c.y + g.y / c.y * (block.z / c.z));
 }
 
 // Throws Abort in the calling CUDA thread, after failing its launch (device-side error: a trap, a bad barrier).

@@ -75,7 +75,7 @@ inline void on_exit(Launch& L, Block& block, unsigned rank) {
     w.cv.notify_all();
   }
   block.barrier.drop();
-  L.clusters[self.block_rank / L.cluster_size].drop();
+  L.clusters[cluster_id(L, blockIdx)].drop();
   L.grid.drop();
   // A block's shared memory is gone once it exits: in a cluster, peers reading it later read garbage here,
   // and TSan reports the reads that are not ordered before the exit (a missing final cluster.sync()).
