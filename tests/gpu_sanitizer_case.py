@@ -5,8 +5,9 @@
     compute-sanitizer --tool initcheck python tests/gpu_sanitizer_case.py
 
 LSTM and GRU (both variants), masked (holes) and packed (post-padded, unsorted rows, an empty row), forward
-and backward with upstream gradients of outputs and final states, float32/float16/float64, zero_output both
-ways, with H not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each).
+and backward with upstream gradients of outputs and final states, float32/float16/float64 (CuPy) and
+bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H not a multiple of the 32-unit tile
+and a batch not a multiple of the 8-row tile (two tiles each). bench/gpu_verify.sh runs it under all four tools.
 """
 
 import cupy
@@ -37,4 +38,21 @@ for dtype in ("float32", "float16", "float64"):
                 grads = pullback(rand((B, T, H), dtype), *states)
                 cupy.cuda.get_current_stream().synchronize()
                 assert all(bool(cupy.isfinite(g).all()) for g in grads if g is not None), (dtype, cell, steps)
+
+import torch  # noqa: E402
+
+import maskrnn.torch as mt  # noqa: E402
+
+for cell, G, extra in (("lstm", 4, {}), ("gru", 3, {"reset_after": True}), ("gru", 3, {"reset_after": False})):
+    op = mt.lstm if cell == "lstm" else mt.gru
+    args = [torch.randn(s, device="cuda", dtype=torch.bfloat16).mul_(0.3).requires_grad_()
+            for s in ((B, T, I), (I, G * H), (H, G * H))]
+    for steps in ({"lengths": torch.as_tensor(lengths.get(), device="cuda")},
+                  {"mask": torch.as_tensor(holes.get(), device="cuda")}):
+        outs = op(*args, **steps, **extra)
+        torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
+        torch.cuda.synchronize()
+        assert all(bool(torch.isfinite(a.grad).all()) for a in args), ("bfloat16", cell, steps)
+        for a in args:
+            a.grad = None
 print("sanitizer case done")

@@ -1,43 +1,211 @@
-"""Build the host emulation of the CUDA kernels: csrc's kernel headers with every ``k<<<grid, block, smem,
-stream>>>(args);`` rewritten into ``emu_launch(grid, block, [&] { k(args); });``, compiled with g++ (C++20)
+"""Build the host emulation of the CUDA kernels (include/emu_core.h says how it works): copies of csrc's
+sources with every launch and ``__shared__`` declaration rewritten for the emulation, compiled with g++ (C++20)
 together with csrc/bindings.cpp into build/cuda_emulation/_ext*.so, the same Python API as the real extension.
 Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then run the suite on it:
 
     python tests/cuda_emulation/build.py
     PYTHONPATH=tests/cuda_emulation pytest -p plugin tests/test_scan.py tests/test_grad.py tests/test_fuzz.py
+
+``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
+see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th ``__syncthreads();`` (0-based,
+negative from the end) of csrc/FILE in the float32 kernels: a mutant the TSan build must report.
+Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
+import argparse
+import hashlib
 import os
 import re
 import subprocess
 import sys
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pybind11
 
-ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "build" / "cuda_emulation"
-LAUNCH = re.compile(r"([\w:]+(?:<[^;{}()]*?>)?)<<<(.*?),(.*?),(.*?),(.*?)>>>\((.*?)\);", re.S)
-KERNEL_HEADERS = ["tile.cuh", "lstm_kernels.cuh", "gru_kernels.cuh", "instantiate.cuh"]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CSRC = ROOT / "csrc"
+SKIP = {"device_info.cu"}  # queries the driver; emulate.cpp names the one emulated device instead
+SHARED = re.compile(r"(?<![\w.])(extern\s+)?__shared__\s+((?:__align__\s*\(\s*\d+\s*\)\s*|alignas\s*\(\s*\d+\s*\)\s*)*)"
+                    r"([^;=]*?)\s*\b(\w+)\s*((?:\[[^\]]*\]\s*)*);")
+EXTENSION = sysconfig.get_config_var("EXT_SUFFIX")
+OBJECTS = ROOT / "build" / "cuda_emulation_objects"
 
 
-def main():
-    inc = OUT / "include"
-    inc.mkdir(parents=True, exist_ok=True)
-    for name in KERNEL_HEADERS:
-        text = (ROOT / "csrc" / name).read_text()
-        text = LAUNCH.sub(lambda m: f"emu_launch({m[2]}, {m[3]}, [&] {{ {m[1]}({m[6]}); }});", text)
-        (inc / name).write_text(text)
+def _balanced(text, i, open_, close):
+    """Index just past the bracket that closes text[i] (== open_)."""
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {open_: 1, close: -1}.get(text[j], 0)
+        if depth == 0:
+            return j + 1
+    raise ValueError(f"unbalanced {open_} at offset {i}")
+
+
+def _kernel_start(text, end):
+    """Start of the kernel expression ending at `end` (a name, maybe qualified, maybe with template arguments)."""
+    i = end
+    while i > 0:
+        if text[i - 1] == ">":  # template arguments: walk back to the matching '<' (ignoring any in parentheses)
+            angle = paren = 0
+            while i > 0:
+                i -= 1
+                c = text[i]
+                paren += {")": 1, "(": -1}.get(c, 0)
+                if paren == 0:
+                    angle += {">": 1, "<": -1}.get(c, 0)
+                if angle == 0 and paren == 0:
+                    break
+        elif re.match(r"[\w:]", text[i - 1]):
+            i -= 1
+        elif text[i - 1].isspace() and re.match(r"[\w:<>]", text[i - 2] if i > 1 else ""):
+            j = i - 1
+            while j > 0 and text[j - 1].isspace():
+                j -= 1
+            if text[j - 1] in ">:" or text[i] in "<:":
+                i = j
+            else:
+                break
+        else:
+            break
+    return i
+
+
+def rewrite_launches(text):
+    """``k<<<cfg>>>(args);`` -> ``emu::chevron(emu::config(cfg), k, args);`` for 2- to 4-argument configs."""
+    out, pos = [], 0
+    while (start := text.find("<<<", pos)) >= 0:
+        name_at = _kernel_start(text, start)
+        while text[name_at].isspace():
+            name_at += 1
+        stop = text.index(">>>", start)
+        paren = stop + 3
+        while text[paren].isspace():
+            paren += 1
+        close = _balanced(text, paren, "(", ")")
+        kernel, cfg, args = text[name_at:start].strip(), text[start + 3:stop], text[paren + 1:close - 1].strip()
+        out.append(text[pos:name_at])
+        out.append(f"emu::chevron(emu::config({cfg}), {kernel}{', ' if args else ''}{args})")
+        pos = close
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def rewrite_shared(text):
+    """``__shared__ T name[N];`` -> the calling block's instance; ``extern __shared__ T name[];`` -> the dynamic
+    shared memory of the launch."""
+    def one(m):
+        extern, _, type_, name, dims = m.groups()
+        dims = re.sub(r"\s+", "", dims)
+        if extern:
+            return f"{type_}* {name} = ::emu::dynamic_shared<{type_}>();"
+        tag = "[] { static const char tag = 0; return &tag; }()"
+        return f"auto& {name} = ::emu::shared<{type_}{dims}>({tag});"
+    return SHARED.sub(one, text)
+
+
+def rewrite(text):
+    text = text.replace("cudaLaunchKernelEx(", "::emu::launch_ex(")
+    text = text.replace("cudaLaunchCooperativeKernel(", "::emu::launch_cooperative(")
+    return rewrite_shared(rewrite_launches(text))
+
+
+def drop_barrier(text, index, where):
+    spots = [m.start() for m in re.finditer(r"__syncthreads\(\);", text)]
+    if not spots or not -len(spots) <= index < len(spots):
+        raise SystemExit(f"{where}: no __syncthreads(); number {index} (it has {len(spots)})")
+    at = spots[index]
+    return text[:at] + "/* barrier removed by build.py --drop-barrier */" + text[at + len("__syncthreads();"):]
+
+
+def copy_sources(dest, mutant=None):
+    """Rewritten copies of csrc's sources in dest (skipping unchanged files, so their mtimes stay)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted(CSRC.iterdir()):
+        if src.suffix not in (".cu", ".cuh", ".h") or src.name in SKIP:
+            continue
+        text = rewrite(src.read_text())
+        if mutant and mutant[0] == src.name:
+            text = drop_barrier(text, mutant[1], src.name)
+        target = dest / src.name
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+
+
+def compile_object(source, includes, flags):
+    """g++ -c, cached in OBJECTS by the hash of the flags and the contents of the source and of this project's
+    include folders (a rebuild compiles only what changed; the TSan build reuses the plain objects)."""
+    digest = hashlib.sha1(" ".join([source.name, *flags]).encode())
+    for folder in includes:
+        if ROOT in folder.parents:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    digest.update(f.name.encode() + f.read_bytes())
+    digest.update(source.read_bytes())
+    obj = OBJECTS / f"{source.stem}-{digest.hexdigest()[:16]}.o"
+    if not obj.exists():
+        language = ["-x", "c++"] if source.suffix == ".cu" else []
+        cmd = ["g++", *flags, *(f"-I{d}" for d in includes), *language, "-c", str(source), "-o", f"{obj}.tmp"]
+        subprocess.run(cmd, check=True)
+        os.replace(f"{obj}.tmp", obj)
+    return obj
+
+
+def build(out, tsan=False, mutant=None):
+    """Builds out/_ext*.so (and, plain, out/_emu_selftest*.so); returns its path. Under TSan only the float32
+    kernels, the runtime and the bindings are instrumented: the other dtypes' objects are the plain build's."""
     cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
-    target = OUT / f"_ext{sysconfig.get_config_var('EXT_SUFFIX')}"
-    # The rewritten headers come first; the others (scan.h, check.h, cell_math.cuh) from csrc.
-    cmd = ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-           f"-I{inc}", f"-I{ROOT / 'csrc'}", f"-I{cuda}", f"-I{sysconfig.get_paths()['include']}",
-           f"-I{pybind11.get_include()}", "-DMASKRNN_WITH_CUDA=1", '-DMASKRNN_CUDA_ARCHS="emulated"',
-           str(Path(__file__).with_name("emulate.cpp")), str(ROOT / "csrc" / "bindings.cpp"), "-o", str(target)]
-    subprocess.run(cmd, check=True)
-    print(target)
+    src = out / "src"
+    copy_sources(src)
+    flags = ["-std=c++20", "-fPIC", "-pthread", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-attributes",
+             "-DMASKRNN_WITH_CUDA=1", '-DMASKRNN_CUDA_ARCHS="emulated"']
+    sanitize = ["-g", "-fsanitize=thread", "-Wno-tsan"] if tsan else []
+    # The emulation headers come first (cooperative_groups.h), the rewritten sources next, the toolkit last.
+    base = [HERE / "include", src, cuda]
+    py = [Path(sysconfig.get_paths()["include"]), Path(pybind11.get_include())]
+    kernels = [*flags, "-include", "emu_device.h"]
+    jobs = [(f, base, kernels + (sanitize if f.name == "scan_f32.cu" else [])) for f in sorted(src.glob("*.cu"))]
+    if mutant:
+        mutated = out / "mutant"
+        copy_sources(mutated, mutant)
+        jobs = [(mutated / f.name, [HERE / "include", mutated, cuda], fl) if f.name == "scan_f32.cu" else (f, i, fl)
+                for f, i, fl in jobs]
+    jobs.append((HERE / "emulate.cpp", base, flags + sanitize))
+    jobs.append((CSRC / "bindings.cpp", [*base, *py], flags + sanitize))
+    if not tsan:  # the emulation's own tests (test_emulation.py)
+        selftest = out / "selftest" / "selftest.cu"
+        selftest.parent.mkdir(exist_ok=True)
+        text = rewrite((HERE / "selftest.cu").read_text())
+        if not selftest.exists() or selftest.read_text() != text:
+            selftest.write_text(text)
+        jobs.append((selftest, [*base, *py], kernels))
+    OBJECTS.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        objects = list(pool.map(lambda job: compile_object(*job), jobs))
+    target = out / f"_ext{EXTENSION}"
+    ext_objects = objects if tsan else objects[:-1]
+    subprocess.run(["g++", "-shared", "-pthread", *sanitize, *map(str, ext_objects), "-o", str(target)], check=True)
+    if not tsan:
+        runtime = objects[-3]  # emulate.cpp's: the CUDA runtime calls
+        subprocess.run(["g++", "-shared", "-pthread", str(runtime), str(objects[-1]), "-o",
+                        str(out / f"_emu_selftest{EXTENSION}")], check=True)
+    return target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tsan", action="store_true", help="build under ThreadSanitizer")
+    parser.add_argument("--drop-barrier", metavar="FILE:N", help="delete the N-th __syncthreads(); of csrc/FILE")
+    parser.add_argument("--out", type=Path, help="build folder (default build/cuda_emulation[_tsan][_mutant])")
+    args = parser.parse_args(argv)
+    mutant = None
+    if args.drop_barrier:
+        name, _, index = args.drop_barrier.partition(":")
+        mutant = (name, int(index or -1))
+    default = "cuda_emulation" + ("_tsan" if args.tsan else "") + ("_mutant" if mutant else "")
+    print(build(args.out or ROOT / "build" / default, args.tsan, mutant))
 
 
 if __name__ == "__main__":

@@ -1,53 +1,159 @@
-// Host emulation of the CUDA scan kernels, for checking their index math without a GPU (see build.py).
-// Blocks run one after another; each CUDA thread of a block is a std::thread and __syncthreads a std::barrier;
-// __shared__ arrays become function statics, shared by the threads of the one running block. Launches were
-// rewritten by build.py into emu_launch calls. Races between threads are not detected (use compute-sanitizer).
-#include <cuda_runtime.h>
+// Host emulation of the CUDA scan kernels (see build.py and include/emu_core.h): the CUDA runtime calls the
+// kernels' host code makes, on host memory, followed by csrc's kernels (launches rewritten by build.py).
+// No CUDA runtime is linked.
+#include "emu_device.h"
 
-#include <barrier>
-#include <stdexcept>
-#include <string>
-#include <thread>
-#include <vector>
+using emu::set_error;
 
-#undef __shared__
-#define __shared__ static
+extern "C" {
 
-thread_local uint3 threadIdx, blockIdx;
-thread_local dim3 blockDim, gridDim;
-thread_local std::barrier<>* emu_barrier;
-
-inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
-
-template <class F>
-void emu_launch(dim3 grid, dim3 block, F kernel) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw std::runtime_error("emulated launch of an empty grid");
-  const unsigned threads = block.x * block.y * block.z;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> barrier(threads);
-        std::vector<std::thread> pool;
-        for (unsigned tz = 0; tz < block.z; ++tz)
-          for (unsigned ty = 0; ty < block.y; ++ty)
-            for (unsigned tx = 0; tx < block.x; ++tx)
-              pool.emplace_back([&, tx, ty, tz] {
-                threadIdx = {tx, ty, tz};
-                blockIdx = {bx, by, bz};
-                blockDim = block;
-                gridDim = grid;
-                emu_barrier = &barrier;
-                kernel();
-                barrier.arrive_and_drop();  // an exited thread no longer takes part in __syncthreads
-              });
-        for (auto& t : pool) t.join();
-      }
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = emu::last_error;
+  emu::last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return emu::last_error; }
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
+    case cudaErrorInvalidClusterSize: return "cudaErrorInvalidClusterSize";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    default: return "cudaError (emulated)";
+  }
+}
+// The name of the error and, for the last one raised on this thread, why (check.h puts it in the exception).
+const char* cudaGetErrorString(cudaError_t e) {
+  static thread_local std::string text;
+  text = std::string(cudaGetErrorName(e)) + " (emulated)";
+  if (e == emu::last_message_code) text += ": " + emu::last_message;
+  return text.c_str();
 }
 
-// No CUDA runtime is linked: the check macros only need these two.
-extern "C" const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
-extern "C" cudaError_t cudaGetLastError() { return cudaSuccess; }
-#include "intrinsics.h"
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  std::lock_guard lock(emu::funcs_mutex);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || size_t(value) > emu::kSmemOptIn)
+      return set_error(cudaErrorInvalidValue, "MaxDynamicSharedMemorySize above 227 KB");
+    emu::funcs[func].max_dynamic_smem = value;
+  } else if (attr == cudaFuncAttributeNonPortableClusterSizeAllowed) {
+    emu::funcs[func].non_portable_cluster = value != 0;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice, "one emulated device");
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = emu::kSMs; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = emu::kSmemOptIn; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = emu::kSmemDefault; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = emu::kSmemPerSM; break;
+    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = emu::kThreadsPerSM; break;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
+    case cudaDevAttrMaxGridDimY: *value = 65535; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrCooperativeLaunch: *value = 1; break;
+    case cudaDevAttrClusterLaunch: *value = 1; break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    default: return set_error(cudaErrorInvalidValue, "device attribute not emulated");
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void* func, int threads, size_t smem) {
+  *n = emu::blocks_per_sm(emu::config(1, threads, smem), emu::func_info(func));
+  return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, const void* func, int threads, size_t smem,
+                                                                   unsigned) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, func, threads, smem);
+}
+
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // launches complete before they return
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = std::malloc(n ? n : 1);
+  return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation, "host allocation failed");
+}
+cudaError_t cudaFree(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t stream) {
+  return emu::enqueue(stream, [=] { return std::memmove(dst, src, n), cudaSuccess; });
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, n, kind, nullptr);
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t stream) {
+  return emu::enqueue(stream, [=] { return std::memset(dst, value, n), cudaSuccess; });
+}
+cudaError_t cudaMemset(void* dst, int value, size_t n) { return cudaMemsetAsync(dst, value, n, nullptr); }
+
+// CUDA graphs by stream capture. Capturing the legacy default stream is an error, as on a GPU.
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+  if (stream == nullptr) return set_error(cudaErrorStreamCaptureUnsupported, "capture of the legacy default stream");
+  std::lock_guard lock(emu::capture_mutex);
+  emu::capturing[stream] = std::make_shared<emu::Graph>();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  std::lock_guard lock(emu::capture_mutex);
+  auto it = emu::capturing.find(stream);
+  if (it == emu::capturing.end()) return set_error(cudaErrorIllegalState, "the stream is not capturing");
+  *graph = reinterpret_cast<cudaGraph_t>(new emu::Graph(*it->second));
+  emu::capturing.erase(it);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  std::lock_guard lock(emu::capture_mutex);
+  *status = emu::capturing.count(stream) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  *exec = reinterpret_cast<cudaGraphExec_t>(new emu::Graph(*reinterpret_cast<emu::Graph*>(graph)));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  const emu::Graph graph = *reinterpret_cast<emu::Graph*>(exec);
+  return emu::enqueue(stream, [graph] {
+    for (const auto& node : graph.nodes)
+      if (const cudaError_t e = node(); e != cudaSuccess) return e;
+    return cudaSuccess;
+  });
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete reinterpret_cast<emu::Graph*>(graph);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete reinterpret_cast<emu::Graph*>(exec);
+  return cudaSuccess;
+}
+
+// Untyped launches cannot be emulated (the argument types are lost): build.py rewrites the typed C++ forms.
+cudaError_t cudaLaunchKernelExC(const cudaLaunchConfig_t*, const void*, void**) {
+  return set_error(cudaErrorNotSupported, "untyped cudaLaunchKernelExC: use the C++ cudaLaunchKernelEx");
+}
+cudaError_t cudaLaunchCooperativeKernel(const void*, dim3, dim3, void**, size_t, cudaStream_t) {
+  return set_error(cudaErrorNotSupported, "untyped cudaLaunchCooperativeKernel: use the C++ template");
+}
+
+}  // extern "C"
 
 #include "device_info.h"
 #include "instantiate.cuh"

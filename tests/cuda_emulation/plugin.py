@@ -1,23 +1,33 @@
 """pytest plugin (``-p plugin`` with this folder on PYTHONPATH): the "cpu" device runs maskrnn._cuda, the GPU
 engine's Python layer, on NumPy arrays with the host-emulated CUDA kernels built by build.py. The suite's CPU
-cases then check the CUDA kernels against the float64 reference without a GPU."""
+cases then check the CUDA kernels against the float64 reference without a GPU.
+
+Half precision: the engine's all-step GEMMs (its optional ``matmul``, see maskrnn/_scan.py) run float16 and
+bfloat16 (ml_dtypes) products in float32 and round once, as cuBLAS does with float32 accumulation;
+test_half_precision.py lifts the CPU engine's dtype gate to run them (``allow_half``)."""
 
 import importlib.machinery
 import importlib.util
+import os
 import sysconfig
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 import maskrnn._cuda as engine
 import maskrnn._dispatch as dispatch
+import maskrnn._validate as validate
 
-_BUILD = Path(__file__).resolve().parents[2] / "build" / "cuda_emulation"
-_path = _BUILD / f"_ext{sysconfig.get_config_var('EXT_SUFFIX')}"
+# EMU_BUILD: another build folder of build.py (the ThreadSanitizer one, a mutant).
+BUILD = Path(os.environ.get("EMU_BUILD") or Path(__file__).resolve().parents[2] / "build" / "cuda_emulation")
+_path = BUILD / f"_ext{sysconfig.get_config_var('EXT_SUFFIX')}"
 _loader = importlib.machinery.ExtensionFileLoader("_ext", str(_path))
 _spec = importlib.util.spec_from_file_location("_ext", _path, loader=_loader)
 emulated = importlib.util.module_from_spec(_spec)
 _loader.exec_module(emulated)
+
+HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 class _Host(np.ndarray):
@@ -28,10 +38,23 @@ class _Host(np.ndarray):
         return type("Data", (), {"ptr": self.ctypes.data})
 
 
+def _matmul(a, b, *args, **kwargs):
+    if a.dtype in HALF and b.dtype == a.dtype:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32), *args, **kwargs).astype(a.dtype)
+    return np.matmul(a, b, *args, **kwargs)
+
+
+
+def allow_half(monkeypatch):
+    """Let the dispatcher send float16/bfloat16 problems on device "cpu" (the emulated CUDA engine here)."""
+    monkeypatch.setattr(validate, "CPU_DTYPES", validate.CPU_DTYPES + HALF)
+
+
 _device_ptr = engine._ptr
 engine._ptr = lambda a: _device_ptr(a.view(_Host))
 engine._ext = lambda: emulated
 engine._stream = lambda: 0
+engine.matmul = _matmul
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
 _engine = dispatch._engine

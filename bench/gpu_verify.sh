@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# GPU verification in one command (issue 12), for a fresh machine with an NVIDIA GPU and nvcc, offline:
+#
+#   bash bench/gpu_verify.sh            # the whole run, under 9 minutes on an H100
+#   bash bench/gpu_verify.sh --dry-run  # no GPU needed: checks tools, flags and test paths, prints each step
+#
+# Steps: 1 install (gpu + test extras, this GPU's architecture only), 2 nvidia-smi / maskrnn info / versions,
+# 3 the whole pytest suite (every `device` test on cuda too), 4 compute-sanitizer memcheck, racecheck,
+# synccheck and initcheck on tests/gpu_sanitizer_case.py, 5 `maskrnn bench --full` and the training example on
+# cuda. Each step runs under `timeout` with its own budget (a step past it is cut and reported), so the
+# summary (step 6) always comes. Output goes to $OUT when set, else bench/results/gpu-<device>-<date>/: at most
+# 8 files (the device machine returns no more): summary.txt, install.log, info.log, pytest.log, junit.xml,
+# sanitizers.log, bench.json, bench.log. Environment: PYTHON (default python3); wheels for missing packages
+# may be put in .whl/ (pip installs from there and from what is installed, never from the network).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: bash bench/gpu_verify.sh [--dry-run]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+START=$SECONDS
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # this tree's maskrnn, for the example scripts too
+
+# Budgets in seconds: 525 together, under the 9 minutes of issue 12 (the device machine cuts a command at 10).
+B_INSTALL=120 B_INFO=15 B_PYTEST=150 B_SANITIZER=25 B_BENCH=110 B_TRAIN=30
+PYTEST_ARGS=(-q -ra -p no:cacheprovider tests)
+BENCH_ARGS=(--full --devices cuda)
+TRAIN_ARGS=(--device cuda --steps 200)
+SANITIZERS=(memcheck racecheck synccheck initcheck)
+
+if [ "$DRY" = 1 ]; then
+  DEVICE=dry-run
+  RES=$(mktemp -d)
+  trap 'rm -rf "$RES"' EXIT
+else
+  DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9.\n_-' '-')
+  RES=${OUT:-bench/results/gpu-${DEVICE:-unknown}-$(date -u +%Y%m%d-%H%M)}
+  mkdir -p "$RES"
+fi
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+ARCH=${ARCH:-90}
+if "$PY" -c "import xdist" 2>/dev/null; then PYTEST_ARGS=(-n 8 "${PYTEST_ARGS[@]}"); fi
+
+STATUS=()
+# step NAME BUDGET LOG COMMAND: runs COMMAND (a bash string) under timeout, appending to $RES/LOG.
+step() {
+  local name=$1 budget=$2 log=$3 command=$4
+  echo "== $name (budget ${budget}s): $command"
+  if [ "$DRY" = 1 ]; then
+    STATUS+=("$name: dry run")
+    return
+  fi
+  local t0=$SECONDS rc
+  timeout --kill-after=10 "$budget" bash -c "$command" >>"$RES/$log" 2>&1
+  rc=$?
+  case $rc in
+    0) STATUS+=("$name: ok ($((SECONDS - t0)) s)") ;;
+    124 | 137) STATUS+=("$name: CUT at its ${budget} s budget") ;;
+    *) STATUS+=("$name: FAILED, exit $rc ($((SECONDS - t0)) s; see $log)") ;;
+  esac
+  echo "   -> ${STATUS[-1]}"
+}
+
+if [ "$DRY" = 1 ]; then
+  # Every tool, path and flag the real run uses, checked here without a GPU.
+  fail=0
+  for tool in bash timeout git date "$PY"; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; fail=1; }
+  done
+  for tool in nvidia-smi nvcc compute-sanitizer; do
+    command -v "$tool" >/dev/null && echo "found $tool" || echo "not here (needed on the GPU machine): $tool"
+  done
+  "$PY" -m pip --version >/dev/null || { echo "pip is missing for $PY" >&2; fail=1; }
+  "$PY" -m py_compile tests/gpu_sanitizer_case.py examples/train_masked.py || fail=1
+  "$PY" - "${BENCH_ARGS[@]}" --json "$RES/bench.json" <<'EOF' || { echo "bench rejects its flags" >&2; fail=1; }
+import argparse, sys
+from maskrnn import bench
+parser = argparse.ArgumentParser()
+bench.add_arguments(parser)
+parser.parse_args(sys.argv[1:])
+EOF
+  help=$("$PY" examples/train_masked.py --help) || fail=1
+  for flag in "${TRAIN_ARGS[@]}"; do
+    case $flag in --*) grep -q -- "$flag" <<<"$help" || { echo "train_masked.py has no $flag" >&2; fail=1; } ;; esac
+  done
+  [ "$fail" = 1 ] || "$PY" -m pytest --collect-only "${PYTEST_ARGS[@]}" --junitxml="$RES/junit.xml" \
+    >"$RES/collect.log" 2>&1 || { tail -20 "$RES/collect.log" >&2; echo "pytest cannot collect the suite" >&2; fail=1; }
+  [ "$fail" = 0 ] || { echo "dry run: FAILED" >&2; exit 1; }
+fi
+
+wheels=""
+[ -d .whl ] && wheels="--find-links .whl"
+PIP="$PY -m pip install --no-index --no-build-isolation"
+step "1 install" "$B_INSTALL" install.log "export MASKRNN_CUDA=ON MASKRNN_CUDA_ARCHS=$ARCH
+  $PIP $wheels -e '.[gpu,test]' ||
+    { echo 'some extras are not installed here: installing the package alone'; $PIP --no-deps -e .; } &&
+  { $PY -c 'import maskrnn._ext' || $PY setup.py build_ext --inplace; } &&
+  $PY -c 'from maskrnn._info import cuda_ready; ok, why = cuda_ready(); assert ok, why'"
+export VERSIONS='import torch, cupy
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+rt = cupy.cuda.runtime
+print("cupy", cupy.__version__, "runtime", rt.runtimeGetVersion(), "driver", rt.driverGetVersion())'
+step "2 info" "$B_INFO" info.log "nvidia-smi; nvcc --version; $PY -m maskrnn info; $PY -c \"\$VERSIONS\""
+step "3 pytest" "$B_PYTEST" pytest.log "$PY -m pytest ${PYTEST_ARGS[*]} --junitxml=$RES/junit.xml"
+for tool in "${SANITIZERS[@]}"; do
+  step "4 $tool" "$B_SANITIZER" sanitizers.log \
+    "echo '### $tool'; compute-sanitizer --tool $tool --error-exitcode 1 $PY tests/gpu_sanitizer_case.py"
+done
+step "5 bench" "$B_BENCH" bench.log "$PY -m maskrnn bench ${BENCH_ARGS[*]} --json $RES/bench.json"
+step "5 train" "$B_TRAIN" bench.log "echo '### examples/train_masked.py'; $PY examples/train_masked.py ${TRAIN_ARGS[*]}"
+
+# 6: the summary, also written to summary.txt.
+{
+  echo "== summary: $DEVICE, commit $(git rev-parse --short HEAD 2>/dev/null), $((SECONDS - START)) s, results in $RES"
+  printf '%s\n' "${STATUS[@]}"
+  if [ "$DRY" = 0 ]; then
+    "$PY" - "$RES/junit.xml" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    suites = list(ET.parse(sys.argv[1]).getroot().iter("testsuite"))
+except (OSError, ET.ParseError):
+    sys.exit("pytest: no JUnit report")
+n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+print(f"pytest: {n['tests'] - n['failures'] - n['errors'] - n['skipped']} passed, {n['failures']} failed, "
+      f"{n['errors']} errors, {n['skipped']} skipped")
+EOF
+    for tool in "${SANITIZERS[@]}"; do
+      errors=$(sed -n "/^### $tool\$/,/^### /p" "$RES/sanitizers.log" 2>/dev/null |
+        grep -o 'ERROR SUMMARY: [0-9]*' | tail -1)
+      echo "compute-sanitizer $tool: ${errors:-no summary (cut or crashed)}"
+    done
+    echo "bench (the end of its table):"
+    sed -n '/### examples/q;p' "$RES/bench.log" 2>/dev/null | tail -25
+  fi
+} | tee "$RES/summary.txt"
+# Non-zero when a step failed or was cut (the summary above says which).
+! printf '%s\n' "${STATUS[@]}" | grep -q -e FAILED -e CUT

@@ -1,0 +1,3 @@
+#pragma once
+// cg::reduce lives in ../cooperative_groups.h in the host emulation.
+#include "../cooperative_groups.h"

@@ -1,0 +1,47 @@
+"""The scans run under ThreadSanitizer (test_tsan.py starts this with LD_PRELOAD=libtsan and EMU_BUILD set to
+a TSan build): every cell, masked (holes) and packed (post-padded), forward and backward, float32 (the TSan
+build instruments the float32 kernels), each checked against the float64 reference. Sizes give every launch
+two column tiles (blocks) and products over more than one 32-wide tile, so each barrier of tile_dot matters;
+one row tile keeps the thread count (TSan's cost) low. ``--one``: only the LSTM's masked forward (the mutant's).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1]), str(Path(__file__).parents[2])]
+import plugin  # noqa: E402,F401 -- the emulated engine on device "cpu"
+from cells import CELLS, cell_fns, make_problem, random_upstream  # noqa: E402
+from conftest import TOLERANCE, make_mask, rel_err  # noqa: E402
+
+B, T, I, H = 5, 4, 3, 37
+
+
+def run(cell, steps, backward):
+    rng = np.random.default_rng(len(cell) + len(steps))
+    _, vjp, ref, extra = cell_fns(cell)
+    p = make_problem(rng, cell, B, T, I, H)
+    mask = make_mask(rng, "holes" if steps == "mask" else "post", B, T)
+    kw = {"mask": mask} if steps == "mask" else {"lengths": mask.sum(axis=1)}
+    q = {k: v.astype(np.float32) for k, v in p.items()}
+    outs, pullback = vjp(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias"), **kw, **extra)
+    q = dict(p)
+    for got, want in zip(outs, ref(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias"), **kw,
+                                   **extra)):
+        assert rel_err(got, want) < TOLERANCE["float32"], (cell, steps)
+    if backward:
+        grads = pullback(*(u.astype(np.float32) for u in random_upstream(rng, cell, B, T, H)))
+        assert all(np.isfinite(g).all() for g in grads if g is not None), (cell, steps)
+
+
+def main():
+    cases = [("lstm", "mask", False)] if "--one" in sys.argv else [
+        (cell, steps, True) for cell in CELLS for steps in ("mask", "lengths")]
+    for case in cases:
+        run(*case)
+    print(f"{len(cases)} cases ok")
+
+
+if __name__ == "__main__":
+    main()
