@@ -11,6 +11,8 @@ namespace maskrnn {
 
 inline void check_cuda(cudaError_t status, const char* what, const char* file, int line) {
   if (status != cudaSuccess) {
+    // A failed runtime call also sets the last error: clear it, or the next launch check reports it again.
+    cudaGetLastError();
     throw std::runtime_error(std::string("maskrnn CUDA error at ") + file + ":" + std::to_string(line) + ": " +
                              what + ": " + cudaGetErrorString(status));
   }
