@@ -9,6 +9,18 @@ from .cells import JIT
 
 
 @njit(**JIT)
-def matmul(a, b):
-    """(m,k) @ (k,n) for C- or F-ordered float32/float64 matrices."""
+def _dot(a, b):
     return np.dot(a, b)
+
+
+@njit(**JIT)
+def _dot_into(a, b, out):
+    np.dot(a, b, out)
+
+
+def matmul(a, b, out=None):
+    """(m,k) @ (k,n) for C- or F-ordered float32/float64 matrices; out: a C-contiguous (m,n) result."""
+    if out is None:
+        return _dot(a, b)
+    _dot_into(a, b, out)
+    return out
