@@ -28,6 +28,8 @@ step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 
   weight-gradient GEMMs read every entry).
 - ``matmul(a, b, out=None)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step
   products.
+- ``session()`` (optional): a context manager around each driver call below (the CPU engine stops its BLAS
+  threads when the last call ends, so they do not spin on the cores the caller's next operations need).
 - ``gru_{masked,packed}_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)``
   dh (B,H): in the gradient of h_T, out that of h0. dgx (T,B,3H) written: gradient of the input
   pre-activations. dgr (T,B,3H) written when reset_after: gradient of the recurrent pre-activations
@@ -39,6 +41,8 @@ the whole sequence's. A kernel sees a chunk's first step as ``t == 0``; ``_carry
 carried outputs there.
 """
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +81,17 @@ class Plan:
     @property
     def variant(self) -> str:
         return "packed" if self.packed else "masked"
+
+
+def _engine_call(driver):
+    """Runs a driver (xp, K, ...) inside its engine's optional ``session()``."""
+
+    @functools.wraps(driver)
+    def run(xp, K, *args):
+        with getattr(K, "session", contextlib.nullcontext)():
+            return driver(xp, K, *args)
+
+    return run
 
 
 def _matmul(xp, K):
@@ -193,6 +208,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     return [s[0].copy() for s in states]  # copies: the buffers go
 
 
+@_engine_call
 def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; h0, c0 (B,H). Returns out (T,B,H), h_T, c_T and the tape."""
     T, B, _ = x.shape
@@ -211,6 +227,7 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     return out, hs[T].copy(), cs[T].copy(), tape
 
 
+@_engine_call
 def lstm_infer(xp, K, x_at, T, W, U, b, h0, c0, plan, zero_output, put):
     """LSTM forward keeping no tape. x_at(t0, t1): the scan-layout inputs (k,B,I) of steps [t0, t1) (padded
     steps need not be zeroed); put(t0, t1, out): takes their outputs (k,B,H). Returns h_T, c_T."""
@@ -222,6 +239,7 @@ def lstm_infer(xp, K, x_at, T, W, U, b, h0, c0, plan, zero_output, put):
     return _infer(xp, K, x_at, T, W, b, [h0, c0], 0, call, plan, zero_output, put)
 
 
+@_engine_call
 def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     """Upstream gradients in scan layout (None = zero). Returns dx, dW, dU, db, dh0, dc0."""
     W, U, hs, cs = tape["W"], tape["U"], tape["hs"], tape["cs"]
@@ -234,6 +252,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     return dx, dW, dU, db, dh, dc
 
 
+@_engine_call
 def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; b_in (3H,) or None; b_rec (3H,) (zeros when there is none).
 
@@ -254,6 +273,7 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     return out, hs[T].copy(), tape  # a copy, as in lstm_forward
 
 
+@_engine_call
 def gru_infer(xp, K, x_at, T, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, put):
     """GRU forward keeping no tape (arguments as ``lstm_infer``, biases as ``gru_forward``). Returns h_T."""
     kernel = getattr(K, f"gru_{plan.variant}_fwd")
@@ -264,6 +284,7 @@ def gru_infer(xp, K, x_at, T, W, U, b_in, b_rec, h0, reset_after, plan, zero_out
     return _infer(xp, K, x_at, T, W, b_in, [h0], 1, call, plan, zero_output, put)[0]
 
 
+@_engine_call
 def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
     """Returns dx, dW, dU, db_in, db_rec (None when not reset_after), dh0."""
     W, U, hs, hr = tape["W"], tape["U"], tape["hs"], tape["hr"]

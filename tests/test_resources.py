@@ -14,6 +14,7 @@ import pytest
 from cells import CELLS, cell_fns, make_problem, on_device, random_upstream
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
+import maskrnn
 from maskrnn import _scan
 
 
@@ -134,3 +135,33 @@ def test_ctrl_c_reaches_a_long_cpu_scan_within_half_a_second(op):
         child.wait()
     assert words and words[0] == "interrupted", words  # the scan was still running when the signal came
     assert float(words[1]) - sent < 0.5
+
+
+def _threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+@pytest.mark.parametrize("op", ["lstm", "lstm_vjp"])
+def test_blas_threads_stop_when_a_cpu_call_returns(rng, op):
+    """Idle OpenBLAS threads busy-wait and would take the cores from whatever the caller runs next."""
+    from maskrnn import _cpu
+    from maskrnn._cpu.blas import _shutdown
+
+    if _shutdown is None:
+        pytest.skip("the engine's BLAS is not OpenBLAS")
+    p = make_problem(rng, "lstm", 64, 20, 32, 128, "float32")
+    args = (p["x"], p["kernel"], p["recurrent_kernel"], p["bias"])
+    getattr(maskrnn, op)(*args)
+    _shutdown()
+    baseline = _threads()
+    a = np.ones((512, 512), "float32")
+    _cpu.matmul(a, a)  # the engine's BLAS outside a maskrnn call: its pool starts and stays
+    if _threads() == baseline:
+        pytest.skip("OpenBLAS runs single-threaded here")
+    res = getattr(maskrnn, op)(*args)
+    assert _threads() == baseline
+    if op == "lstm_vjp":
+        _cpu.matmul(a, a)
+        res[1](rng.standard_normal((64, 20, 128)).astype("float32"))
+        assert _threads() == baseline
