@@ -73,10 +73,14 @@ class Plan:
             sizes = np.full(self.mask.shape[0], self.mask.shape[1], np.int32)
         return sizes if self.packed else (self.mask, sizes)
 
+    @property
+    def sizes(self):
+        """(T,) rows computed at each step (batch_sizes, or every row)."""
+        return self.steps if self.packed else self.steps[1]
+
     def chunk(self, t0, t1):
         """``steps`` for the steps [t0, t1): views, C-contiguous like the whole."""
-        sizes = self.steps if self.packed else self.steps[1]
-        return sizes[t0:t1] if self.packed else (self.mask[t0:t1], sizes[t0:t1])
+        return self.sizes[t0:t1] if self.packed else (self.mask[t0:t1], self.sizes[t0:t1])
 
     @property
     def variant(self) -> str:
@@ -110,23 +114,30 @@ def _with_bias(xp, x, W, b):
     return x2, W
 
 
-def _project(xp, K, x, W, b):
-    """One GEMM for all steps: (T,B,I) @ (I,GH) + b -> gx (T,B,GH)."""
-    x2, Wb = _with_bias(xp, x, W, b)
-    return _matmul(xp, K)(x2, Wb).reshape(x.shape[0], x.shape[1], Wb.shape[1])
+ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
 
 
-GRAD_BLOCKS = 8  # time blocks of the backward's all-step GEMMs
-
-
-def _row_blocks(plan, T, B):
-    """[(t0, t1, n)]: the backward's all-step GEMMs read rows [0, n) of steps [t0, t1) only; the other rows are
-    past every real step (their gate gradients are 0), ~38% of the work for lengths uniform in [T/4, T]."""
-    sizes = plan.batch_sizes if plan.batch_sizes is not None else np.full(T, B)
+def _row_blocks(sizes, B):
+    """[(t0, t1, n)] over the steps of sizes ((k,) rows computed per step): the all-step GEMMs (projection,
+    backward) need rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no kernel reads
+    their projection, their gate gradients are 0): ~38% of the work for lengths uniform in [T/4, T]."""
+    T = len(sizes)
     if sizes.sum() >= 0.9 * T * B:
         return [(0, T, B)]
-    k = -(-T // GRAD_BLOCKS)
+    k = -(-T // ROW_BLOCKS)
     return [(t0, min(T, t0 + k), int(sizes[t0 : t0 + k].max())) for t0 in range(0, T, k)]
+
+
+def _project_rows(xp, K, x3, Wb, gx, sizes):
+    """gx (k,B,GH) = x3 (k,B,F) @ Wb on the rows ``_row_blocks`` keeps; the rest of gx is left unwritten."""
+    mm = _matmul(xp, K)
+    k, B, F = x3.shape
+    GH = Wb.shape[1]
+    for t0, t1, n in _row_blocks(sizes, B):
+        if n == B:
+            mm(x3[t0:t1].reshape((t1 - t0) * B, F), Wb, out=gx[t0:t1].reshape((t1 - t0) * B, GH))
+        elif n:
+            gx[t0:t1, :n] = mm(_block_rows(x3, t0, t1, n), Wb).reshape(t1 - t0, n, GH)
 
 
 def _block_rows(a, t0, t1, n):
@@ -201,10 +212,10 @@ def _forward(xp, K, x, W, b, plan, zero_output, out, spans, call):
     of the tape's arrays. Returns gx (T,B,GH) and the input matrix for the weight gradients."""
     T, B, _ = x.shape
     x2, Wb = _with_bias(xp, x, W, b)
+    x3 = x2.reshape(T, B, Wb.shape[0])
     gx = xp.empty((T, B, Wb.shape[1]), x.dtype)
-    mm = _matmul(xp, K)
     for t0, t1 in spans:
-        mm(x2[t0 * B : t1 * B], Wb, out=gx[t0:t1].reshape((t1 - t0) * B, Wb.shape[1]))
+        _project_rows(xp, K, x3[t0:t1], Wb, gx[t0:t1], plan.sizes[t0:t1])
         call(gx, t0, t1)
         if t0 and not zero_output:
             _carry_outputs(xp, plan.mask[t0:t1], out[t0:t1], out[t0 - 1])
@@ -227,7 +238,10 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     prev = None
     for t0, t1 in spans:
         k = t1 - t0
-        gx = _project(xp, K, x_at(t0, t1), W, b)
+        xk = x_at(t0, t1)
+        x2, Wb = _with_bias(xp, xk, W, b)
+        gx = xp.empty((k, B, GH), dtype)
+        _project_rows(xp, K, x2.reshape(k, B, Wb.shape[0]), Wb, gx, plan.sizes[t0:t1])
         o = out[:k]
         call(gx, plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
         if prev is not None:
@@ -279,7 +293,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     dgx = xp.empty_like(tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     x3 = tape["x2"].reshape(T, B, -1)
-    dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan, T, B), dgx, W,
+    dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W,
                                     [(x3, dgx, None), (hs[:T], dgx, None)])
     dW, db = _split_bias(dWb, W)
     return dx, dW, dU, db, dh, dc
@@ -332,7 +346,7 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
         terms = [(x3, dgx, None), (hs[:T], dgr, None)]
     else:
         terms = [(x3, dgx, None), (hs[:T], dgx, slice(0, 2 * H)), (hr, dgx, slice(2 * H, 3 * H))]
-    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan, T, B), dgx, W, terms)
+    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W, terms)
     dW, db_in = _split_bias(dWb, W)
     if reset_after:
         return dx, dW, dUs[0], db_in, dgr.reshape(T * B, 3 * H).sum(axis=0), dh
