@@ -161,8 +161,9 @@ def _backward_gemms(xp, K, blocks, dgx, W, terms):
             dd = d2 if d is dgx else _block_rows(d, t0, t1, n)
             g = mm(_block_rows(a, t0, t1, n).T, dd if cols is None else xp.ascontiguousarray(dd[:, cols]))
             sums[i] = g if sums[i] is None else xp.add(sums[i], g, out=sums[i])
-    return dx, [xp.zeros((a.shape[2], d.shape[2]), dgx.dtype) if g is None else g for g, (a, d, _) in
-                zip(sums, terms)]
+    width = [d.shape[2] if cols is None else len(range(d.shape[2])[cols]) for _, d, cols in terms]
+    return dx, [xp.zeros((a.shape[2], w), dgx.dtype) if g is None else g for g, (a, _, _), w in
+                zip(sums, terms, width)]
 
 
 def _split_bias(dWb, W):
