@@ -50,27 +50,29 @@ def _runner(impl, cfg, backward, device, seed):
     return run
 
 
-def stack_rows(configs, devices, repeats, measure, progress=None):
-    """Rows in bench.py's format for every (device, config, pass); ratio = torch.nn time / ours."""
+def stack_rows(configs, devices, repeats, measure, progress=None, gpu_only=()):
+    """Rows in bench.py's format for every (device, config, pass), configs in gpu_only on the GPU only; ratio =
+    torch.nn time / ours."""
     try:
         import torch  # noqa: F401
     except ImportError:
         return []
     rows = []
     for device in devices:
-        for cfg in configs:
+        for cfg in [c for c in configs if device == "cuda" or tuple(c) not in gpu_only]:
             for backward in (False, True):
                 case = dict(device=device, config=list(cfg), cell=CELL, pass_="fwd+bwd" if backward else "fwd",
                             mask="packed")
-                ours = None
-                for impl in IMPLS:
-                    if progress:
-                        progress(f"{device} {CELL} {cfg} {case['pass_']} {impl}")
-                    median, _ = measure(_runner(impl, cfg, backward, device, seed=0), device, repeats)
-                    ours = median if ours is None else ours
+                if progress:
+                    progress(f"{device} {CELL} {cfg} {case['pass_']} packed")
+                fns = {impl: _runner(impl, cfg, backward, device, seed=0) for impl in IMPLS}
+                stats, _ = measure(fns, device, repeats)  # the two take turns (bench.measure)
+                ours = stats[IMPLS[0]]["median"]
+                for impl, st in stats.items():
                     peer = impl + (" (cuDNN)" if device == "cuda" and impl == "torch.nn" else "")
-                    rows.append(dict(case, impl=peer, median_ms=median * 1e3,
-                                     ratio=None if impl == IMPLS[0] else median / ours))
+                    rows.append(dict(case, impl=peer, median_ms=st["median"] * 1e3, q1_ms=st["q1"] * 1e3,
+                                     q3_ms=st["q3"] * 1e3, min_ms=st["min"] * 1e3, max_ms=st["max"] * 1e3,
+                                     ratio=None if impl == IMPLS[0] else st["median"] / ours))
     return rows
 
 

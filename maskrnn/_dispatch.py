@@ -96,13 +96,45 @@ class _Layout:
         # its negative stride, which torch.from_numpy refuses.
         return a.copy() if any(s < 0 for s in a.strides) else a
 
-    def inputs(self, training):
-        p, xp = self.p, self.xp
-        x = self.seq_in(p.x, p.time_major, p.go_backwards)
-        if not training:
-            return x  # the kernels never read a padded step's projection
-        # Padded steps are zeroed so NaN/Inf there reach no weight-gradient GEMM.
-        return xp.where(self.plan.mask[:, :, None], x, 0)
+    def seq_chunk(self, a, t0, t1):
+        """Scan steps [t0, t1) of the caller's sequence a, in scan layout (a chunk-sized copy)."""
+        T = a.shape[0 if self.p.time_major else 1]
+        lo, hi = (T - t1, T - t0) if self.p.go_backwards else (t0, t1)
+        return self.seq_in(a[lo:hi] if self.p.time_major else a[:, lo:hi], self.p.time_major, self.p.go_backwards)
+
+    def put_seq(self, dst, t0, t1, chunk):
+        """Scan-layout outputs (k,B,F) of steps [t0, t1) into dst in the caller's layout (processing order)."""
+        chunk = self.unrows(chunk, axis=1)
+        if self.p.time_major:
+            dst[t0:t1] = chunk
+        else:
+            dst[:, t0:t1] = chunk.transpose(1, 0, 2)
+
+    def inputs(self):
+        """The training inputs in scan layout, one copy. Padded steps are zeroed so NaN/Inf there reach no
+        weight-gradient GEMM."""
+        x = self.seq_in(self.p.x, self.p.time_major, self.p.go_backwards)
+        if x is self.p.x or x.base is not None:  # seq_in made no copy: x is (a view of) the caller's array
+            x = x.copy()
+        x[~self.plan.mask] = 0
+        return x
+
+
+def _infer(cell, p, xp, K, lay):
+    """The inference path: no tape, inputs read and outputs written chunk by chunk (``_scan._infer``)."""
+    T, H = p.steps, p.units
+    out = xp.empty((T, p.batch, H) if p.time_major else (p.batch, T, H), p.dtype)
+    x_at = lambda t0, t1: lay.seq_chunk(p.x, t0, t1)  # noqa: E731
+    put = lambda t0, t1, o: lay.put_seq(out, t0, t1, o)  # noqa: E731
+    h0 = lay.rows(p.h0)
+    if cell == "lstm":
+        h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, p.bias, h0, lay.rows(p.c0),
+                                lay.plan, p.zero_output_for_mask, put)
+        return out, lay.unrows(h), lay.unrows(c)
+    b_in, b_rec = p.bias_in_rec(xp)
+    h = _scan.gru_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan,
+                        p.zero_output_for_mask, put)
+    return out, lay.unrows(h)
 
 
 def _run(cell, args, kwargs, training):
@@ -110,7 +142,9 @@ def _run(cell, args, kwargs, training):
     xp, K = _engine(p.device)
     lay = _Layout(xp, p)
     plan, H = lay.plan, p.units
-    x = lay.inputs(training)
+    if not training:
+        return _infer(cell, p, xp, K, lay)
+    x = lay.inputs()
     h0 = lay.rows(p.h0)
     # The pullback reads the weights: copies (small next to the tape) keep a caller's in-place update between
     # forward and pullback from changing the gradients. A checksum would cost a pass over them at each call.
@@ -124,8 +158,6 @@ def _run(cell, args, kwargs, training):
         out, h, tape = _scan.gru_forward(xp, K, x, W, U, b_in, b_rec, h0, p.reset_after, plan,
                                          p.zero_output_for_mask)
         results = (lay.seq_out(out, False), lay.unrows(h))
-    if not training:
-        return results
 
     def grad_in(d, name, shape):
         if d is None:

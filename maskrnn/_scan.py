@@ -26,13 +26,23 @@ step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 
   there is none; unused when not reset_after, where the whole bias is in gx). hr (T,B,H) written:
   ``h_{t-1} U_h + b_rec_h`` (reset_after) or ``r * h_{t-1}`` (not reset_after); 0 at padded steps (the
   weight-gradient GEMMs read every entry).
-- ``matmul(a, b)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step products.
+- ``matmul(a, b, out=None)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step
+  products.
+- ``session()`` (optional): a context manager around each driver call below (the CPU engine stops its BLAS
+  threads when the last call ends, so they do not spin on the cores the caller's next operations need).
 - ``gru_{masked,packed}_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)``
   dh (B,H): in the gradient of h_T, out that of h0. dgx (T,B,3H) written: gradient of the input
   pre-activations. dgr (T,B,3H) written when reset_after: gradient of the recurrent pre-activations
   ``h_{t-1} U + b_rec`` (not written otherwise). Both zero at padded steps.
+
+The drivers call the forward kernels on chunks of steps (views of the time-major arrays, ``steps`` sliced to
+match): between chunks Python notices Ctrl-C, and inference holds one chunk's projection and states instead of
+the whole sequence's. A kernel sees a chunk's first step as ``t == 0``; ``_carry_outputs`` restores Keras's
+carried outputs there.
 """
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,36 +74,101 @@ class Plan:
         return sizes if self.packed else (self.mask, sizes)
 
     @property
+    def sizes(self):
+        """(T,) rows computed at each step (batch_sizes, or every row)."""
+        return self.steps if self.packed else self.steps[1]
+
+    def chunk(self, t0, t1):
+        """``steps`` for the steps [t0, t1): views, C-contiguous like the whole."""
+        return self.sizes[t0:t1] if self.packed else (self.mask[t0:t1], self.sizes[t0:t1])
+
+    @property
     def variant(self) -> str:
         return "packed" if self.packed else "masked"
+
+
+def _engine_call(driver):
+    """Runs a driver (xp, K, ...) inside its engine's optional ``session()``."""
+
+    @functools.wraps(driver)
+    def run(xp, K, *args):
+        with getattr(K, "session", contextlib.nullcontext)():
+            return driver(xp, K, *args)
+
+    return run
 
 
 def _matmul(xp, K):
     return getattr(K, "matmul", xp.matmul)
 
 
-def _project(xp, K, x, W, b):
-    """One GEMM for all steps: (T,B,I) @ (I,GH) + b -> gx (T,B,GH). The bias rides in the GEMM as a column of
-    ones appended to x (a separate pass over gx measured 2 ms of ~35 on the CPU), which also makes its gradient
-    fall out of the weight-gradient GEMM. Returns gx and the (T*B, I[+1]) input matrix for backward."""
+def _with_bias(xp, x, W, b):
+    """x (T,B,I) -> (T*B, I[+1]) input matrix and W[+b]. The bias rides in the GEMM as a column of ones appended
+    to x (a separate pass over gx measured 2 ms of ~35 on the CPU), which also makes its gradient fall out of
+    the weight-gradient GEMM."""
     T, B, In = x.shape
     x2 = x.reshape(T * B, In)
     if b is not None:
         x2 = xp.concatenate([x2, xp.ones((T * B, 1), x.dtype)], axis=1)
         W = xp.concatenate([W, b.reshape(1, -1)])
-    return _matmul(xp, K)(x2, W).reshape(T, B, W.shape[1]), x2
+    return x2, W
 
 
-def _input_grads(xp, K, x2, W, dgx):
-    """Gradients of x (T,B,I), W and the input bias (None without one) from dgx (T,B,GH)."""
-    T, B, GH = dgx.shape
-    d2 = dgx.reshape(T * B, GH)
+ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
+
+
+def _row_blocks(sizes, B):
+    """[(t0, t1, n)] over the steps of sizes ((k,) rows computed per step): the all-step GEMMs (projection,
+    backward) need rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no kernel reads
+    their projection, their gate gradients are 0): ~38% of the work for lengths uniform in [T/4, T]."""
+    T = len(sizes)
+    if sizes.sum() >= 0.9 * T * B:
+        return [(0, T, B)]
+    k = -(-T // ROW_BLOCKS)
+    return [(t0, min(T, t0 + k), int(sizes[t0 : t0 + k].max())) for t0 in range(0, T, k)]
+
+
+def _project_rows(xp, K, x3, Wb, gx, sizes):
+    """gx (k,B,GH) = x3 (k,B,F) @ Wb on the rows ``_row_blocks`` keeps; the rest of gx is left unwritten."""
     mm = _matmul(xp, K)
-    dx = mm(d2, W.T).reshape(T, B, W.shape[0])
-    dWb = mm(x2.T, d2)
-    if x2.shape[1] == W.shape[0]:
-        return dx, dWb, None
-    return dx, dWb[:-1], dWb[-1]
+    k, B, F = x3.shape
+    GH = Wb.shape[1]
+    for t0, t1, n in _row_blocks(sizes, B):
+        if n == B:
+            mm(x3[t0:t1].reshape((t1 - t0) * B, F), Wb, out=gx[t0:t1].reshape((t1 - t0) * B, GH))
+        elif n:
+            gx[t0:t1, :n] = mm(_block_rows(x3, t0, t1, n), Wb).reshape(t1 - t0, n, GH)
+
+
+def _block_rows(a, t0, t1, n):
+    """Rows [0, n) of steps [t0, t1) of a (T,B,F) as a (k*n, F) matrix (a copy unless n == B)."""
+    return a[t0:t1, :n].reshape((t1 - t0) * n, a.shape[2])
+
+
+def _backward_gemms(xp, K, blocks, dgx, W, terms):
+    """dx = dgx W^T (T,B,I) and, for each (a, d, cols) in terms ((T,B,F) arrays, cols a column slice of d),
+    the weight gradient a^T d[..., cols] summed over steps, each over the rows of ``blocks`` only."""
+    mm = _matmul(xp, K)
+    T, B, _ = dgx.shape
+    dx = (xp.empty if blocks == [(0, T, B)] else xp.zeros)((T, B, W.shape[0]), dgx.dtype)
+    sums = [None] * len(terms)
+    for t0, t1, n in blocks:
+        if n == 0:
+            continue
+        d2 = _block_rows(dgx, t0, t1, n)
+        dx[t0:t1, :n] = mm(d2, W.T).reshape(t1 - t0, n, W.shape[0])
+        for i, (a, d, cols) in enumerate(terms):
+            dd = d2 if d is dgx else _block_rows(d, t0, t1, n)
+            g = mm(_block_rows(a, t0, t1, n).T, dd if cols is None else xp.ascontiguousarray(dd[:, cols]))
+            sums[i] = g if sums[i] is None else xp.add(sums[i], g, out=sums[i])
+    width = [d.shape[2] if cols is None else len(range(d.shape[2])[cols]) for _, d, cols in terms]
+    return dx, [xp.zeros((a.shape[2], w), dgx.dtype) if g is None else g for g, (a, _, _), w in
+                zip(sums, terms, width)]
+
+
+def _split_bias(dWb, W):
+    """The gradient of W[+b] -> (dW, db or None)."""
+    return (dWb, None) if dWb.shape[0] == W.shape[0] else (dWb[:-1], dWb[-1])
 
 
 def _states(xp, T, B, H, dtype, init):
@@ -112,48 +187,152 @@ def _upstream(xp, tape, *grads):
     return [d_out] + [xp.zeros((B, H), dtype) if d is None else d.copy() for d in states]
 
 
+MAX_CHUNK_STEPS = 1024  # tiny steps run ~20 us each on the CPU: a chunk stays well under Ctrl-C's 0.5 s
+CHUNK_WORK = 1 << 30  # multiply-adds per chunk of step products (~10 ms on the CPU)
+
+
+def _chunks(T, B, H, GH, workspace=None):
+    """[(t0, t1), ...] covering [0, T). workspace: (elements per step, elements allowed) bounds a chunk's
+    buffers as well as its work."""
+    n = CHUNK_WORK // max(B * GH * (H + 16), 1)  # + 16: the gate math when H is small
+    if workspace is not None:
+        n = min(n, workspace[1] // max(workspace[0], 1))
+    n = max(1, min(T, MAX_CHUNK_STEPS, n))
+    return [(t0, min(T, t0 + n)) for t0 in range(0, T, n)]
+
+
+def _carry_outputs(xp, mask, out, prev):
+    """out (k,B,H): a chunk's outputs from a kernel that took its first step for t == 0. Padded steps before a
+    row's first real step in the chunk carry prev (B,H), the output of the step before the chunk."""
+    lead = xp.cumsum(mask, axis=0) == 0
+    xp.copyto(out, prev[None], where=lead[:, :, None])
+
+
+def _forward(xp, K, x, W, b, plan, zero_output, out, spans, call):
+    """Training forward, chunk by chunk: each chunk's projection, then call(gx, t0, t1) runs the kernel on views
+    of the tape's arrays. Returns gx (T,B,GH) and the input matrix for the weight gradients."""
+    T, B, _ = x.shape
+    x2, Wb = _with_bias(xp, x, W, b)
+    x3 = x2.reshape(T, B, Wb.shape[0])
+    gx = xp.empty((T, B, Wb.shape[1]), x.dtype)
+    for t0, t1 in spans:
+        _project_rows(xp, K, x3[t0:t1], Wb, gx[t0:t1], plan.sizes[t0:t1])
+        call(gx, t0, t1)
+        if t0 and not zero_output:
+            _carry_outputs(xp, plan.mask[t0:t1], out[t0:t1], out[t0 - 1])
+    return gx, x2
+
+
+def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
+    """Forward without a tape: each chunk's inputs are projected, scanned and handed to put(t0, t1, out),
+    reusing one chunk's buffers. init: initial states (B,H); call(gx, steps, out, states, extras) runs the
+    kernel. Returns the final states."""
+    B, H = init[0].shape
+    I, GH = W.shape
+    dtype = init[0].dtype
+    per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
+    spans = _chunks(T, B, H, GH, (per_step, max(per_step, T * B * (I + H) // 4)))
+    n = spans[0][1]
+    states = [_states(xp, n, B, H, dtype, s) for s in init]
+    extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
+    out = xp.empty((n, B, H), dtype)
+    prev = None
+    for t0, t1 in spans:
+        k = t1 - t0
+        xk = x_at(t0, t1)
+        x2, Wb = _with_bias(xp, xk, W, b)
+        gx = xp.empty((k, B, GH), dtype)
+        _project_rows(xp, K, x2.reshape(k, B, Wb.shape[0]), Wb, gx, plan.sizes[t0:t1])
+        o = out[:k]
+        call(gx, plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
+        if prev is not None:
+            _carry_outputs(xp, plan.mask[t0:t1], o, prev)
+        put(t0, t1, o)
+        prev = None if zero_output else o[k - 1].copy()
+        for s in states:
+            s[0] = s[k]
+    return [s[0].copy() for s in states]  # copies: the buffers go
+
+
+@_engine_call
 def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; h0, c0 (B,H). Returns out (T,B,H), h_T, c_T and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
-    gx, x2 = _project(xp, K, x, W, b)
     out = xp.empty((T, B, H), dtype=x.dtype)
     hs = _states(xp, T, B, H, x.dtype, h0)
     cs = _states(xp, T, B, H, x.dtype, c0)
-    getattr(K, f"lstm_{plan.variant}_fwd")(gx, U, plan.steps, zero_output, out, hs, cs)
+    kernel = getattr(K, f"lstm_{plan.variant}_fwd")
+
+    def call(gx, t0, t1):
+        kernel(gx[t0:t1], U, plan.chunk(t0, t1), zero_output, out[t0:t1], hs[t0 : t1 + 1], cs[t0 : t1 + 1])
+
+    gx, x2 = _forward(xp, K, x, W, b, plan, zero_output, out, _chunks(T, B, H, 4 * H), call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, cs=cs)
     # Copies: the backward reads the tape, and a caller may change the returned states in place.
     return out, hs[T].copy(), cs[T].copy(), tape
 
 
+@_engine_call
+def lstm_infer(xp, K, x_at, T, W, U, b, h0, c0, plan, zero_output, put):
+    """LSTM forward keeping no tape. x_at(t0, t1): the scan-layout inputs (k,B,I) of steps [t0, t1) (padded
+    steps need not be zeroed); put(t0, t1, out): takes their outputs (k,B,H). Returns h_T, c_T."""
+    kernel = getattr(K, f"lstm_{plan.variant}_fwd")
+
+    def call(gx, steps, out, states, extras):
+        kernel(gx, U, steps, zero_output, out, *states)
+
+    return _infer(xp, K, x_at, T, W, b, [h0, c0], 0, call, plan, zero_output, put)
+
+
+@_engine_call
 def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     """Upstream gradients in scan layout (None = zero). Returns dx, dW, dU, db, dh0, dc0."""
     W, U, hs, cs = tape["W"], tape["U"], tape["hs"], tape["cs"]
-    T, B, H = tape["gx"].shape[0], tape["gx"].shape[1], U.shape[0]
+    T, B = tape["gx"].shape[:2]
     d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
     dgx = xp.empty_like(tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
-    dx, dW, db = _input_grads(xp, K, tape["x2"], W, dgx)
-    dU = _matmul(xp, K)(hs[:T].reshape(T * B, H).T, dgx.reshape(T * B, 4 * H))
+    x3 = tape["x2"].reshape(T, B, -1)
+    dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W,
+                                    [(x3, dgx, None), (hs[:T], dgx, None)])
+    dW, db = _split_bias(dWb, W)
     return dx, dW, dU, db, dh, dc
 
 
+@_engine_call
 def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; b_in (3H,) or None; b_rec (3H,) (zeros when there is none).
 
     Returns out (T,B,H), h_T and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
-    gx, x2 = _project(xp, K, x, W, b_in)
     out = xp.empty((T, B, H), dtype=x.dtype)
     hs = _states(xp, T, B, H, x.dtype, h0)
     hr = xp.empty((T, B, H), dtype=x.dtype)
     kernel = getattr(K, f"gru_{plan.variant}_fwd")
-    kernel(gx, U, b_rec, plan.steps, zero_output, reset_after, out, hs, hr)
+
+    def call(gx, t0, t1):
+        kernel(gx[t0:t1], U, b_rec, plan.chunk(t0, t1), zero_output, reset_after, out[t0:t1], hs[t0 : t1 + 1],
+               hr[t0:t1])
+
+    gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, _chunks(T, B, H, 3 * H), call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, hr=hr)
     return out, hs[T].copy(), tape  # a copy, as in lstm_forward
 
 
+@_engine_call
+def gru_infer(xp, K, x_at, T, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, put):
+    """GRU forward keeping no tape (arguments as ``lstm_infer``, biases as ``gru_forward``). Returns h_T."""
+    kernel = getattr(K, f"gru_{plan.variant}_fwd")
+
+    def call(gx, steps, out, states, extras):
+        kernel(gx, U, b_rec, steps, zero_output, reset_after, out, *states, *extras)
+
+    return _infer(xp, K, x_at, T, W, b_in, [h0], 1, call, plan, zero_output, put)[0]
+
+
+@_engine_call
 def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
     """Returns dx, dW, dU, db_in, db_rec (None when not reset_after), dh0."""
     W, U, hs, hr = tape["W"], tape["U"], tape["hs"], tape["hr"]
@@ -163,14 +342,13 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
     dgr = xp.empty_like(tape["gx"]) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")
     kernel(tape["gx"], U, plan.steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
-    dx, dW, db_in = _input_grads(xp, K, tape["x2"], W, dgx)
-    h_prev = hs[:T].reshape(T * B, H)
+    x3 = tape["x2"].reshape(T, B, -1)
     if reset_after:
-        d2 = dgr.reshape(T * B, 3 * H)
-        return dx, dW, _matmul(xp, K)(h_prev.T, d2), db_in, d2.sum(axis=0), dh
-    d2 = dgx.reshape(T * B, 3 * H)
-    dU = xp.empty_like(U)
-    mm = _matmul(xp, K)
-    dU[:, : 2 * H] = mm(h_prev.T, xp.ascontiguousarray(d2[:, : 2 * H]))
-    dU[:, 2 * H :] = mm(hr.reshape(T * B, H).T, xp.ascontiguousarray(d2[:, 2 * H :]))
-    return dx, dW, dU, db_in, None, dh
+        terms = [(x3, dgx, None), (hs[:T], dgr, None)]
+    else:
+        terms = [(x3, dgx, None), (hs[:T], dgx, slice(0, 2 * H)), (hr, dgx, slice(2 * H, 3 * H))]
+    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W, terms)
+    dW, db_in = _split_bias(dWb, W)
+    if reset_after:
+        return dx, dW, dUs[0], db_in, dgr.reshape(T * B, 3 * H).sum(axis=0), dh
+    return dx, dW, xp.concatenate(dUs, axis=1), db_in, None, dh

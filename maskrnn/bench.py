@@ -1,4 +1,4 @@
-"""``python -m maskrnn bench``: maskrnn against its peers on the workloads of docs/semantics.md.
+"""``python -m maskrnn bench``: maskrnn against its peers on SPEC.md section 6's workloads.
 
 Every timed runner gets warm-up calls first (Numba compile, CUDA module load, Keras tracing), then the
 median over repeats, cycling through several freshly drawn random batches. GPU runs are timed with CUDA
@@ -18,9 +18,8 @@ import numpy as np
 
 from . import _info
 
-CONFIGS = [(64, 100, 128, 256), (16, 200, 64, 128), (128, 50, 256, 512), (4, 200, 256, 512), (256, 100, 512, 1024),
-           (32, 200, 512, 1024), (256, 100, 1024, 1024)]
-GPU_ONLY = {(256, 100, 512, 1024), (32, 200, 512, 1024), (256, 100, 1024, 1024)}
+CONFIGS = [(64, 100, 128, 256), (16, 200, 64, 128), (128, 50, 256, 512), (4, 200, 256, 512), (256, 100, 512, 1024)]
+GPU_ONLY = {(256, 100, 512, 1024)}
 QUICK = [(64, 100, 128, 256)]
 # GPU peers, like with like (perf-anchors.md section 1.1): packed input always runs cuDNN's STANDARD algorithm,
 # in fp32 with TF32 tensor cores unless torch.backends.cudnn.allow_tf32 is off (both ways here); padded fp16
@@ -28,6 +27,10 @@ QUICK = [(64, 100, 128, 256)]
 CUDNN = {"cudnn-packed": dict(packed=True, tf32=None), "cudnn-packed-fp32": dict(packed=True, tf32=False),
          "cudnn-padded-fp16": dict(packed=False, tf32=None, half=True)}
 PEERS = ["torch-unpacked", "torch-packed", "keras", *CUDNN]
+PASSES = ["fwd", "fwd+bwd", "train"]  # train: a whole training step of a small model (see _train_runner)
+TRAIN_CELLS = {"lstm"}  # cells with a train row
+SPREAD_LIMIT = 0.25  # a row is measured again while a runner's IQR exceeds this fraction of its median
+MAX_ATTEMPTS = 3
 N_BUFFERS = 3  # distinct random batches cycled through, so no run times a cache-warm repeat of the last
 
 
@@ -56,9 +59,13 @@ def workload(cfg, cell, mask_kind, seed):
     return weights, batches
 
 
-def _maskrnn_runner(cell, mask_kind, backward, weights, batches, device):
+def _maskrnn_runner(case, weights, batches):
     import maskrnn
 
+    cell, mask_kind, device = case["cell"], case["mask"], case["device"]
+    if case["pass_"] == "train":
+        return _train_runner("maskrnn", case, weights, batches)
+    backward = case["pass_"] == "fwd+bwd"
     xp = np
     if device == "cuda":
         import cupy as xp
@@ -98,9 +105,17 @@ def _torch_module(torch, cell, weights, device):
     return m.to(device)
 
 
-def _torch_runner(peer, cell, mask_kind, backward, weights, batches, device):
+def _torch_runner(peer, case, weights, batches):
     import torch
 
+    cell, mask_kind, device = case["cell"], case["mask"], case["device"]
+    if (peer in CUDNN) != (device == "cuda"):
+        raise _Skip("cuDNN runs on the GPU only" if peer in CUDNN else "CPU peer")
+    if case["pass_"] == "train":
+        if peer != "torch-unpacked":
+            raise _Skip("the training step compares with torch.nn.LSTM on the dense batch only")
+        return _train_runner(peer, case, weights, batches)
+    backward = case["pass_"] == "fwd+bwd"
     opts = CUDNN.get(peer, dict(packed=peer == "torch-packed", tf32=None))
     packed, tf32, half = opts["packed"], opts["tf32"], opts.get("half", False)
     if packed and mask_kind != "post":
@@ -110,6 +125,7 @@ def _torch_runner(peer, cell, mask_kind, backward, weights, batches, device):
     if half:
         m = m.half()
         data = [dict(b, x=b["x"].half(), d_out=b["d_out"].half()) for b in data]
+
     # None: torch's own setting (recorded in the report); else pinned for this peer's calls only.
     def flags():
         return contextlib.nullcontext() if tf32 is None else torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32)
@@ -131,7 +147,58 @@ def _torch_runner(peer, cell, mask_kind, backward, weights, batches, device):
     return run
 
 
-def _keras_runner(cell, mask_kind, backward, weights, batches, device):
+VOCAB = 1000
+
+
+def _train_runner(impl, case, weights, batches):
+    """One training step of Embedding(VOCAB, I) -> LSTM(H) -> Linear(H, VOCAB) -> next-token cross-entropy
+    over the real steps -> Adam, with maskrnn.torch.LSTM (the mask) or torch.nn.LSTM (the dense batch)."""
+    import torch
+
+    from . import torch as mtorch
+
+    if case["cell"] not in TRAIN_CELLS:
+        raise _Skip(f"training step measured for {sorted(TRAIN_CELLS)} only")
+    device = case["device"]
+    I, H = weights["kernel"].shape[0], weights["recurrent_kernel"].shape[0]
+    torch.manual_seed(0)
+    if impl == "maskrnn":
+        rnn = mtorch.LSTM(I, H, return_sequences=True, device=device)
+        rnn.load_keras_weights(weights["kernel"], weights["recurrent_kernel"], weights["bias"])
+    else:
+        rnn = _torch_module(torch, "lstm", weights, device)
+    emb, head = torch.nn.Embedding(VOCAB, I).to(device), torch.nn.Linear(H, VOCAB).to(device)
+    params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    rng = np.random.default_rng(0)
+    data = []
+    for b in batches:
+        tokens = torch.from_numpy(rng.integers(0, VOCAB, b["mask"].shape)).to(device)
+        mask = torch.from_numpy(b["mask"]).to(device)
+        data.append((tokens, mask, torch.from_numpy(b["lengths"]).to(device)))
+
+    def run(i):
+        tokens, mask, lengths = data[i % len(data)]
+        x = emb(tokens[:, :-1])
+        out = rnn(x, lengths=lengths - 1) if impl == "maskrnn" else rnn(x)[0]
+        logits = head(out)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1),
+                                                 reduction="none")
+        real = mask[:, 1:].reshape(-1).to(loss.dtype)
+        loss = (loss * real).sum() / real.sum().clamp(min=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def _keras_runner(case, weights, batches):
+    if case["device"] != "cpu":
+        raise _Skip("measured on the CPU only")
+    if case["pass_"] == "train":
+        raise _Skip("the training step compares with torch.nn.LSTM")
+    cell, backward = case["cell"], case["pass_"] == "fwd+bwd"
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
     import torch
@@ -160,16 +227,12 @@ class _Skip(Exception):
     """A peer that does not apply to this run (the message says why)."""
 
 
-def _runner(impl, cell, mask_kind, backward, weights, batches, device):
-    if impl == "maskrnn":
-        return _maskrnn_runner(cell, mask_kind, backward, weights, batches, device)
-    if impl == "keras":
-        if device != "cpu":
-            raise _Skip("measured on the CPU only")
-        return _keras_runner(cell, mask_kind, backward, weights, batches, device)
-    if (impl in CUDNN) != (device == "cuda"):
-        raise _Skip("cuDNN runs on the GPU only" if impl in CUDNN else "CPU peer")
-    return _torch_runner(impl, cell, mask_kind, backward, weights, batches, device)
+def _peer(name):
+    return lambda *args: _torch_runner(name, *args)
+
+
+RUNNERS = {"maskrnn": _maskrnn_runner, "torch-unpacked": _peer("torch-unpacked"),
+           "torch-packed": _peer("torch-packed"), "keras": _keras_runner, **{p: _peer(p) for p in CUDNN}}
 
 
 def _timer(device):
@@ -191,17 +254,34 @@ def _timer(device):
     return timed
 
 
-def measure(fn, device, repeats, warmup=2):
-    """(median seconds, first-call seconds). Sleeps briefly first: a peer's BLAS/OpenMP threads keep
-    spinning after it returns and would steal the cores from the next runner."""
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    fn(0)
-    first = time.perf_counter() - t0
-    for i in range(1, warmup):
-        fn(i)
+def _stats(samples):
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    return dict(median=float(median), q1=float(q1), q3=float(q3), min=float(np.min(samples)),
+                max=float(np.max(samples)))
+
+
+def measure(fns, device, repeats, warmup=2):
+    """Times the runners fns {impl: run} in turns: round r runs every runner once, starting at a rotating
+    position. Returns ({impl: stats in seconds}, {impl: first-call seconds})."""
+    first = {}
+    for impl, fn in fns.items():
+        t0 = time.perf_counter()
+        fn(0)
+        first[impl] = time.perf_counter() - t0
+        for i in range(1, warmup):
+            fn(i)
     timed = _timer(device)
-    return float(np.median([timed(fn, i) for i in range(repeats)])), first
+    names = list(fns)
+    samples = {impl: [] for impl in names}
+    for r in range(repeats):
+        for k in range(len(names)):
+            impl = names[(r + k) % len(names)]
+            samples[impl].append(timed(fns[impl], r))
+    return {impl: _stats(v) for impl, v in samples.items()}, first
+
+
+def _spread(stats):
+    return (stats["q3"] - stats["q1"]) / stats["median"] if stats["median"] > 0 else 0.0
 
 
 def available_devices():
@@ -271,39 +351,60 @@ def first_call():
     return import_s, first_call_s, first_call_cpu_s
 
 
+def _jobs(configs, cells, devices):
+    return [(dev, cfg, cell, pass_, mask_kind)
+            for dev in devices for cfg in configs if dev == "cuda" or cfg not in GPU_ONLY
+            for cell in cells for pass_ in PASSES if pass_ != "train" or cell in TRAIN_CELLS
+            for mask_kind in ("post", "holes") if pass_ != "train" or mask_kind == "post"]
+
+
+def busy_threshold():
+    """A 1-minute load average above this makes timings unreliable (3/4 of the cores busy with other work)."""
+    return 0.75 * (os.cpu_count() or 1)
+
+
 def run_benchmark(configs, cells, devices, repeats, progress=None):
     """Measures every (device, config, cell, pass, mask) for maskrnn and each peer. Returns the report dict."""
     # First, while this process is idle: nothing of it runs alongside the fresh one.
     import_s, first_call_s, first_call_cpu_s = first_call()
-    rows, skipped, first_calls = [], [], {}
-    jobs = [(dev, cfg, cell, backward, mask_kind)
-            for dev in devices for cfg in configs if dev == "cuda" or cfg not in GPU_ONLY
-            for cell in cells for backward in (False, True) for mask_kind in ("post", "holes")]
-    for n, (dev, cfg, cell, backward, mask_kind) in enumerate(jobs):
+    rows, skipped, first_calls, loads = [], [], {}, [os.getloadavg()[0]]
+    for n, (dev, cfg, cell, pass_, mask_kind) in enumerate(_jobs(configs, cells, devices)):
         weights, batches = workload(cfg, cell, mask_kind, seed=n)
-        case = dict(device=dev, config=list(cfg), cell=cell, pass_="fwd+bwd" if backward else "fwd", mask=mask_kind)
-        ours = None
-        for impl in ["maskrnn", *PEERS]:
-            if progress:
-                progress(f"{dev} {cell} {cfg} {case['pass_']} {mask_kind} {impl}")
+        case = dict(device=dev, config=list(cfg), cell=cell, pass_=pass_, mask=mask_kind)
+        if progress:
+            progress(f"{dev} {cell} {cfg} {pass_} {mask_kind}")
+        fns = {}
+        for impl, factory in RUNNERS.items():
             try:
-                fn = _runner(impl, cell, mask_kind, backward, weights, batches, dev)
+                fns[impl] = factory(case, weights, batches)
             except _Skip as why:
                 skipped.append(dict(case, impl=impl, reason=str(why)))
-                continue
             except ImportError as e:
                 skipped.append(dict(case, impl=impl, reason=f"not installed ({e.name})"))
-                continue
-            median, first = measure(fn, dev, repeats)
-            if impl == "maskrnn":
-                ours = median
-                first_calls.setdefault(f"{dev} {cell} {case['pass_']}", first)
-            ratio = None if impl == "maskrnn" else median / ours
-            rows.append(dict(case, impl=impl, median_ms=median * 1e3, ratio=ratio))
+        best = None
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            stats, first = measure(fns, dev, repeats)
+            worst = max(_spread(v) for v in stats.values())
+            if best is None or worst < best[0]:
+                best = (worst, stats, attempt)
+            if attempt == 1:
+                first_calls.setdefault(f"{dev} {cell} {pass_}", first["maskrnn"])
+            if worst <= SPREAD_LIMIT:
+                break
+        worst, stats, attempts = best
+        loads.append(os.getloadavg()[0])
+        ours = stats["maskrnn"]["median"]
+        for impl, st in stats.items():
+            rows.append(dict(case, impl=impl, median_ms=st["median"] * 1e3, q1_ms=st["q1"] * 1e3,
+                             q3_ms=st["q3"] * 1e3, min_ms=st["min"] * 1e3, max_ms=st["max"] * 1e3,
+                             ratio=None if impl == "maskrnn" else st["median"] / ours, attempts=attempts,
+                             spread_ok=worst <= SPREAD_LIMIT))
     if "lstm" in cells:  # the torch.nn drop-in on a 2-layer bidirectional LSTM (maskrnn/_bench_nn.py)
         from ._bench_nn import stack_rows
 
-        rows += stack_rows(configs, devices, repeats, measure, progress)
+        rows += stack_rows(configs, devices, repeats, measure, progress, gpu_only=GPU_ONLY)
+        loads.append(os.getloadavg()[0])
+    busy = max(loads) > busy_threshold()
     info = _info.info()
     build = dict(path=os.path.dirname(os.path.abspath(_info.__file__)), native_extension=info["native_extension"],
                  cuda_extension=info["cuda_extension"])
@@ -311,13 +412,31 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                 cudnn_allow_tf32=_cudnn_allow_tf32() if "cuda" in devices else None,
                 configs=[list(c) for c in configs], repeats=repeats, rows=rows, skipped=skipped,
                 import_s=import_s, first_call_s=first_call_s, first_call_cpu_s=first_call_cpu_s,
-                first_in_run_s=first_calls,
-                note="ratio = peer time / maskrnn time (>1: maskrnn faster); "
-                "torch-unpacked ignores the mask (not mask-correct), it is the speed of light for dense work")
+                first_in_run_s=first_calls, load_average=dict(max=max(loads), samples=loads,
+                                                            busy_threshold=busy_threshold(), busy=busy),
+                note="ratio = peer time / maskrnn time (>1: maskrnn faster); spread = IQR of the repeats; "
+                "torch-unpacked ignores the mask (not mask-correct), it is the speed of light for dense work; "
+                "train = Embedding -> LSTM -> Linear -> cross-entropy -> Adam step, maskrnn.torch.LSTM with the "
+                "mask vs torch.nn.LSTM on the dense batch")
+
+
+def warnings(report):
+    """Lines that say why the figures may not be reproducible (empty when the run was clean)."""
+    out = []
+    load = report.get("load_average")
+    if load and load["busy"]:
+        out.append(f"WARNING: load average reached {load['max']:.1f} (> {load['busy_threshold']:.1f} on "
+                   f"{os.cpu_count()} cores): other work shared the machine, timings are unreliable")
+    noisy = sorted({(r["cell"], r["pass_"], r["mask"]) for r in report["rows"] if not r.get("spread_ok", True)})
+    if noisy:
+        out.append(f"WARNING: spread above {SPREAD_LIMIT:.0%} of the median after {MAX_ATTEMPTS} attempts in: "
+                   + ", ".join(" ".join(k) for k in noisy))
+    return out
 
 
 def format_table(report):
-    head = f"{'device':6} {'cell':4} {'B,T,I,H':18} {'pass':7} {'mask':5} {'impl':15} {'median ms':>10} {'ratio':>7}"
+    head = (f"{'device':6} {'cell':4} {'B,T,I,H':18} {'pass':7} {'mask':5} {'impl':15} {'median ms':>10} "
+            f"{'IQR ms':>17} {'ratio':>7}")
     build = report["build"]
     lines = [f"maskrnn bench  commit {report['commit'][:12]}  " + "; ".join(
         f"{k}: {v}" for k, v in report["devices"].items()),
@@ -326,8 +445,9 @@ def format_table(report):
     for r in report["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         cfg = ",".join(map(str, r["config"]))
+        iqr = f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}" if "q1_ms" in r else ""
         lines.append(f"{r['device']:6} {r['cell']:4} {cfg:18} {r['pass_']:7} {r['mask']:5} {r['impl']:15} "
-                     f"{r['median_ms']:10.2f} {ratio:>7}")
+                     f"{r['median_ms']:10.2f} {iqr:>17} {ratio:>7}")
     reasons = sorted({(s["impl"], s["reason"]) for s in report["skipped"]})
     lines += ["", "skipped:"] + [f"  {impl}: {reason}" for impl, reason in reasons]
     lines += ["", f"fresh process: import maskrnn {report['import_s']:.2f} s, then first maskrnn.lstm call "
@@ -335,7 +455,9 @@ def format_table(report):
               f"{report['first_call_cpu_s']:.2f} s)",
               "first call in this run (compile/load), s: " + ", ".join(
                   f"{k} {v:.2f}" for k, v in report["first_in_run_s"].items()), report["note"]]
-    return "\n".join(lines)
+    if "load_average" in report:
+        lines.append(f"load average (1 min) during the run: max {report['load_average']['max']:.2f}")
+    return "\n".join(lines + warnings(report))
 
 
 def plot(report, path):
@@ -380,7 +502,7 @@ def _progress_bar(total):
 
 
 def add_arguments(parser):
-    parser.add_argument("--full", action="store_true", help="every configuration (default: a quick subset)")
+    parser.add_argument("--full", action="store_true", help="all SPEC.md configurations (default: a quick subset)")
     parser.add_argument("--configs", help="B,T,I,H;B,T,I,H;... instead of the default set")
     parser.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm,gru")
     parser.add_argument("--devices", help="comma-separated: cpu,cuda (default: every available one)")
@@ -397,9 +519,7 @@ def main(args):
     devices = args.devices.split(",") if args.devices else available_devices()
     cells = args.cells.split(",")
     repeats = args.repeats or (15 if args.full else 5)
-    total = sum(2 * 2 * len(cells) * (1 + len(PEERS)) for d in devices for c in configs
-                if d == "cuda" or c not in GPU_ONLY)
-    progress, bar = _progress_bar(total)
+    progress, bar = _progress_bar(len(_jobs(configs, cells, devices)))
     report = run_benchmark(configs, cells, devices, repeats, progress)
     if bar is not None:
         bar.close()

@@ -24,6 +24,8 @@ def test_tiny_benchmark_reports_every_peer(tmp_path, capsys):
                 skipped = {s["impl"]: s["reason"] for s in report["skipped"]
                            if all(s[k] == v for k, v in case.items())}
                 assert measured["maskrnn"]["median_ms"] > 0 and measured["maskrnn"]["ratio"] is None
+                for r in measured.values():
+                    assert r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["max_ms"]
                 for peer in bench.PEERS:
                     assert (peer in measured) != (peer in skipped), (case, peer)
                     if peer in measured:
@@ -31,6 +33,9 @@ def test_tiny_benchmark_reports_every_peer(tmp_path, capsys):
                     else:
                         assert skipped[peer]
                 assert "torch-packed" in skipped or mask == "post"
+    train = {r["impl"]: r for r in report["rows"] if r["pass_"] == "train"}
+    assert set(train) == {"maskrnn", "torch-unpacked"} and train["torch-unpacked"]["ratio"] > 0
+    assert report["load_average"]["max"] >= 0 and "IQR ms" in table
     assert "cudnn-packed: cuDNN runs on the GPU only" in table or bench.available_devices() == ["cpu", "cuda"]
     for peer in bench.PEERS:
         assert peer in table
@@ -49,3 +54,27 @@ def test_plot_writes_png(tmp_path):
     path = tmp_path / "ratios.png"
     bench.plot(report, path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_measure_interleaves_runners_in_rotating_order():
+    calls = []
+    fns = {name: (lambda i, name=name: calls.append((name, i))) for name in "abc"}
+    stats, first = bench.measure(fns, "cpu", repeats=3, warmup=1)
+    timed = calls[3:]  # after one warm-up call each
+    assert [name for name, _ in timed] == list("abc" "bca" "cab")
+    assert [i for _, i in timed] == [0] * 3 + [1] * 3 + [2] * 3
+    assert set(stats) == set(first) == set("abc")
+    assert all(s["min"] <= s["median"] <= s["max"] for s in stats.values())
+
+
+def test_table_warns_about_load_and_spread():
+    row = dict(device="cpu", cell="lstm", config=[1, 2, 3, 4], pass_="fwd", mask="post", impl="maskrnn",
+               median_ms=2.0, q1_ms=1.0, q3_ms=3.0, min_ms=1.0, max_ms=9.0, ratio=None, spread_ok=False)
+    report = dict(commit="abc", devices={"cpu": "x"}, rows=[row], skipped=[], note="",
+                  build=dict(path="/x", native_extension=True, cuda_extension=False),
+                  import_s=0.1, first_call_s=0.2, first_call_cpu_s=0.2, first_in_run_s={},
+                  load_average=dict(max=5.0, busy_threshold=1.5, busy=True, samples=[5.0]))
+    table = bench.format_table(report)
+    assert "load average reached 5.0" in table and "spread above" in table and "1.00-3.00" in table
+    report["load_average"]["busy"], row["spread_ok"] = False, True
+    assert "WARNING" not in bench.format_table(report)

@@ -1,6 +1,6 @@
 """The CPU engine: Numba scan kernels with the contract of maskrnn/_scan.py."""
 
-from .blas import matmul
+from .blas import matmul, session
 from .gru import gru_masked_bwd, gru_masked_fwd, gru_packed_bwd, gru_packed_fwd
 from .lstm import lstm_masked_bwd, lstm_masked_fwd, lstm_packed_bwd, lstm_packed_fwd
 
@@ -14,4 +14,5 @@ __all__ = [
     "lstm_packed_bwd",
     "lstm_packed_fwd",
     "matmul",
+    "session",
 ]

@@ -1,6 +1,16 @@
-"""The CPU engine's GEMMs. They go through the same BLAS as the per-step products inside the kernels
-(Numba calls SciPy's OpenBLAS, NumPy ships another): alternating two OpenBLAS thread pools made each one
-spin on the cores the other needed, and measured 2-3x slower end to end."""
+"""The CPU engine's GEMMs and its BLAS thread pool.
+
+The GEMMs go through the same BLAS as the per-step products inside the kernels (Numba calls SciPy's OpenBLAS,
+NumPy ships another): alternating two OpenBLAS thread pools made each one spin on the cores the other needed,
+and measured 2-3x slower end to end. For the same reason ``session`` stops that pool's threads when the last
+maskrnn call returns: idle OpenBLAS threads busy-wait for about 0.1 s, taking the cores from the PyTorch (or
+any other) work that runs next (dense torch LSTM: 54-98 ms right after a maskrnn call, 26 ms after a pause).
+The next call starts them again (a thread start, microseconds).
+"""
+
+import ctypes
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -9,6 +19,49 @@ from .cells import JIT
 
 
 @njit(**JIT)
-def matmul(a, b):
-    """(m,k) @ (k,n) for C- or F-ordered float32/float64 matrices."""
+def _dot(a, b):
     return np.dot(a, b)
+
+
+@njit(**JIT)
+def _dot_into(a, b, out):
+    np.dot(a, b, out)
+
+
+def matmul(a, b, out=None):
+    """(m,k) @ (k,n) for C- or F-ordered float32/float64 matrices; out: a C-contiguous (m,n) result."""
+    if out is None:
+        return _dot(a, b)
+    _dot_into(a, b, out)
+    return out
+
+
+def _blas_shutdown():
+    """OpenBLAS's own pool shutdown (the one it runs before fork) in the BLAS Numba uses, or None."""
+    try:
+        from scipy.linalg import cython_blas
+
+        return ctypes.CDLL(cython_blas.__file__).blas_thread_shutdown_  # found in its OpenBLAS dependency
+    except (ImportError, OSError, AttributeError):
+        return None  # another BLAS (MKL, Accelerate) or a build without the symbol: nothing to stop
+
+
+_shutdown = _blas_shutdown()
+_lock = threading.Lock()
+_active = 0
+
+
+@contextmanager
+def session():
+    """Wraps one maskrnn call; the BLAS threads stop when no call is left running (threads of this process
+    running maskrnn at once keep the pool until the last one returns)."""
+    global _active
+    with _lock:
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0 and _shutdown is not None:
+                _shutdown()
