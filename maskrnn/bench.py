@@ -245,6 +245,10 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                 first_calls.setdefault(f"{dev} {cell} {case['pass_']}", first)
             ratio = None if impl == "maskrnn" else median / ours
             rows.append(dict(case, impl=impl, median_ms=median * 1e3, ratio=ratio))
+    if "cpu" in devices and "lstm" in cells:  # Keras train_on_batch rows: maskrnn.keras.LSTM vs keras.layers.LSTM
+        from . import bench_keras
+
+        bench_keras.add_rows(rows, skipped, [c for c in configs if c not in GPU_ONLY], repeats, progress)
     return dict(commit=_commit(), devices={d: _device_name(d) for d in devices}, versions=_versions(),
                 configs=[list(c) for c in configs], repeats=repeats, rows=rows, skipped=skipped,
                 first_call_s=first_calls, note="ratio = peer time / maskrnn time (>1: maskrnn faster); "

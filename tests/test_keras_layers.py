@@ -18,6 +18,10 @@ from maskrnn import keras as mk  # noqa: E402
 BACKEND = keras.backend.backend()
 OUT_TOL, GRAD_TOL = 3e-5, 1e-4
 B, T, I, H = 6, 7, 3, 5
+# On JAX each Keras reference call compiles its scan (seconds each): there the "mixed" batch alone, whose rows are
+# post-padded, pre-padded, holed, all-masked and full, covers the integration; torch runs every kind, which
+# also takes the packed kernels (post- or pre-padding alone).
+MASK_KINDS = ["mixed"] if BACKEND == "jax" else ["post", "pre", "mixed"]
 CLASSES = {"lstm": (mk.LSTM, keras.layers.LSTM, {}), "gru": (mk.GRU, keras.layers.GRU, {}),
            "gru_v1": (mk.GRU, keras.layers.GRU, {"reset_after": False})}
 
@@ -109,7 +113,7 @@ def compare(k, ours, x, mask, state, rng, jax_prefix=None):
 
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("mask_kind", ["post", "pre", "mixed"])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "gru_v1"])
 def test_layer_matches_keras(rng, cell, mask_kind, go_backwards, with_state):
     x = rng.standard_normal((B, T, I)).astype("float32")
@@ -163,7 +167,10 @@ def test_stateful_layer_matches_keras(rng):
     for _ in range(3):
         x = rng.standard_normal((B, T, I)).astype("float32")
         mask = batch_mask(rng, "mixed")
-        np.testing.assert_allclose(numpy(ours(x, mask=mask)), numpy(k(x, mask=mask)), atol=OUT_TOL)
+        want = numpy(k(x, mask=mask))
+        if BACKEND == "jax":  # the carried state is an initial state: see before_first_step
+            want = np.where(before_first_step(mask, False)[..., None], 0, want)
+        np.testing.assert_allclose(numpy(ours(x, mask=mask)), want, atol=OUT_TOL)
         assert_close(numpy(ours.states), numpy(k.states), OUT_TOL)
     ours.reset_state()
     assert not np.any(numpy(ours.states[0]))
