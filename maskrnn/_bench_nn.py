@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from .bench import stat_rows
+
 CELL = "lstm-2x-bi"  # the ``cell`` column of these rows
 IMPLS = ["maskrnn.torch.nn", "torch.nn"]
 
@@ -67,12 +69,10 @@ def stack_rows(configs, devices, repeats, measure, progress=None, gpu_only=()):
                     progress(f"{device} {CELL} {cfg} {case['pass_']} packed")
                 fns = {impl: _runner(impl, cfg, backward, device, seed=0) for impl in IMPLS}
                 stats, _ = measure(fns, device, repeats)  # the two take turns (bench.measure)
-                ours = stats[IMPLS[0]]["median"]
-                for impl, st in stats.items():
-                    peer = impl + (" (cuDNN)" if device == "cuda" and impl == "torch.nn" else "")
-                    rows.append(dict(case, impl=peer, median_ms=st["median"] * 1e3, q1_ms=st["q1"] * 1e3,
-                                     q3_ms=st["q3"] * 1e3, min_ms=st["min"] * 1e3, max_ms=st["max"] * 1e3,
-                                     ratio=None if impl == IMPLS[0] else st["median"] / ours))
+                for row in stat_rows(case, stats, IMPLS[0]):
+                    if device == "cuda" and row["impl"] == "torch.nn":
+                        row["impl"] = "torch.nn (cuDNN)"
+                    rows.append(row)
     return rows
 
 

@@ -280,6 +280,14 @@ def measure(fns, device, repeats, warmup=2):
     return {impl: _stats(v) for impl, v in samples.items()}, first
 
 
+def stat_rows(case, stats, ours, **extra):
+    """Report rows of one case from measure's {impl: stats}: milliseconds, ratio = impl median / ours median."""
+    return [dict(case, impl=impl, median_ms=st["median"] * 1e3, q1_ms=st["q1"] * 1e3, q3_ms=st["q3"] * 1e3,
+                 min_ms=st["min"] * 1e3, max_ms=st["max"] * 1e3,
+                 ratio=None if impl == ours else st["median"] / stats[ours]["median"], **extra)
+            for impl, st in stats.items()]
+
+
 def _spread(stats):
     return (stats["q3"] - stats["q1"]) / stats["median"] if stats["median"] > 0 else 0.0
 
@@ -393,16 +401,16 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                 break
         worst, stats, attempts = best
         loads.append(os.getloadavg()[0])
-        ours = stats["maskrnn"]["median"]
-        for impl, st in stats.items():
-            rows.append(dict(case, impl=impl, median_ms=st["median"] * 1e3, q1_ms=st["q1"] * 1e3,
-                             q3_ms=st["q3"] * 1e3, min_ms=st["min"] * 1e3, max_ms=st["max"] * 1e3,
-                             ratio=None if impl == "maskrnn" else st["median"] / ours, attempts=attempts,
-                             spread_ok=worst <= SPREAD_LIMIT))
+        rows += stat_rows(case, stats, "maskrnn", attempts=attempts, spread_ok=worst <= SPREAD_LIMIT)
     if "lstm" in cells:  # the torch.nn drop-in on a 2-layer bidirectional LSTM (maskrnn/_bench_nn.py)
         from ._bench_nn import stack_rows
 
         rows += stack_rows(configs, devices, repeats, measure, progress, gpu_only=GPU_ONLY)
+        loads.append(os.getloadavg()[0])
+    if "cpu" in devices and "lstm" in cells:  # Keras train_on_batch rows: maskrnn.keras.LSTM vs keras.layers.LSTM
+        from . import bench_keras
+
+        rows += bench_keras.stack_rows([c for c in configs if c not in GPU_ONLY], repeats, skipped, progress)
         loads.append(os.getloadavg()[0])
     busy = max(loads) > busy_threshold()
     info = _info.info()
