@@ -293,7 +293,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
     dgx = xp.empty_like(tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
-    x3 = tape["x2"].reshape(T, B, -1)
+    x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
     dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W,
                                     [(x3, dgx, None), (hs[:T], dgx, None)])
     dW, db = _split_bias(dWb, W)
@@ -342,7 +342,7 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
     dgr = xp.empty_like(tape["gx"]) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")
     kernel(tape["gx"], U, plan.steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
-    x3 = tape["x2"].reshape(T, B, -1)
+    x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
     if reset_after:
         terms = [(x3, dgx, None), (hs[:T], dgr, None)]
     else:
