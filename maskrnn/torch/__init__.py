@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import maskrnn
 
-from .. import convert
+from .. import _validate, convert
 
 
 def _view(t):
@@ -66,7 +66,9 @@ def _check(op, named):
             raise RuntimeError(f"maskrnn.torch.{op} does not support torch.func transforms (vmap, grad, jacrev, "
                                f"...): {name} is a transformed tensor; batch the inputs instead of vmap, and use "
                                "torch.autograd for gradients")
-        if t.device.type == "cpu" and t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        # The dispatcher's list (one definition), compared by name: NumPy has no bfloat16 of its own.
+        cpu_dtypes = {f"torch.{d.name}" for d in _validate.CPU_DTYPES}
+        if t.device.type == "cpu" and t.is_floating_point() and str(t.dtype) not in cpu_dtypes:
             hint = (" (torch.autocast is on: run this layer under torch.autocast('cpu', enabled=False) on "
                     "float32 inputs)" if torch.is_autocast_enabled("cpu") else "")
             raise TypeError(f"maskrnn.torch.{op}: {name} has dtype {t.dtype}; on the CPU maskrnn computes in "
