@@ -191,7 +191,7 @@ MAX_CHUNK_STEPS = 1024  # tiny steps run ~20 us each on the CPU: a chunk stays w
 CHUNK_WORK = 1 << 30  # multiply-adds per chunk of step products (~10 ms on the CPU)
 
 
-def _chunks(T, B, H, GH, workspace=None):
+def chunks(T, B, H, GH, workspace=None):
     """[(t0, t1), ...] covering [0, T). workspace: (elements per step, elements allowed) bounds a chunk's
     buffers as well as its work."""
     n = CHUNK_WORK // max(B * GH * (H + 16), 1)  # + 16: the gate math when H is small
@@ -231,7 +231,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     I, GH = W.shape
     dtype = init[0].dtype
     per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
-    spans = _chunks(T, B, H, GH, (per_step, max(per_step, T * B * (I + H) // 4)))
+    spans = chunks(T, B, H, GH, (per_step, max(per_step, T * B * (I + H) // 4)))
     n = spans[0][1]
     states = [_states(xp, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
@@ -267,7 +267,7 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     def call(gx, t0, t1):
         kernel(gx[t0:t1], U, plan.chunk(t0, t1), zero_output, out[t0:t1], hs[t0 : t1 + 1], cs[t0 : t1 + 1])
 
-    gx, x2 = _forward(xp, K, x, W, b, plan, zero_output, out, _chunks(T, B, H, 4 * H), call)
+    gx, x2 = _forward(xp, K, x, W, b, plan, zero_output, out, chunks(T, B, H, 4 * H), call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, cs=cs)
     # Copies: the backward reads the tape, and a caller may change the returned states in place.
     return out, hs[T].copy(), cs[T].copy(), tape
@@ -316,7 +316,7 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
         kernel(gx[t0:t1], U, b_rec, plan.chunk(t0, t1), zero_output, reset_after, out[t0:t1], hs[t0 : t1 + 1],
                hr[t0:t1])
 
-    gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, _chunks(T, B, H, 3 * H), call)
+    gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, chunks(T, B, H, 3 * H), call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, hr=hr)
     return out, hs[T].copy(), tape  # a copy, as in lstm_forward
 

@@ -98,9 +98,10 @@ def carry_row(t, b, zero_output, out, hs, cs):
 
 
 @njit(**INLINE)
-def carry_row_grad(t, b, zero_output, d_out, d_carry):
-    """Backward of carry_row for the output: its gradient flows to out[t-1, b] unless out was 0."""
-    if zero_output or t == 0:
+def carry_row_grad(t, b, zero_output, d_out, d_carry, t_base=0):
+    """Backward of carry_row for the output: its gradient flows to out[t-1, b] unless out was 0. t_base: the
+    global index of step 0 of a chunk of steps (the first step of the sequence has no previous output)."""
+    if zero_output or t + t_base == 0:
         d_carry[b] = 0
     else:
         d_carry[b] += d_out[t, b]

@@ -5,6 +5,7 @@ per-step products, the gate math of ``cells``; ``mask=None`` selects the packed 
 
 import numpy as np
 
+from .. import _scan
 from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
 
@@ -46,13 +47,11 @@ def _gru_fwd(gx, U, b_rec, mask, batch_sizes, zero_output, reset_after, out, hs,
 
 
 @njit(**JIT)
-def _gru_bwd(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
+def _gru_bwd(gx, Ut, Uzr_t, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, hs, hr, d_out, dh, dgx, dgr,
+             d_carry):
+    """Steps [t_base, t_base + T) of the backward scan, in reverse (dh and d_carry as in lstm._lstm_bwd)."""
     T, B, G = gx.shape
     H = G // 3
-    Ut = np.ascontiguousarray(U.T)
-    Uzr_t = np.ascontiguousarray(U[:, : 2 * H].T)
-    Uh_t = np.ascontiguousarray(U[:, 2 * H :].T)
-    d_carry = np.zeros((B, H), gx.dtype)
     dht = np.empty((B, H), gx.dtype)
     d_ah = np.empty((B, H), gx.dtype)
     d_rh = np.empty((B, H), gx.dtype)
@@ -72,7 +71,7 @@ def _gru_bwd(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, 
                 if reset_after:
                     dgr[t, b] = 0
                 d_ah[b] = 0
-                carry_row_grad(t, b, zero_output, d_out, d_carry)
+                carry_row_grad(t, b, zero_output, d_out, d_carry, t_base)
         if n == 0:
             continue
         if not reset_after:
@@ -104,6 +103,17 @@ def _gru_bwd(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, 
                     dh[b, j] = dht[b, j] + dh_prev[b, j]
 
 
+def _gru_bwd_chunks(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
+    """The backward scan in chunks of steps, last chunk first: Python regains control (Ctrl-C) between them."""
+    T, B, G = gx.shape
+    H = G // 3
+    Ut, Uzr_t, Uh_t = (np.ascontiguousarray(u.T) for u in (U, U[:, : 2 * H], U[:, 2 * H :]))
+    d_carry = np.zeros((B, H), gx.dtype)
+    for t0, t1 in reversed(_scan.chunks(T, B, H, G)):
+        _gru_bwd(gx[t0:t1], Ut, Uzr_t, Uh_t, None if mask is None else mask[t0:t1], batch_sizes[t0:t1], zero_output,
+                 reset_after, t0, hs[t0:t1 + 1], hr[t0:t1], d_out[t0:t1], dh, dgx[t0:t1], dgr[t0:t1], d_carry)
+
+
 def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
     mask, sizes = steps
     _gru_fwd(gx, U, b_rec, mask, sizes, zero_output, reset_after, out, hs, hr)
@@ -115,8 +125,8 @@ def gru_packed_fwd(gx, U, b_rec, batch_sizes, zero_output, reset_after, out, hs,
 
 def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
     mask, sizes = steps
-    _gru_bwd(gx, U, mask, sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
+    _gru_bwd_chunks(gx, U, mask, sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
 
 
 def gru_packed_bwd(gx, U, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
-    _gru_bwd(gx, U, None, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
+    _gru_bwd_chunks(gx, U, None, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)

@@ -7,6 +7,7 @@ pass ``mask=None`` (Numba prunes the test) and compute only the prefix ``[0, bat
 
 import numpy as np
 
+from .. import _scan
 from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd
 
@@ -29,11 +30,11 @@ def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
 
 
 @njit(**JIT)
-def _lstm_bwd(gx, U, mask, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx):
+def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc, dgx, d_carry):
+    """Steps [t_base, t_base + T) of the backward scan, in reverse: dh, dc and d_carry (the gradient of a carried
+    output on its way to the previous real step) come in from the later steps and go out to the earlier ones."""
     T, B, G = gx.shape
     H = G // 4
-    Ut = np.ascontiguousarray(U.T)
-    d_carry = np.zeros((B, H), gx.dtype)
     dht = np.empty(H, gx.dtype)
     dh_prev = np.empty((B, H), gx.dtype)
     for t in range(T - 1, -1, -1):
@@ -46,12 +47,22 @@ def _lstm_bwd(gx, U, mask, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx)
                 lstm_cell_bwd(gx[t, b], cs[t, b], cs[t + 1, b], dht, dc[b], dgx[t, b], H)
             else:
                 dgx[t, b] = 0
-                carry_row_grad(t, b, zero_output, d_out, d_carry)
+                carry_row_grad(t, b, zero_output, d_out, d_carry, t_base)
         if n > 0:
             np.dot(dgx[t, :n], Ut, dh_prev[:n])
         for b in range(n):
             if mask is None or mask[t, b]:
                 dh[b] = dh_prev[b]
+
+
+def _lstm_bwd_chunks(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, dgx):
+    """The backward scan in chunks of steps, last chunk first: Python regains control (Ctrl-C) between them."""
+    T, B, G = gx.shape
+    Ut = np.ascontiguousarray(U.T)
+    d_carry = np.zeros((B, G // 4), gx.dtype)
+    for t0, t1 in reversed(_scan.chunks(T, B, G // 4, G)):
+        _lstm_bwd(gx[t0:t1], Ut, None if mask is None else mask[t0:t1], batch_sizes[t0:t1], zero_output, t0,
+                  cs[t0:t1 + 1], d_out[t0:t1], dh, dc, dgx[t0:t1], d_carry)
 
 
 def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
@@ -65,8 +76,8 @@ def lstm_packed_fwd(gx, U, batch_sizes, zero_output, out, hs, cs):
 
 def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
     mask, sizes = steps
-    _lstm_bwd(gx, U, mask, sizes, zero_output, hs, cs, d_out, dh, dc, dgx)
+    _lstm_bwd_chunks(gx, U, mask, sizes, zero_output, cs, d_out, dh, dc, dgx)
 
 
 def lstm_packed_bwd(gx, U, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx):
-    _lstm_bwd(gx, U, None, batch_sizes, zero_output, hs, cs, d_out, dh, dc, dgx)
+    _lstm_bwd_chunks(gx, U, None, batch_sizes, zero_output, cs, d_out, dh, dc, dgx)
