@@ -29,7 +29,9 @@ def _dot_into(a, b, out):
 
 
 def matmul(a, b, out=None):
-    """(m,k) @ (k,n) for C- or F-ordered float32/float64 matrices; out: a C-contiguous (m,n) result."""
+    """(m,k) @ (k,n) for float32/float64 matrices; out: a C-contiguous (m,n) result. A strided view is copied
+    first (Numba's np.dot would copy it too, after a performance warning at compile time)."""
+    a, b = (m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m) for m in (a, b))
     if out is None:
         return _dot(a, b)
     _dot_into(a, b, out)
