@@ -443,7 +443,7 @@ def warnings(report):
 
 
 def format_table(report):
-    head = (f"{'device':6} {'cell':4} {'B,T,I,H':18} {'pass':7} {'mask':5} {'impl':15} {'median ms':>10} "
+    head = (f"{'device':6} {'cell':10} {'B,T,I,H':18} {'pass':14} {'mask':6} {'impl':17} {'median ms':>10} "
             f"{'IQR ms':>17} {'ratio':>7}")
     build = report["build"]
     lines = [f"maskrnn bench  commit {report['commit'][:12]}  " + "; ".join(
@@ -454,7 +454,7 @@ def format_table(report):
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         cfg = ",".join(map(str, r["config"]))
         iqr = f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}" if "q1_ms" in r else ""
-        lines.append(f"{r['device']:6} {r['cell']:4} {cfg:18} {r['pass_']:7} {r['mask']:5} {r['impl']:15} "
+        lines.append(f"{r['device']:6} {r['cell']:10} {cfg:18} {r['pass_']:14} {r['mask']:6} {r['impl']:17} "
                      f"{r['median_ms']:10.2f} {iqr:>17} {ratio:>7}")
     reasons = sorted({(s["impl"], s["reason"]) for s in report["skipped"]})
     lines += ["", "skipped:"] + [f"  {impl}: {reason}" for impl, reason in reasons]

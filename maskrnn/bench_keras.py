@@ -51,13 +51,13 @@ def runners(cfg, mask_kind, seed):
 
 
 def stack_rows(configs, repeats, skipped, progress=None):
-    """bench.run_benchmark's hook: the Keras training rows (pass_ 'train', CPU, LSTM), the two layers timed in
+    """bench.run_benchmark's hook: the Keras training rows (pass_ 'train_on_batch', CPU, LSTM), the two layers timed in
     turns by bench.measure; a missing Keras backend goes to skipped."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     rows = []
     for n, cfg in enumerate(configs):
         for mask_kind in ("post", "holes"):
-            case = dict(device="cpu", config=list(cfg), cell="lstm", pass_="train", mask=mask_kind)
+            case = dict(device="cpu", config=list(cfg), cell="lstm", pass_="train_on_batch", mask=mask_kind)
             if progress:
                 progress(f"cpu lstm {cfg} train {mask_kind} keras")
             try:

@@ -35,6 +35,9 @@ def test_tiny_benchmark_reports_every_peer(tmp_path, capsys):
                 assert "torch-packed" in skipped or mask == "post"
     train = {r["impl"]: r for r in report["rows"] if r["pass_"] == "train"}
     assert set(train) == {"maskrnn", "torch-unpacked"} and train["torch-unpacked"]["ratio"] > 0
+    keras_rows = [r for r in report["rows"] if r["pass_"] == "train_on_batch"]  # maskrnn/bench_keras.py
+    assert sorted((r["mask"], r["impl"]) for r in keras_rows) == [(m, i) for m in ("holes", "post")
+                                                                  for i in ("keras", "maskrnn")]
     assert report["load_average"]["max"] >= 0 and "IQR ms" in table
     assert "cudnn-packed: cuDNN runs on the GPU only" in table or bench.available_devices() == ["cpu", "cuda"]
     for peer in bench.PEERS:
