@@ -203,22 +203,19 @@ T atomicCAS(T* p, T compare, T v) {
   emu::atomic(p).compare_exchange_strong(compare, v);
   return compare;
 }
-template <class T>
-T atomicMax(T* p, T v) {
-  auto a = emu::atomic(p);
+namespace emu {
+// atomicMax/atomicMin: replace *p by v while v beats it (before(a, b): a must give way to b).
+template <class T, class Before>
+T atomic_extremum(T* p, T v, Before before) {
+  auto a = atomic(p);
   T old = a.load();
-  while (old < v && !a.compare_exchange_weak(old, v)) {
+  while (before(old, v) && !a.compare_exchange_weak(old, v)) {
   }
   return old;
 }
-template <class T>
-T atomicMin(T* p, T v) {
-  auto a = emu::atomic(p);
-  T old = a.load();
-  while (v < old && !a.compare_exchange_weak(old, v)) {
-  }
-  return old;
-}
+}  // namespace emu
+template <class T> T atomicMax(T* p, T v) { return emu::atomic_extremum(p, v, [](T a, T b) { return a < b; }); }
+template <class T> T atomicMin(T* p, T v) { return emu::atomic_extremum(p, v, [](T a, T b) { return b < a; }); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
