@@ -23,21 +23,17 @@ namespace {
 
 using maskrnn::ScanParams;
 
-// Scan sizes and flags from Python: rows [0, batch_sizes[t]) are computed at step t; a non-zero `mask` (device
-// pointer) selects the real ones among them (masked kernels), mask 0 means all of them are real (packed).
+// Scan sizes and flags from Python: rows [0, n_rows[t]) are computed at step t (`n_rows`: a device pointer to
+// T int32, 0 for all rows); a non-zero `mask` (device pointer) selects the real ones among them (masked kernels),
+// mask 0 means all of them are real (packed).
 struct Call {
   ScanParams p;
-  std::vector<int32_t> batch_sizes;
-  Call(int T, int B, int H, std::vector<int32_t> sizes, std::uintptr_t mask, bool zero_output, bool reset_after,
-       std::uintptr_t scratch, std::uintptr_t stream)
-      : batch_sizes(std::move(sizes)) {
-    if (static_cast<int>(batch_sizes.size()) != T) throw std::invalid_argument("batch_sizes must have T entries");
-    for (int32_t n : batch_sizes)
-      if (n < 0 || n > B) throw std::invalid_argument("batch_sizes entries must lie in [0, B]");
+  Call(int T, int B, int H, std::uintptr_t n_rows, std::uintptr_t mask, bool zero_output, bool reset_after,
+       std::uintptr_t scratch, std::uintptr_t stream) {
     p.T = T;
     p.B = B;
     p.H = H;
-    p.batch_sizes = batch_sizes.data();
+    p.n_rows = reinterpret_cast<const int32_t*>(n_rows);
     p.mask = reinterpret_cast<const uint8_t*>(mask);
     p.zero_output = zero_output;
     p.reset_after = reset_after;
@@ -58,20 +54,19 @@ void by_dtype(const std::string& dtype, F&& f) {
 template <typename T> T* ptr(std::uintptr_t a) { return reinterpret_cast<T*>(a); }
 
 using uptr = std::uintptr_t;
-using Sizes = std::vector<int32_t>;
 
-void lstm_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, uptr gx, uptr U,
+void lstm_fwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr mask, bool zero_output, uptr gx, uptr U,
               uptr out, uptr hs, uptr cs, uptr scratch, uptr stream) {
-  Call c(T, B, H, std::move(sizes), mask, zero_output, true, scratch, stream);
+  Call c(T, B, H, n_rows, mask, zero_output, true, scratch, stream);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     maskrnn::lstm_fwd<S>(c.p, ptr<S>(gx), ptr<const S>(U), ptr<S>(out), ptr<S>(hs), ptr<S>(cs));
   });
 }
 
-void lstm_bwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, uptr gx, uptr U,
+void lstm_bwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr mask, bool zero_output, uptr gx, uptr U,
               uptr cs, uptr d_out, uptr dh, uptr dc, uptr dgx, uptr scratch, uptr stream) {
-  Call c(T, B, H, std::move(sizes), mask, zero_output, true, scratch, stream);
+  Call c(T, B, H, n_rows, mask, zero_output, true, scratch, stream);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     maskrnn::lstm_bwd<S>(c.p, ptr<const S>(gx), ptr<const S>(U), ptr<const S>(cs), ptr<const S>(d_out), ptr<S>(dh),
@@ -79,9 +74,9 @@ void lstm_bwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr m
   });
 }
 
-void gru_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, bool reset_after,
+void gru_fwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr mask, bool zero_output, bool reset_after,
              uptr gx, uptr U, uptr b_rec, uptr out, uptr hs, uptr hr, uptr scratch, uptr stream) {
-  Call c(T, B, H, std::move(sizes), mask, zero_output, reset_after, scratch, stream);
+  Call c(T, B, H, n_rows, mask, zero_output, reset_after, scratch, stream);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     maskrnn::gru_fwd<S>(c.p, ptr<S>(gx), ptr<const S>(U), ptr<const S>(b_rec), ptr<S>(out), ptr<S>(hs),
@@ -89,9 +84,9 @@ void gru_fwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr ma
   });
 }
 
-void gru_bwd(const std::string& dtype, int T, int B, int H, Sizes sizes, uptr mask, bool zero_output, bool reset_after,
+void gru_bwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr mask, bool zero_output, bool reset_after,
              uptr gx, uptr U, uptr hs, uptr hr, uptr d_out, uptr dh, uptr dgx, uptr dgr, uptr scratch, uptr stream) {
-  Call c(T, B, H, std::move(sizes), mask, zero_output, reset_after, scratch, stream);
+  Call c(T, B, H, n_rows, mask, zero_output, reset_after, scratch, stream);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     maskrnn::gru_bwd<S>(c.p, ptr<const S>(gx), ptr<const S>(U), ptr<const S>(hs), ptr<const S>(hr),

@@ -1,22 +1,27 @@
 #pragma once
 // GRU scans, both variants. reset_after: one fused kernel per step (h U for z, r, h at once). Not reset_after:
 // z and r first, then (r * h) U_h and the candidate. Backward: one kernel per step (the previous step's
-// products fused with this step's pointwise gradients), plus the reset-gate product when not reset_after.
-#include "tile.cuh"
+// products fused with this step's pointwise gradients), plus the reset-gate product when not reset_after. Rows
+// at or past n_rows[t] (finished) are skipped, and finish_fwd/finish_bwd write what their steps would have:
+// blocks whose rows are all finished return at once.
+#include "finished_rows.cuh"
 
 namespace maskrnn {
 
 // Forward, reset_after, or the z/r half of not reset_after (kFull = false: stores r * h_{t-1} in hr). h_in:
 // the state after step t - 1, h_out: after step t, (B,H) in the accumulation type (see kSeparateState).
 template <typename T, bool kFull>
-__global__ void gru_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, T* gx, const T* U,
-                             const T* b_rec, const acc_t<T>* h_in, acc_t<T>* h_out, T* out, T* hs, T* hr) {
+__global__ void gru_fwd_step(int t, int B, int H, const int32_t* n_rows, const uint8_t* mask, bool zero_output,
+                             T* gx, const T* U, const T* b_rec, const acc_t<T>* h_in, acc_t<T>* h_out, T* out, T* hs,
+                             T* hr) {
   using Acc = acc_t<T>;
   using S = FwdTile<kFull ? 3 : 2>;
   __shared__ TileSmem<Acc, S> sm;
   int row0, col0;
   block_origin<S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int n = rows_at(n_rows, t, B);
+  if (finished_block(row0, n)) return;
   const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
   const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;
   const bool real = b < B && j < H && is_real(mask, t, B, b, n);
@@ -30,11 +35,8 @@ __global__ void gru_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bo
     gv[k] = real ? g[k * H + j] : T(0.0f);
     if (kFull && real) bias[k] = to_acc(b_rec[k * H + j]);
   }
-  if (row0 < n)  // block-uniform test
-    tile_dot<false, S>(sm, h_in, H, n, row0, U, 3 * H, H, col0, H);
-  else
-    wait_prior_step();
-  if (b >= B || j >= H) return;
+  tile_dot<false, S>(sm, h_in, H, n, row0, U, 3 * H, H, col0, H);
+  if (b >= n || j >= H) return;  // n <= B; finished rows: finish_fwd
   if (!real) {
     hr[o] = from_acc<T>(Acc(0));
     if (kFull) {  // not reset_after carries in gru_fwd_candidate
@@ -65,21 +67,21 @@ __global__ void gru_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bo
 
 // Not reset_after, second half: (r * h_{t-1}) U_h, the candidate and the new state.
 template <typename T>
-__global__ void gru_fwd_candidate(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, T* gx, const T* U,
-                                  const acc_t<T>* h_in, acc_t<T>* h_out, T* out, T* hs, const T* hr) {
+__global__ void gru_fwd_candidate(int t, int B, int H, const int32_t* n_rows, const uint8_t* mask, bool zero_output,
+                                  T* gx, const T* U, const acc_t<T>* h_in, acc_t<T>* h_out, T* out, T* hs,
+                                  const T* hr) {
   using Acc = acc_t<T>;
   using S = FwdTile<1>;
   __shared__ TileSmem<Acc, S> sm;
   int row0, col0;
   block_origin<S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int n = rows_at(n_rows, t, B);
+  if (finished_block(row0, n)) return;
   const int64_t BH = int64_t(B) * H;
-  if (row0 < n)  // block-uniform test
-    tile_dot<false, S>(sm, hr + t * BH, H, n, row0, U + 2 * H, 3 * H, H, col0, H);
-  else
-    wait_prior_step();
+  tile_dot<false, S>(sm, hr + t * BH, H, n, row0, U + 2 * H, 3 * H, H, col0, H);
   const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
-  if (b >= B || j >= H) return;
+  if (b >= n || j >= H) return;  // n <= B; finished rows: finish_fwd
   const int64_t s = int64_t(b) * H + j, o = t * BH + s;
   if (!is_real(mask, t, B, b, n)) {
     h_out[s] = h_in[s];
@@ -100,22 +102,25 @@ __global__ void gru_fwd_candidate(int t, int B, int H, int n, const uint8_t* mas
 // when reset_after, else dgx with K = 2H: the z, r part; n_next = 0 at the last step), fused here to save a
 // launch per step; then dgx (and dgr when reset_after) of step t, and dh becomes the direct part dh_t * z.
 template <typename T>
-__global__ void gru_bwd_step(int t, int B, int H, int n_next, int n, const uint8_t* mask, bool zero_output,
-                             bool reset_after, const T* next, int K, const T* U, const T* gx, const T* hs, const T* hr,
-                             const T* d_out, acc_t<T>* dh, acc_t<T>* carry, T* dgx, T* dgr) {
+__global__ void gru_bwd_step(int t, int steps, int B, int H, const int32_t* n_rows, const uint8_t* mask,
+                             bool zero_output, bool reset_after, const T* next, int K, const T* U, const T* gx,
+                             const T* hs, const T* hr, const T* d_out, acc_t<T>* dh, acc_t<T>* carry, T* dgx,
+                             T* dgr) {
   using Acc = acc_t<T>;
   using S = BwdTile;
   __shared__ TileSmem<Acc, S> sm;
   int row0, col0;
   block_origin<S::G * S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int n = rows_at(n_rows, t, B), n_next = t + 1 < steps ? rows_at(n_rows, t + 1, B) : 0;  // n_next <= n
+  if (finished_block(row0, n)) return;
   const int64_t BH = int64_t(B) * H;
   if (row0 < n_next)  // block-uniform test
     tile_dot<true, S>(sm, next + (t + 1) * BH * 3, 3 * H, n_next, row0, U, 3 * H, H, col0, K);
   else
     wait_prior_step();
   const int r = threadIdx.x / (S::G * S::NJ), u = threadIdx.x % (S::G * S::NJ), b = row0 + r, j = col0 + u;
-  if (b >= B || j >= H) return;
+  if (b >= n || j >= H) return;  // finished rows: finish_bwd zeroed their dgx, dgr and seeded their carry
   const int64_t s = int64_t(b) * H + j, o = t * BH + s, row = (t * BH + int64_t(b) * H) * 3;
   if (is_real(mask, t + 1, B, b, n_next)) dh[s] += tile_sum(sm, r, u / S::NJ, u % S::NJ);  // b < n_next first
   if (!is_real(mask, t, B, b, n)) {
@@ -147,18 +152,16 @@ __global__ void gru_bwd_step(int t, int B, int H, int n_next, int n, const uint8
 // With kReset (not reset_after, first product): A = d hh_pre, the result is d(r * h); it yields the reset
 // gate's gradient into dgx and r * d(r * h) into dh instead.
 template <typename T, bool kReset>
-__global__ void gru_bwd_product(int t, int B, int H, int n, const uint8_t* mask, int K, int a_offset, T* dgx,
-                                const T* gx, const T* hs, const T* U, acc_t<T>* dh) {
+__global__ void gru_bwd_product(int t, int B, int H, const int32_t* n_rows, const uint8_t* mask, int K, int a_offset,
+                                T* dgx, const T* gx, const T* hs, const T* U, acc_t<T>* dh) {
   using Acc = acc_t<T>;
   using S = BwdTile;
   __shared__ TileSmem<Acc, S> sm;
   int row0, col0;
   block_origin<S::G * S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
-  if (row0 >= n) {  // block-uniform
-    wait_prior_step();  // a grid ends after its predecessor: the next kernel's wait covers every earlier step
-    return;
-  }
+  const int n = rows_at(n_rows, t, B);
+  if (finished_block(row0, n)) return;
   const int64_t BH = int64_t(B) * H;
   tile_dot<true, S>(sm, dgx + t * BH * 3 + a_offset, 3 * H, n, row0, U + a_offset, 3 * H, H, col0, K);
   const int r = threadIdx.x / (S::G * S::NJ), u = threadIdx.x % (S::G * S::NJ), b = row0 + r, j = col0 + u;
@@ -185,7 +188,6 @@ void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* 
   const bool pdl = pdl_supported();
   const dim3 grid = step_grid<FwdTile<1>::NJ>(p.B, p.H, FwdTile<1>::BM);
   for (int t = 0; t < p.T; ++t) {
-    const int n = active_rows(p, t);
     const Acc* h_in;
     Acc* h_out;
     if constexpr (kSeparateState<T>) {
@@ -196,15 +198,16 @@ void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* 
       h_out = hs + (t + 1) * BH;
     }
     if (p.reset_after) {
-      launch(p, t > 0 && pdl, grid, gru_fwd_step<T, true>, t, p.B, p.H, n, p.mask, p.zero_output, gx, U, b_rec,
-             h_in, h_out, out, hs, hr);
+      launch(p, t > 0 && pdl, grid, gru_fwd_step<T, true>, t, p.B, p.H, p.n_rows, p.mask, p.zero_output, gx, U,
+             b_rec, h_in, h_out, out, hs, hr);
       continue;
     }
-    launch(p, t > 0 && pdl, grid, gru_fwd_step<T, false>, t, p.B, p.H, n, p.mask, p.zero_output, gx, U, b_rec, h_in,
-           h_out, out, hs, hr);
-    launch(p, pdl, grid, gru_fwd_candidate<T>, t, p.B, p.H, n, p.mask, p.zero_output, gx, U, h_in, h_out, out, hs,
-           static_cast<const T*>(hr));
+    launch(p, t > 0 && pdl, grid, gru_fwd_step<T, false>, t, p.B, p.H, p.n_rows, p.mask, p.zero_output, gx, U, b_rec,
+           h_in, h_out, out, hs, hr);
+    launch(p, pdl, grid, gru_fwd_candidate<T>, t, p.B, p.H, p.n_rows, p.mask, p.zero_output, gx, U, h_in, h_out, out,
+           hs, static_cast<const T*>(hr));
   }
+  finish_fwd_rows<T>(p, out, hs, nullptr, hr);
 }
 
 template <typename T>
@@ -215,7 +218,7 @@ void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T*
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* carry = dh_acc + int64_t(p.B) * p.H;
   convert_state<T, Acc>(p, dh, dh_acc);
-  convert_state<T, Acc>(p, nullptr, carry);
+  finish_bwd_rows<T>(p, 3, d_out, carry, dgx, p.reset_after ? dgr : nullptr);
   const bool pdl = pdl_supported();
   const dim3 grid = step_grid<BwdTile::G * BwdTile::NJ>(p.B, p.H, BwdTile::BM);
   const int H = p.H;
@@ -224,15 +227,13 @@ void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T*
   T* next = p.reset_after ? dgr : dgx;
   const int K = p.reset_after ? 3 * H : 2 * H;
   for (int t = p.T - 1; t >= 0; --t) {
-    const int n = active_rows(p, t), n_next = t + 1 < p.T ? active_rows(p, t + 1) : 0;
-    launch(p, t + 1 < p.T && pdl, grid, gru_bwd_step<T>, t, p.B, H, n_next, n, p.mask, p.zero_output,
+    launch(p, t + 1 < p.T && pdl, grid, gru_bwd_step<T>, t, p.T, p.B, H, p.n_rows, p.mask, p.zero_output,
            p.reset_after, static_cast<const T*>(next), K, U, gx, hs, hr, d_out, dh_acc, carry, dgx, dgr);
     if (!p.reset_after)  // d(r * h) = dhh_t U_h^T -> reset gate gradient and r * d(r * h)
-      launch(p, pdl, grid, gru_bwd_product<T, true>, t, p.B, H, n, p.mask, H, 2 * H, dgx, gx, hs, U, dh_acc);
+      launch(p, pdl, grid, gru_bwd_product<T, true>, t, p.B, H, p.n_rows, p.mask, H, 2 * H, dgx, gx, hs, U, dh_acc);
   }
   if (p.T > 0)
-    launch(p, pdl, grid, gru_bwd_product<T, false>, 0, p.B, H, active_rows(p, 0), p.mask, K, 0, next, gx, hs, U,
-           dh_acc);
+    launch(p, pdl, grid, gru_bwd_product<T, false>, 0, p.B, H, p.n_rows, p.mask, K, 0, next, gx, hs, U, dh_acc);
   convert_state<Acc, T>(p, dh_acc, dh);
 }
 

@@ -1,23 +1,26 @@
 #pragma once
 // LSTM scans: one fused kernel per step forward (h U, gate math, mask select) and backward (the previous
 // step's dgx U^T, gate gradients, mask select). Masked and packed share the kernels: packed passes
-// mask == nullptr and the prefix size n, and blocks of padded rows skip the product.
-#include "tile.cuh"
+// mask == nullptr. Rows at or past n_rows[t] (finished) are skipped, and finish_fwd/finish_bwd write what their
+// steps would have: blocks whose rows are all finished return at once.
+#include "finished_rows.cuh"
 
 namespace maskrnn {
 
 // h_in/c_in: the states after step t - 1, h_out/c_out: after step t, all (B,H) in the accumulation type (see
 // kSeparateState; c_in == c_out for half types: each thread reads its own c before writing it).
 template <typename T>
-__global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, bool zero_output, T* gx, const T* U,
-                              const acc_t<T>* h_in, acc_t<T>* h_out, const acc_t<T>* c_in, acc_t<T>* c_out, T* out,
-                              T* hs, T* cs) {
+__global__ void lstm_fwd_step(int t, int B, int H, const int32_t* n_rows, const uint8_t* mask, bool zero_output,
+                              T* gx, const T* U, const acc_t<T>* h_in, acc_t<T>* h_out, const acc_t<T>* c_in,
+                              acc_t<T>* c_out, T* out, T* hs, T* cs) {
   using Acc = acc_t<T>;
   using S = FwdTile<4>;
   __shared__ TileSmem<Acc, S> sm;
   int row0, col0;
   block_origin<S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int n = rows_at(n_rows, t, B);
+  if (finished_block(row0, n)) return;
   const int r = threadIdx.x / S::NJ, jj = threadIdx.x % S::NJ, b = row0 + r, j = col0 + jj;
   const int64_t BH = int64_t(B) * H, s = int64_t(b) * H + j, o = t * BH + s;  // out[t,b,j] == hs[t,b,j]
   const bool real = b < B && j < H && is_real(mask, t, B, b, n);
@@ -26,11 +29,8 @@ __global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, b
   T gv[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) gv[k] = real ? g[k * H + j] : T(0.0f);
-  if (row0 < n)  // block-uniform test
-    tile_dot<false, S>(sm, h_in, H, n, row0, U, 4 * H, H, col0, H);
-  else
-    wait_prior_step();
-  if (b >= B || j >= H) return;
+  tile_dot<false, S>(sm, h_in, H, n, row0, U, 4 * H, H, col0, H);
+  if (b >= n || j >= H) return;  // n <= B; finished rows: finish_fwd
   if (!real) {
     h_out[s] = h_in[s];
     c_out[s] = c_in[s];
@@ -62,22 +62,24 @@ __global__ void lstm_fwd_step(int t, int B, int H, int n, const uint8_t* mask, b
 // gradients of step t. dh, dc, carry: (B,H) accumulation-type running gradients of h, c and of the output
 // carried into padded steps.
 template <typename T>
-__global__ void lstm_bwd_step(int t, int B, int H, int n_next, int n, const uint8_t* mask, bool zero_output,
-                              const T* gx, const T* U, const T* cs, const T* d_out, acc_t<T>* dh, acc_t<T>* dc,
-                              acc_t<T>* carry, T* dgx) {
+__global__ void lstm_bwd_step(int t, int steps, int B, int H, const int32_t* n_rows, const uint8_t* mask,
+                              bool zero_output, const T* gx, const T* U, const T* cs, const T* d_out, acc_t<T>* dh,
+                              acc_t<T>* dc, acc_t<T>* carry, T* dgx) {
   using Acc = acc_t<T>;
   using S = BwdTile;
   __shared__ TileSmem<Acc, S> sm;
   int row0, col0;
   block_origin<S::G * S::NJ>(H, S::BM, row0, col0);
   allow_next_step();
+  const int n = rows_at(n_rows, t, B), n_next = t + 1 < steps ? rows_at(n_rows, t + 1, B) : 0;  // n_next <= n
+  if (finished_block(row0, n)) return;
   const int64_t BH = int64_t(B) * H;
   if (row0 < n_next)  // block-uniform test
     tile_dot<true, S>(sm, dgx + (t + 1) * BH * 4, 4 * H, n_next, row0, U, 4 * H, H, col0, 4 * H);
   else
     wait_prior_step();
   const int r = threadIdx.x / (S::G * S::NJ), u = threadIdx.x % (S::G * S::NJ), b = row0 + r, j = col0 + u;
-  if (b >= B || j >= H) return;
+  if (b >= n || j >= H) return;  // finished rows: finish_bwd zeroed their dgx and seeded their carry
   const int64_t s = int64_t(b) * H + j, o = t * BH + s;
   if (is_real(mask, t + 1, B, b, n_next)) dh[s] = tile_sum(sm, r, u / S::NJ, u % S::NJ);  // b < n_next first
   T* dg = dgx + (t * BH + int64_t(b) * H) * 4;
@@ -102,16 +104,14 @@ __global__ void lstm_bwd_step(int t, int B, int H, int n_next, int n, const uint
 
 // dh_{t-1} = dgx_t U^T for the real rows of step t (t = 0: the gradient of h0); other rows keep theirs.
 template <typename T>
-__global__ void lstm_bwd_product(int t, int B, int H, int n, const uint8_t* mask, const T* dgx, const T* U,
-                                 acc_t<T>* dh) {
+__global__ void lstm_bwd_product(int t, int B, int H, const int32_t* n_rows, const uint8_t* mask, const T* dgx,
+                                 const T* U, acc_t<T>* dh) {
   using S = BwdTile;
   __shared__ TileSmem<acc_t<T>, S> sm;
   int row0, col0;
   block_origin<S::G * S::NJ>(H, S::BM, row0, col0);
-  if (row0 >= n) {  // block-uniform
-    wait_prior_step();  // a grid ends after its predecessor: the next kernel's wait covers every earlier step
-    return;
-  }
+  const int n = rows_at(n_rows, t, B);
+  if (finished_block(row0, n)) return;
   tile_dot<true, S>(sm, dgx + t * int64_t(B) * H * 4, 4 * H, n, row0, U, 4 * H, H, col0, 4 * H);
   const int r = threadIdx.x / (S::G * S::NJ), u = threadIdx.x % (S::G * S::NJ), b = row0 + r, j = col0 + u;
   if (b < B && j < H && is_real(mask, t, B, b, n)) dh[int64_t(b) * H + j] = tile_sum(sm, r, u / S::NJ, u % S::NJ);
@@ -143,9 +143,10 @@ void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
       c_in = cs + t * BH;
       c_out = cs + (t + 1) * BH;
     }
-    launch(p, t > 0 && pdl, grid, lstm_fwd_step<T>, t, p.B, p.H, active_rows(p, t), p.mask, p.zero_output, gx, U,
-           h_in, h_out, c_in, c_out, out, hs, cs);
+    launch(p, t > 0 && pdl, grid, lstm_fwd_step<T>, t, p.B, p.H, p.n_rows, p.mask, p.zero_output, gx, U, h_in,
+           h_out, c_in, c_out, out, hs, cs);
   }
+  finish_fwd_rows<T>(p, out, hs, cs, nullptr);
 }
 
 template <typename T>
@@ -157,15 +158,14 @@ void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T
   Acc* carry = dc_acc + int64_t(p.B) * p.H;
   convert_state<T, Acc>(p, dh, dh_acc);
   convert_state<T, Acc>(p, dc, dc_acc);
-  convert_state<T, Acc>(p, nullptr, carry);
+  finish_bwd_rows<T>(p, 4, d_out, carry, dgx, nullptr);
   const bool pdl = pdl_supported();
   const dim3 grid = step_grid<BwdTile::G * BwdTile::NJ>(p.B, p.H, BwdTile::BM);
   for (int t = p.T - 1; t >= 0; --t) {
-    const int n_next = t + 1 < p.T ? active_rows(p, t + 1) : 0;
-    launch(p, t + 1 < p.T && pdl, grid, lstm_bwd_step<T>, t, p.B, p.H, n_next, active_rows(p, t), p.mask,
-           p.zero_output, gx, U, cs, d_out, dh_acc, dc_acc, carry, dgx);
+    launch(p, t + 1 < p.T && pdl, grid, lstm_bwd_step<T>, t, p.T, p.B, p.H, p.n_rows, p.mask, p.zero_output, gx, U,
+           cs, d_out, dh_acc, dc_acc, carry, dgx);
   }
-  if (p.T > 0) launch(p, pdl, grid, lstm_bwd_product<T>, 0, p.B, p.H, active_rows(p, 0), p.mask, dgx, U, dh_acc);
+  if (p.T > 0) launch(p, pdl, grid, lstm_bwd_product<T>, 0, p.B, p.H, p.n_rows, p.mask, dgx, U, dh_acc);
   convert_state<Acc, T>(p, dh_acc, dh);
   convert_state<Acc, T>(p, dc_acc, dc);
 }

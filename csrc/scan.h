@@ -2,7 +2,7 @@
 // Framework-free C++ API of the CUDA scans (the contract of maskrnn/_scan.py). Glossary: B batch, T time,
 // H hidden units; arrays time-major and C-contiguous: gx (T,B,G*H), U (H,G*H), out (T,B,H), hs/cs (T+1,B,H),
 // hr (T,B,H), d_out (T,B,H), dh/dc (B,H); LSTM gates i,f,c,o (G=4), GRU z,r,h (G=3). All pointers are
-// device pointers except batch_sizes (host).
+// device pointers: nothing of a scan is read on the host, so a call queues its kernels without waiting.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -11,7 +11,9 @@ namespace maskrnn {
 
 struct ScanParams {
   int T = 0, B = 0, H = 0;
-  const int32_t* batch_sizes = nullptr;  // host (T,): rows [0, batch_sizes[t]) are computed at step t
+  // device (T,) int32, non-increasing: rows [0, n_rows[t]) are computed at step t, and a row at or past n_rows[t]
+  // is past its last real step (finished); nullptr: every row at every step
+  const int32_t* n_rows = nullptr;
   const uint8_t* mask = nullptr;         // device (T,B) bool selecting the real rows among them; nullptr: all
   bool zero_output = false;              // padded steps output 0 instead of the previous output
   bool reset_after = true;               // GRU variant

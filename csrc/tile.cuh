@@ -225,8 +225,26 @@ template <typename T> constexpr bool kSeparateState = !std::is_same_v<T, acc_t<T
 // Nothing to compute (an empty grid is a launch error).
 inline bool empty(const ScanParams& p) { return p.B == 0 || p.H == 0; }
 
-// Rows computed at step t: a prefix of the (sorted) batch.
-inline int active_rows(const ScanParams& p, int t) { return p.batch_sizes ? p.batch_sizes[t] : p.B; }
+// Rows computed at step t: a prefix of the (sorted) batch. n_rows is on the device, written before the scan and
+// only read during it, so a step kernel may read it before waiting for the previous step. Clamped to [0, B]: a bad
+// count cannot make a kernel index past the batch.
+__device__ inline int rows_at(const int32_t* n_rows, int t, int B) {
+  if (n_rows == nullptr) return B;
+  const int n = n_rows[t];
+  return n < 0 ? 0 : n > B ? B : n;
+}
+
+// Whether the block's rows are all finished at this step (row0 >= n: n_rows is non-increasing, so none of them is
+// computed again): the block then returns at once, doing no work; finished_rows.cuh writes, once per call, what
+// those steps would have written. Block-uniform. Safe under programmatic dependent launch because the block
+// touches no memory, and because block 0 still waits for the previous step before it returns: a step grid then
+// cannot end before its predecessor even when all its blocks exit, so each grid's wait (and every launch after
+// the loop, which waits for the last grid to end) still covers all earlier steps.
+__device__ inline bool finished_block(int row0, int n) {
+  if (row0 < n) return false;
+  if (blockIdx.x == 0) wait_prior_step();
+  return true;
+}
 
 __device__ inline bool is_real(const uint8_t* mask, int t, int B, int b, int n) {
   return b < n && (mask == nullptr || mask[int64_t(t) * B + b]);

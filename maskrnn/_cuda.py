@@ -1,6 +1,8 @@
 """The GPU engine: the scan-kernel contract of maskrnn/_scan.py on CuPy arrays, through the CUDA kernels of
 the native extension (csrc/scan.h). Raw device pointers and CuPy's current stream go to C++; nothing is copied
-(except a strided mask, made dense). The all-step GEMMs run on CuPy (cuBLAS): the driver's default ``xp.matmul``.
+(except a strided mask, made dense) and nothing is read back: the per-step row counts are a device array (the
+dispatcher builds the plan on the device, ``DEVICE_PLAN``), so a call only queues work. The all-step GEMMs run on
+CuPy (cuBLAS): the driver's default ``xp.matmul``.
 
 Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch wait for its kernel and raise
 at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.
@@ -11,6 +13,7 @@ import numpy as np
 from ._info import _extension, cuda_ready
 
 _ready = False
+DEVICE_PLAN = True  # the dispatcher builds this engine's plans with array ops on the device, never reading them
 
 
 def available():
@@ -48,21 +51,30 @@ def _ptrs(gx, *arrays):
     return [_ptr(a) for a in (gx, *arrays)]
 
 
+def _upload(a):
+    """A host array on the device (only a plan made on the host, as some tests force, has host row counts)."""
+    import cupy
+
+    return cupy.asarray(a)
+
+
 def _steps(steps):
-    """(host batch sizes, device mask or None for the packed kernels). The caller keeps the mask alive until
-    the kernels are queued: it may be a fresh copy."""
-    if isinstance(steps, np.ndarray):
-        return [int(n) for n in steps], None
-    mask, sizes = steps
-    if not mask.flags.c_contiguous:  # a row permutation of the plan can leave it strided
+    """(device row counts or None for all rows, device mask or None for the packed kernels). The caller keeps
+    both alive until the kernels are queued: they may be fresh copies."""
+    mask, sizes = steps if isinstance(steps, tuple) else (None, steps)
+    if isinstance(sizes, np.ndarray):
+        sizes = _upload(sizes)
+    if sizes is not None and (sizes.dtype != np.int32 or not sizes.flags.c_contiguous):
+        raise TypeError(f"maskrnn CUDA kernels need dense int32 row counts, got {sizes.dtype}")
+    if mask is not None and not mask.flags.c_contiguous:  # a row permutation of the plan can leave it strided
         mask = mask.copy(order="C")
-    if mask.dtype != np.bool_:
+    if mask is not None and mask.dtype != np.bool_:
         raise TypeError(f"maskrnn CUDA kernels need a bool mask, got {mask.dtype}")
-    return [int(n) for n in sizes], mask
+    return sizes, mask
 
 
-def _mask_ptr(mask):
-    return 0 if mask is None else _ptr(mask)
+def _opt_ptr(a):
+    return 0 if a is None else _ptr(a)
 
 
 def _sizes(gx, U):
@@ -89,28 +101,28 @@ def _state_scratch(n, hs):
 def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
     sizes, mask = _steps(steps)
     scratch, scratch_ptr = _state_scratch(3, hs)  # h (two buffers), c; kept alive until the kernels are queued
-    _ext().lstm_fwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output),
+    _ext().lstm_fwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
                     *_ptrs(gx, U, out, hs, cs), scratch_ptr, _stream())
 
 
 def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
     sizes, mask = _steps(steps)
     scratch = _scratch(3, dh)
-    _ext().lstm_bwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output),
+    _ext().lstm_bwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
                     *_ptrs(gx, U, cs, d_out, dh, dc, dgx), _ptr(scratch), _stream())
 
 
 def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
     sizes, mask = _steps(steps)
     scratch, scratch_ptr = _state_scratch(2, hs)  # h (two buffers)
-    _ext().gru_fwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output), bool(reset_after),
+    _ext().gru_fwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output), bool(reset_after),
                    *_ptrs(gx, U, b_rec, out, hs, hr), scratch_ptr, _stream())
 
 
 def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
     sizes, mask = _steps(steps)
     scratch = _scratch(2, dh)
-    _ext().gru_bwd(gx.dtype.name, *_sizes(gx, U), sizes, _mask_ptr(mask), bool(zero_output), bool(reset_after),
+    _ext().gru_bwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output), bool(reset_after),
                    *_ptrs(gx, U, hs, hr, d_out, dh, dgx, dgr), _ptr(scratch), _stream())
 
 

@@ -34,22 +34,21 @@ def _engine(device):
 
 
 def make_plan(xp, mask):
-    """mask (T,B) bool in scan order -> Plan. Rows are sorted by how many leading steps need computing, so
-    that each step computes a prefix of rows. Post-padded masks (each row real, then padded) and pre-padded
-    ones take the packed kernels; any other mask the masked kernels, whose rows stop after their last real
-    step (from there on their states are only carried)."""
-    # A copy, dense as the GPU kernels index it: the pullback reads it, and the caller's mask may change.
+    """mask (T,B) bool in scan order, on the host -> Plan (the CPU engine's). Rows are sorted by how many leading
+    steps need computing, so that each step computes a prefix of rows. Post-padded masks (each row real, then
+    padded) and pre-padded ones take the packed kernels; any other mask the masked kernels, whose rows stop after
+    their last real step (from there on their states are only carried)."""
+    # A copy: the pullback reads it, and the caller's mask may change.
     mask = mask.copy()
     T, B = mask.shape
-    host = mask.get() if xp is not np else mask
-    post = not (host[1:] & ~host[:-1]).any()
-    pre = not post and not (host[:-1] & ~host[1:]).any()
+    post = not (mask[1:] & ~mask[:-1]).any()
+    pre = not post and not (mask[:-1] & ~mask[1:]).any()
     steps = np.arange(T)[:, None]
     if pre:
-        span = host.sum(axis=0)
+        span = mask.sum(axis=0)
         active = span[None, :] >= T - steps
     else:
-        span = np.where(host.any(axis=0), T - np.argmax(host[::-1], axis=0), 0)  # last real step + 1
+        span = np.where(mask.any(axis=0), T - np.argmax(mask[::-1], axis=0), 0)  # last real step + 1
         active = span[None, :] > steps
     plan = _scan.Plan(mask=mask, batch_sizes=active.sum(axis=1).astype(np.int32), packed=post or pre)
     order = np.argsort(-span, kind="stable")
@@ -60,12 +59,43 @@ def make_plan(xp, mask):
     return plan
 
 
+def device_plan(xp, mask, source):
+    """make_plan for an engine with DEVICE_PLAN: array ops on the mask's device, nothing read back, so the call
+    never waits for the device. Without classifying the mask (that would mean reading it): rows are sorted by
+    their last real step, longest first, and batch_sizes[t] (a device array, non-increasing) counts the rows
+    with a real step at t or later; the masked kernels skip the rest, and select by the mask within. Lengths
+    (source "lengths") make a post-padded mask: the packed kernels, same order and counts. No mask ("none"):
+    every row at every step, no reordering. mask: (T,B) bool in scan order. Temporaries: two (T+1,B) arrays (bool
+    and int32)."""
+    mask = xp.ascontiguousarray(mask) if source == "none" else mask.copy()
+    if source == "none":
+        return _scan.Plan(mask=mask, packed=True, on_device=True)
+    T, B = mask.shape
+    span = (mask * xp.arange(1, T + 1, dtype=np.int32)[:, None]).max(axis=0)  # last real step + 1, 0 if none
+    later = span[None, :] > xp.arange(T + 1, dtype=np.int32)[:, None]  # (T+1,B): a real step at t or later
+    counts = later.sum(axis=1, dtype=np.int32)  # counts[T] == 0
+    # Sort without a sort (CuPy's waits for the device): row b goes after the counts[span_b] rows with a longer
+    # span and after the rows before it with the same span (a stable sort, as make_plan's).
+    same = (span[None, :] == xp.arange(T + 1, dtype=np.int32)[:, None]).cumsum(axis=1, dtype=np.int32)
+    inverse = counts[span] + same[span, xp.arange(B)] - 1
+    order = xp.empty_like(inverse)
+    order[inverse] = xp.arange(B, dtype=inverse.dtype)
+    return _scan.Plan(mask=xp.take(mask, order, axis=1), batch_sizes=counts[:T], packed=source == "lengths",
+                      order=order, inverse=inverse, on_device=True)
+
+
 class _Layout:
     """Moves arrays between the caller's layout and the scan layout for one call."""
 
-    def __init__(self, xp, p: Problem):
+    def __init__(self, xp, K, p: Problem):
         self.xp, self.p = xp, p
-        self.plan = make_plan(xp, self._to_scan_time(p.mask_tm))
+        mask = self._to_scan_time(p.mask_tm)
+        if getattr(K, "DEVICE_PLAN", False):
+            # Lengths post-pad in the caller's time order: scanned backwards, the padding comes first.
+            source = "mask" if p.mask_source == "lengths" and p.go_backwards else p.mask_source
+            self.plan = device_plan(xp, mask, source)
+        else:
+            self.plan = make_plan(xp, mask)
 
     def _to_scan_time(self, a):
         return a[::-1] if self.p.go_backwards else a
@@ -116,7 +146,10 @@ class _Layout:
         x = self.seq_in(self.p.x, self.p.time_major, self.p.go_backwards)
         if x is self.p.x or x.base is not None:  # seq_in made no copy: x is (a view of) the caller's array
             x = x.copy()
-        x[~self.plan.mask] = 0
+        if self.plan.on_device:  # not x[~mask] = 0: CuPy's boolean-mask assignment reads the True count back
+            self.xp.copyto(x, self.xp.zeros((), x.dtype), where=~self.plan.mask[:, :, None])
+        else:
+            x[~self.plan.mask] = 0
         return x
 
 
@@ -140,7 +173,7 @@ def _infer(cell, p, xp, K, lay):
 def _run(cell, args, kwargs, training):
     p = validate(cell, args, kwargs)
     xp, K = _engine(p.device)
-    lay = _Layout(xp, p)
+    lay = _Layout(xp, K, p)
     plan, H = lay.plan, p.units
     if not training:
         return _infer(cell, p, xp, K, lay)

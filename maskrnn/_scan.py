@@ -6,8 +6,9 @@ Glossary (used everywhere in maskrnn): B batch, T time, I input features, H hidd
 with batch rows in the plan's order (sorted by length, longest first, for the packed kernels).
 
 Scan-kernel contract: the CPU (``maskrnn._cpu``) and GPU (``maskrnn._cuda``) engines export the same names
-with the same arguments. ``batch_sizes`` is a ``(T,)`` int32 NumPy array on the host for every engine: at
-step t only rows ``[0, batch_sizes[t])`` are computed (a GPU engine sizes each step's grid from it). For the
+with the same arguments. ``batch_sizes`` is a ``(T,)`` int32 array: at step t only rows ``[0, batch_sizes[t])``
+are computed. It is a NumPy array for the CPU engine; for an engine with ``DEVICE_PLAN`` (the GPU) it is on the
+device or None (every row at every step), and non-increasing: rows past it are past their last real step. For the
 ``*_packed_*`` kernels ``steps = batch_sizes`` and those rows are exactly the real ones; for ``*_masked_*``
 ``steps = (mask, batch_sizes)`` with a ``(T, B)`` bool mask on the engine's device selecting the real ones
 within the prefix (rows past their last real step need no work: their states are carried). At a padded
@@ -54,7 +55,8 @@ class Plan:
     """Which kernel variant runs and in which row order (see ``_dispatch.make_plan``).
 
     mask: (T,B) bool in scan order and row order, always present (it also zeroes padded inputs).
-    batch_sizes: (T,) int32 on the host: rows [0, batch_sizes[t]) are computed at step t (None: all rows).
+    batch_sizes: (T,) int32: rows [0, batch_sizes[t]) are computed at step t (None: all rows); on the device when
+    on_device (built there, never read by the host: the drivers then run their GEMMs over every row).
     packed: the mask is exactly that prefix (post- or pre-padding); otherwise the masked kernels also
     select by the mask within the prefix.
     order: (B,) row permutation applied before the scan (None: identity); inverse: its inverse.
@@ -65,11 +67,12 @@ class Plan:
     packed: bool = False
     order: Any = None
     inverse: Any = None
+    on_device: bool = False
 
     @property
     def steps(self):
         sizes = self.batch_sizes
-        if sizes is None:
+        if sizes is None and not self.on_device:
             sizes = np.full(self.mask.shape[0], self.mask.shape[1], np.int32)
         return sizes if self.packed else (self.mask, sizes)
 
@@ -80,7 +83,12 @@ class Plan:
 
     def chunk(self, t0, t1):
         """``steps`` for the steps [t0, t1): views, C-contiguous like the whole."""
-        return self.sizes[t0:t1] if self.packed else (self.mask[t0:t1], self.sizes[t0:t1])
+        sizes = None if self.sizes is None else self.sizes[t0:t1]
+        return sizes if self.packed else (self.mask[t0:t1], sizes)
+
+    def host_sizes(self, t0=0, t1=None):
+        """sizes[t0:t1] on the host, for the GEMMs that skip rows; None when they live on the device."""
+        return None if self.on_device else self.sizes[t0:t1]
 
     @property
     def variant(self) -> str:
@@ -117,12 +125,12 @@ def _with_bias(xp, x, W, b):
 ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
 
 
-def _row_blocks(sizes, B):
-    """[(t0, t1, n)] over the steps of sizes ((k,) rows computed per step): the all-step GEMMs (projection,
-    backward) need rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no kernel reads
-    their projection, their gate gradients are 0): ~38% of the work for lengths uniform in [T/4, T]."""
-    T = len(sizes)
-    if sizes.sum() >= 0.9 * T * B:
+def _row_blocks(sizes, T, B):
+    """[(t0, t1, n)] over the T steps of sizes ((T,) rows computed per step, on the host): the all-step GEMMs
+    (projection, backward) need rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no
+    kernel reads their projection, their gate gradients are 0): ~38% of the work for lengths uniform in [T/4, T].
+    sizes None (on the device, where reading them would wait for the device): every row."""
+    if sizes is None or sizes.sum() >= 0.9 * T * B:
         return [(0, T, B)]
     k = -(-T // ROW_BLOCKS)
     return [(t0, min(T, t0 + k), int(sizes[t0 : t0 + k].max())) for t0 in range(0, T, k)]
@@ -133,7 +141,7 @@ def _project_rows(xp, K, x3, Wb, gx, sizes):
     mm = _matmul(xp, K)
     k, B, F = x3.shape
     GH = Wb.shape[1]
-    for t0, t1, n in _row_blocks(sizes, B):
+    for t0, t1, n in _row_blocks(sizes, k, B):
         if n == B:
             mm(x3[t0:t1].reshape((t1 - t0) * B, F), Wb, out=gx[t0:t1].reshape((t1 - t0) * B, GH))
         elif n:
@@ -216,7 +224,7 @@ def _forward(xp, K, x, W, b, plan, zero_output, out, spans, call):
     x3 = x2.reshape(T, B, Wb.shape[0])
     gx = xp.empty((T, B, Wb.shape[1]), x.dtype)
     for t0, t1 in spans:
-        _project_rows(xp, K, x3[t0:t1], Wb, gx[t0:t1], plan.sizes[t0:t1])
+        _project_rows(xp, K, x3[t0:t1], Wb, gx[t0:t1], plan.host_sizes(t0, t1))
         call(gx, t0, t1)
         if t0 and not zero_output:
             _carry_outputs(xp, plan.mask[t0:t1], out[t0:t1], out[t0 - 1])
@@ -242,7 +250,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
         xk = x_at(t0, t1)
         x2, Wb = _with_bias(xp, xk, W, b)
         gx = xp.empty((k, B, GH), dtype)
-        _project_rows(xp, K, x2.reshape(k, B, Wb.shape[0]), Wb, gx, plan.sizes[t0:t1])
+        _project_rows(xp, K, x2.reshape(k, B, Wb.shape[0]), Wb, gx, plan.host_sizes(t0, t1))
         o = out[:k]
         call(gx, plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
         if prev is not None:
@@ -294,7 +302,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     dgx = xp.empty_like(tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
-    dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W,
+    dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan.host_sizes(), T, B), dgx, W,
                                     [(x3, dgx, None), (hs[:T], dgx, None)])
     dW, db = _split_bias(dWb, W)
     return dx, dW, dU, db, dh, dc
@@ -347,7 +355,7 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
         terms = [(x3, dgx, None), (hs[:T], dgr, None)]
     else:
         terms = [(x3, dgx, None), (hs[:T], dgx, slice(0, 2 * H)), (hr, dgx, slice(2 * H, 3 * H))]
-    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan.sizes, B), dgx, W, terms)
+    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan.host_sizes(), T, B), dgx, W, terms)
     dW, db_in = _split_bias(dWb, W)
     if reset_after:
         return dx, dW, dUs[0], db_in, dgr.reshape(T * B, 3 * H).sum(axis=0), dh

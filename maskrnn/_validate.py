@@ -23,6 +23,7 @@ class Problem:
     bias: Any
     has_bias: bool
     mask_tm: Any  # (T,B) bool, time-major, caller's time order
+    mask_source: str  # "mask", "lengths" (then post-padded) or "none" (then all True): known without reading it
     h0: Any
     c0: Any
     reset_after: bool
@@ -175,9 +176,10 @@ def validate(cell, args, kw) -> Problem:
     mask_tm = _mask(xp, arrs["mask"], arrs["lengths"], T, B, time_major)
     h0, c0 = (_state(xp, arrs.get(n), n, dtype, B, H) for n in ("h0", "c0"))
     return Problem(cell=cell, device=device, x=x, kernel=W, recurrent_kernel=U, bias=b, has_bias=b is not None,
-                   mask_tm=mask_tm, h0=h0, c0=c0 if cell == "lstm" else None, reset_after=reset_after,
-                   go_backwards=bool(kw["go_backwards"]), zero_output_for_mask=bool(kw["zero_output_for_mask"]),
-                   time_major=time_major, dtype=dtype, batch=B, steps=T, units=H)
+                   mask_tm=mask_tm, mask_source=_source(mask, lengths), h0=h0, c0=c0 if cell == "lstm" else None,
+                   reset_after=reset_after, go_backwards=bool(kw["go_backwards"]),
+                   zero_output_for_mask=bool(kw["zero_output_for_mask"]), time_major=time_major, dtype=dtype,
+                   batch=B, steps=T, units=H)
 
 
 def _lstm_states(initial_state):
@@ -206,13 +208,20 @@ def _state(xp, a, name, dtype, B, H):
     return a
 
 
+def _source(mask, lengths):
+    return "lengths" if lengths is not None else "mask" if mask is not None else "none"
+
+
 def _mask(xp, mask, lengths, T, B, time_major):
     mask, lengths = (None if a is None else _from_list(xp, a, n) for a, n in ((mask, "mask"), (lengths, "lengths")))
     if lengths is not None:
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
         _shape(lengths, "lengths", (B,))
-        if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        # On the GPU this is the one value a call reads back from the device (so the host waits for the queue to
+        # reach it): whether any length is out of range. Masks and no mask need nothing read back. The min and
+        # max are read only to word the error.
+        if B and bool(((lengths < 0) | (lengths > T)).any()):
             raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got min {int(lengths.min())}, "
                              f"max {int(lengths.max())}")
         return xp.arange(T)[:, None] < lengths[None, :]

@@ -43,3 +43,30 @@ def random_upstream(rng, cell, B, T, H, dtype="float64"):
     """Random upstream gradients of (outputs, h_T[, c_T]), never ones."""
     shapes = [(B, T, H), (B, H), (B, H)][: 3 if cell == "lstm" else 2]
     return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def device_planned(device):
+    """Whether the device's engine has its plans built on the device (no mask classification, see
+    maskrnn._dispatch.device_plan)."""
+    from maskrnn import _dispatch
+
+    return getattr(_dispatch._engine(device)[1], "DEVICE_PLAN", False)
+
+
+def record_plans(monkeypatch):
+    """The plans the dispatcher makes from now on, whichever planner its engine uses, in a list."""
+    from maskrnn import _dispatch
+
+    plans = []
+    for name in ("make_plan", "device_plan"):
+        real = getattr(_dispatch, name)
+        monkeypatch.setattr(_dispatch, name, lambda *a, real=real: plans.append(real(*a)) or plans[-1])
+    return plans
+
+
+def force_masked_all_rows(monkeypatch):
+    """From now on every planner gives the masked kernels every row at every step, in the caller's row order."""
+    from maskrnn import _dispatch
+
+    monkeypatch.setattr(_dispatch, "make_plan", lambda xp, m: _dispatch._scan.Plan(mask=m))
+    monkeypatch.setattr(_dispatch, "device_plan", lambda xp, m, source: _dispatch._scan.Plan(mask=m.copy()))

@@ -3,7 +3,7 @@ padding, edge shapes. The same tests run on the GPU through the device fixture."
 
 import numpy as np
 import pytest
-from cells import CELLS, cell_fns, make_problem, on_device
+from cells import CELLS, cell_fns, device_planned, force_masked_all_rows, make_problem, on_device, record_plans
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 import maskrnn._dispatch as dispatch
@@ -71,12 +71,14 @@ def test_packed_equals_masked(device, rng, monkeypatch, cell, mask_kind, go_back
     p = make_problem(rng, cell, B, T, 4, 6, "float32", initial_state=True)
     mask = make_mask(rng, mask_kind, B, T)
     kw = dict(mask=mask, go_backwards=go_backwards)
-    plans = []
-    real_make_plan = dispatch.make_plan
-    monkeypatch.setattr(dispatch, "make_plan", lambda xp, m: plans.append(real_make_plan(xp, m)) or plans[-1])
+    on_gpu = device_planned(device)
+    if on_gpu and mask_kind == "post":  # a GPU plan classifies no mask (it would read it back): lengths pack
+        kw = dict(lengths=mask.sum(axis=1), go_backwards=go_backwards)
+    plans = record_plans(monkeypatch)
     packed = run(device, cell, p, **kw)
-    assert plans[-1].variant == "packed"
-    monkeypatch.setattr(dispatch, "make_plan", lambda xp, m: dispatch._scan.Plan(mask=m))
+    # On the GPU the others (and lengths scanned backwards: pre-padding) take the masked kernels, rows skipped.
+    assert plans[-1].variant == ("packed" if not on_gpu or (mask_kind == "post" and not go_backwards) else "masked")
+    force_masked_all_rows(monkeypatch)
     masked = run(device, cell, p, **kw)
     for a, b in zip(packed, masked):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)

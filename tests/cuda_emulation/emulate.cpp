@@ -80,8 +80,9 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, const
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, func, threads, smem);
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // launches complete before they return
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// Launches complete before they return; a fault they left is reported here (EMU_ASYNC_ERRORS, emu_core.h).
+cudaError_t cudaDeviceSynchronize() { return emu::take_pending(); }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::take_pending(); }
 
 cudaError_t cudaMalloc(void** p, size_t n) {
   *p = std::malloc(n ? n : 1);

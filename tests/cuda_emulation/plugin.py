@@ -54,6 +54,7 @@ _device_ptr = engine._ptr
 engine._ptr = lambda a: _device_ptr(a.view(_Host))
 engine._ext = lambda: emulated
 engine._stream = lambda: 0
+engine._upload = lambda a: a  # host memory is the emulated device's
 engine.matmul = _matmul
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)

@@ -130,6 +130,29 @@ struct Thread {
 };
 inline thread_local Thread self;
 
+// EMU_ASYNC_ERRORS=1: a fault inside a kernel (cudaErrorLaunchFailure) is reported as a GPU reports it, not by
+// its own launch but by the next synchronization (cudaDeviceSynchronize, cudaStreamSynchronize) or the next launch,
+// which then does not run. Once reported it is cleared (a real GPU's context stays broken). Default: at the launch.
+inline bool async_errors() {
+  static const bool on = [] {
+    const char* v = std::getenv("EMU_ASYNC_ERRORS");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+inline std::mutex pending_mutex;
+inline cudaError_t pending_error = cudaSuccess;
+inline std::string pending_message;
+
+// Reports (and clears) a fault left by an earlier kernel, as the error of the calling runtime call.
+inline cudaError_t take_pending() {
+  std::lock_guard lock(pending_mutex);
+  const cudaError_t e = pending_error;
+  if (e == cudaSuccess) return e;
+  pending_error = cudaSuccess;
+  return set_error(e, "an earlier kernel faulted: " + pending_message);
+}
+
 inline std::chrono::seconds deadlock_timeout() {
   const char* s = std::getenv("EMU_DEADLOCK_S");
   return std::chrono::seconds(s ? std::atoi(s) : 300);
@@ -281,6 +304,7 @@ inline void run(Launch& L, const std::function<void()>& body, unsigned block_ran
 
 // Runs one launch to completion on the calling host thread (launches on a stream are serialized).
 inline cudaError_t execute(const Config& cfg, const void* kernel, const std::function<void()>& body) {
+  if (const cudaError_t e = take_pending(); e != cudaSuccess) return e;
   if (const cudaError_t e = check(cfg, kernel); e != cudaSuccess) return e;
   Launch L;
   L.cfg = cfg;
@@ -310,6 +334,12 @@ inline cudaError_t execute(const Config& cfg, const void* kernel, const std::fun
   {
     std::lock_guard lock(funcs_mutex);
     funcs[kernel].static_smem = std::max(funcs[kernel].static_smem, L.static_top);
+  }
+  if (L.failed && L.error == cudaErrorLaunchFailure && async_errors()) {
+    std::lock_guard lock(pending_mutex);
+    pending_error = L.error;
+    pending_message = L.message;
+    return cudaSuccess;
   }
   if (L.failed) return set_error(L.error, L.message);
   return cudaSuccess;
