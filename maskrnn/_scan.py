@@ -153,18 +153,20 @@ def _block_rows(a, t0, t1, n):
     return a[t0:t1, :n].reshape((t1 - t0) * n, a.shape[2])
 
 
-def _backward_gemms(xp, K, blocks, dgx, W, terms):
-    """dx = dgx W^T (T,B,I) and, for each (a, d, cols) in terms ((T,B,F) arrays, cols a column slice of d),
-    the weight gradient a^T d[..., cols] summed over steps, each over the rows of ``blocks`` only."""
+def _backward_gemms(xp, K, blocks, dgx, W, terms, need_dx=True):
+    """dx = dgx W^T (T,B,I) (None unless need_dx) and, for each (a, d, cols) in terms ((T,B,F) arrays, cols a
+    column slice of d), the weight gradient a^T d[..., cols] summed over steps, each over the rows of ``blocks``
+    only."""
     mm = _matmul(xp, K)
     T, B, _ = dgx.shape
-    dx = (xp.empty if blocks == [(0, T, B)] else xp.zeros)((T, B, W.shape[0]), dgx.dtype)
+    dx = (xp.empty if blocks == [(0, T, B)] else xp.zeros)((T, B, W.shape[0]), dgx.dtype) if need_dx else None
     sums = [None] * len(terms)
     for t0, t1, n in blocks:
         if n == 0:
             continue
         d2 = _block_rows(dgx, t0, t1, n)
-        dx[t0:t1, :n] = mm(d2, W.T).reshape(t1 - t0, n, W.shape[0])
+        if need_dx:
+            dx[t0:t1, :n] = mm(d2, W.T).reshape(t1 - t0, n, W.shape[0])
         for i, (a, d, cols) in enumerate(terms):
             dd = d2 if d is dgx else _block_rows(d, t0, t1, n)
             g = mm(_block_rows(a, t0, t1, n).T, dd if cols is None else xp.ascontiguousarray(dd[:, cols]))
@@ -294,8 +296,8 @@ def lstm_infer(xp, K, x_at, T, W, U, b, h0, c0, plan, zero_output, put):
 
 
 @_engine_call
-def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
-    """Upstream gradients in scan layout (None = zero). Returns dx, dW, dU, db, dh0, dc0."""
+def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c, need_dx=True):
+    """Upstream gradients in scan layout (None = zero). Returns dx (None unless need_dx), dW, dU, db, dh0, dc0."""
     W, U, hs, cs = tape["W"], tape["U"], tape["hs"], tape["cs"]
     T, B = tape["gx"].shape[:2]
     d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
@@ -303,7 +305,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c):
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
     dx, (dWb, dU) = _backward_gemms(xp, K, _row_blocks(plan.host_sizes(), T, B), dgx, W,
-                                    [(x3, dgx, None), (hs[:T], dgx, None)])
+                                    [(x3, dgx, None), (hs[:T], dgx, None)], need_dx)
     dW, db = _split_bias(dWb, W)
     return dx, dW, dU, db, dh, dc
 
@@ -341,8 +343,8 @@ def gru_infer(xp, K, x_at, T, W, U, b_in, b_rec, h0, reset_after, plan, zero_out
 
 
 @_engine_call
-def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
-    """Returns dx, dW, dU, db_in, db_rec (None when not reset_after), dh0."""
+def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h, need_dx=True):
+    """Returns dx (None unless need_dx), dW, dU, db_in, db_rec (None when not reset_after), dh0."""
     W, U, hs, hr = tape["W"], tape["U"], tape["hs"], tape["hr"]
     T, B, H = tape["gx"].shape[0], tape["gx"].shape[1], U.shape[0]
     d_out, dh = _upstream(xp, tape, d_out, d_h)
@@ -355,7 +357,7 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h):
         terms = [(x3, dgx, None), (hs[:T], dgr, None)]
     else:
         terms = [(x3, dgx, None), (hs[:T], dgx, slice(0, 2 * H)), (hr, dgx, slice(2 * H, 3 * H))]
-    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan.host_sizes(), T, B), dgx, W, terms)
+    dx, (dWb, *dUs) = _backward_gemms(xp, K, _row_blocks(plan.host_sizes(), T, B), dgx, W, terms, need_dx)
     dW, db_in = _split_bias(dWb, W)
     if reset_after:
         return dx, dW, dUs[0], db_in, dgr.reshape(T * B, 3 * H).sum(axis=0), dh

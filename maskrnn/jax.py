@@ -22,6 +22,7 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 import maskrnn
 
@@ -82,26 +83,37 @@ def _op(cell, names, options):
         results, pullback = engine(forward_vjp, arrays)
         return (*results, _keep(pullback))
 
-    def host_bwd(token, *cotangents):
-        grads = _take(token)(*cotangents)._asdict()  # LSTMGrads / GRUGrads: fields named like the arguments
-        return tuple(grads[names[i]] for i in diff)
+    def host_bwd(wanted, given, token, *cotangents):
+        """wanted: the indices (into names) whose gradients go back; given: which outputs have a cotangent."""
+        present = iter(cotangents)
+        cotangents = [next(present) if g else None for g in given]  # None: zero, the engine's own default
+        grads = _take(token)(*cotangents, need_x=names.index("x") in wanted)._asdict()  # fields named as names
+        return tuple(grads[names[i]] for i in wanted)
 
     @jax.custom_vjp
     def op(*args):
         return jax.pure_callback(lambda *a: engine(forward, a), result_shapes(args), *args)
 
-    def op_fwd(*args):
+    def op_fwd(*primals):
+        # symbolic_zeros: each primal says whether it is differentiated (Keras's data inputs are not; their
+        # gradient GEMM is skipped). The residual keeps only those: its structure tells op_bwd which.
+        args = tuple(p.value for p in primals)
         token_shape = jax.ShapeDtypeStruct((), jnp.int32)
         *results, token = jax.pure_callback(host_fwd, result_shapes(args) + (token_shape,), *args)
-        return tuple(results), (token, args)
+        return tuple(results), (token, tuple(a if i in diff and p.perturbed else None
+                                             for i, (a, p) in enumerate(zip(args, primals))))
 
     def op_bwd(residuals, cotangents):
         token, args = residuals
-        shapes = tuple(jax.ShapeDtypeStruct(args[i].shape, args[i].dtype) for i in diff)
-        grads = iter(jax.pure_callback(host_bwd, shapes, token, *cotangents))
-        return tuple(next(grads) if i in diff else None for i in range(len(names)))
+        wanted = tuple(i for i, a in enumerate(args) if a is not None)
+        given = tuple(not isinstance(c, SymbolicZero) for c in cotangents)
+        shapes = tuple(jax.ShapeDtypeStruct(args[i].shape, args[i].dtype) for i in wanted)
+        callback = functools.partial(host_bwd, wanted, given)
+        grads = dict(zip(wanted, jax.pure_callback(callback, shapes, token, *(c for c, g in zip(cotangents, given)
+                                                                              if g))))
+        return tuple(grads.get(i) for i in range(len(names)))
 
-    op.defvjp(op_fwd, op_bwd)
+    op.defvjp(op_fwd, op_bwd, symbolic_zeros=True)
     return op
 
 

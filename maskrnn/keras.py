@@ -115,7 +115,19 @@ class _MaskrnnScan:
             options["reset_after"] = cell.reset_after
         outputs, *states = _engine(self._CELL)(sequences, cell.kernel.value, cell.recurrent_kernel.value, bias,
                                                initial_state=list(initial_state), **options)
-        return outputs[:, -1], outputs, list(states)
+        return self._last_output(states[0], mask), outputs, list(states)
+
+    def _last_output(self, h, mask):
+        """outputs[:, -1], from the final state: without return_sequences the outputs then get no gradient, and
+        the backward no (B,T,H) upstream array. The last output is h_T when the row has a real step (without
+        zero_output_for_mask) or when its last processed step is real (with it), else 0."""
+        if mask is None:
+            return h
+        if self.zero_output_for_mask:
+            real = mask[:, 0] if self.go_backwards else mask[:, -1]
+        else:
+            real = ops.any(mask, axis=1)
+        return ops.where(ops.expand_dims(real, 1), h, ops.zeros_like(h))
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         if mask is None and initial_state is not None:

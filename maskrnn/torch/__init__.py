@@ -97,6 +97,7 @@ class _LSTM(torch.autograd.Function):
         # Saved so that torch's version counter refuses an in-place update of the weights between forward and
         # backward, as torch's own ops do (the pullback itself holds copies taken at forward).
         ctx.save_for_backward(kernel, recurrent_kernel)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the engine makes no copy of it
         with _stream(x):
             (out, h, c), ctx.pullback = maskrnn.lstm_vjp(_view(x), _view(kernel), _view(recurrent_kernel),
                                                          _view(bias), initial_state=(_view(h0), _view(c0)),
@@ -106,10 +107,10 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
         _first_order_only()
-        ctx.saved_tensors  # noqa: B018 -- raises if the weights were modified in place since forward
+        kernel, _ = ctx.saved_tensors  # raises if the weights were modified in place since forward
         need = ctx.needs_input_grad
-        with _stream(d_out):
-            g = ctx.pullback(_view(d_out), _view(d_h), _view(d_c))
+        with _stream(kernel):  # not d_out's: unused outputs' gradients are None
+            g = ctx.pullback(_view(d_out), _view(d_h), _view(d_c), need_x=need[0])
             return (_tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias),
                     _tensor(g.h0) if need[4] else None, _tensor(g.c0) if need[5] else None, None)
 
@@ -118,6 +119,7 @@ class _GRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, recurrent_kernel, bias, h0, options):
         ctx.save_for_backward(kernel, recurrent_kernel)  # see _LSTM.forward
+        ctx.set_materialize_grads(False)
         with _stream(x):
             (out, h), ctx.pullback = maskrnn.gru_vjp(_view(x), _view(kernel), _view(recurrent_kernel), _view(bias),
                                                      initial_state=_view(h0), **_steps(options))
@@ -126,9 +128,9 @@ class _GRU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_h):
         _first_order_only()
-        ctx.saved_tensors  # noqa: B018 -- see _LSTM.backward
-        with _stream(d_out):
-            g = ctx.pullback(_view(d_out), _view(d_h))
+        kernel, _ = ctx.saved_tensors  # see _LSTM.backward
+        with _stream(kernel):
+            g = ctx.pullback(_view(d_out), _view(d_h), need_x=ctx.needs_input_grad[0])
             h0 = _tensor(g.h0) if ctx.needs_input_grad[4] else None
             return _tensor(g.x), _tensor(g.kernel), _tensor(g.recurrent_kernel), _tensor(g.bias), h0, None
 
