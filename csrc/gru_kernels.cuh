@@ -2,6 +2,7 @@
 // GRU scans, both variants. reset_after: one fused kernel per step (h U for z, r, h at once). Not reset_after:
 // z and r first, then (r * h) U_h and the candidate. Backward: one kernel per step (the previous step's
 // products fused with this step's pointwise gradients), plus the reset-gate product when not reset_after.
+#include "persistent.cuh"
 #include "tile.cuh"
 
 namespace maskrnn {
@@ -178,6 +179,9 @@ __global__ void gru_bwd_product(int t, int B, int H, int n, const uint8_t* mask,
 template <typename T>
 void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* hr) {
   if (empty(p)) return;
+  if (p.reset_after ? persistent_forward<T, Cell::kGruResetAfter>(p, gx, U, b_rec, out, hs, hr)
+                    : persistent_forward<T, Cell::kGru>(p, gx, U, b_rec, out, hs, hr))
+    return;
   using Acc = acc_t<T>;
   const int64_t BH = int64_t(p.B) * p.H;
   Acc* state = static_cast<Acc*>(p.scratch);  // half types: h (two buffers)

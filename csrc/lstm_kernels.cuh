@@ -2,6 +2,7 @@
 // LSTM scans: one fused kernel per step forward (h U, gate math, mask select) and backward (the previous
 // step's dgx U^T, gate gradients, mask select). Masked and packed share the kernels: packed passes
 // mask == nullptr and the prefix size n, and blocks of padded rows skip the product.
+#include "persistent.cuh"
 #include "tile.cuh"
 
 namespace maskrnn {
@@ -119,7 +120,7 @@ __global__ void lstm_bwd_product(int t, int B, int H, int n, const uint8_t* mask
 
 template <typename T>
 void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
-  if (empty(p)) return;
+  if (empty(p) || persistent_forward<T, Cell::kLstm>(p, gx, U, nullptr, out, hs, cs)) return;
   using Acc = acc_t<T>;
   using S = FwdTile<4>;
   const int64_t BH = int64_t(p.B) * p.H;

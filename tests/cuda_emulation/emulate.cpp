@@ -80,6 +80,16 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, const
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, func, threads, smem);
 }
 
+// Clusters of the configuration resident at once: as many as the GPCs hold (a cluster stays within one GPC);
+// a configuration that cannot launch returns the launch's error.
+cudaError_t cudaOccupancyMaxActiveClusters(int* n, const void* func, const cudaLaunchConfig_t* c) {
+  const emu::Config cfg = emu::config_of(c);
+  if (const cudaError_t e = emu::check(cfg, func); e != cudaSuccess) return e;
+  const unsigned per_gpc = emu::kSMsPerGPC * emu::blocks_per_sm(cfg, emu::func_info(func)) / emu::count(cfg.cluster);
+  *n = int(emu::kSMs / emu::kSMsPerGPC * per_gpc);
+  return cudaSuccess;
+}
+
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // launches complete before they return
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 

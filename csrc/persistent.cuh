@@ -1,0 +1,115 @@
+#pragma once
+// The choice between the persistent forward (persistent_fwd.cuh) and the step kernels, in one place:
+// MASKRNN_CUDA_KERNEL=persistent|step forces one (read at every call); unset (or "auto"), the persistent kernel
+// runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16 CTAs in shared
+// memory, and at least one such cluster able to be resident. Forced where it cannot run, it raises why.
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "persistent_fwd.cuh"
+
+namespace maskrnn {
+
+enum class KernelChoice { kAuto, kPersistent, kStep };
+
+inline KernelChoice kernel_choice() {
+  const char* v = std::getenv("MASKRNN_CUDA_KERNEL");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "auto") return KernelChoice::kAuto;
+  if (s == "persistent") return KernelChoice::kPersistent;
+  if (s == "step") return KernelChoice::kStep;
+  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, step, auto or unset; got '" + s + "'");
+}
+
+struct PersistPlan {
+  int ctas = 0, units = 0;  // cluster size C, units per CTA HC
+  size_t smem = 0;          // dynamic shared memory per CTA
+  std::string why;          // empty when the persistent kernel runs
+};
+
+inline int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  MASKRNN_CHECK(cudaGetDevice(&dev));
+  MASKRNN_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
+// Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them).
+template <typename T, Cell kCell>
+PersistPlan persist_plan(const ScanParams& p) {
+  PersistPlan plan;
+  const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
+  if (major < 9 || !device_attribute(cudaDevAttrClusterLaunch)) {
+    plan.why = "thread-block clusters need sm_90 or newer, this GPU is sm_" + std::to_string(major) + "x";
+    return plan;
+  }
+  const size_t limit = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  bool fits = false;
+  for (int C : {8, 16}) {
+    plan.units = (p.H + C - 1) / C;
+    plan.ctas = (p.H + plan.units - 1) / plan.units;  // no CTA without units
+    plan.smem = persist_smem<T, kCell>(p.H, plan.units);
+    fits = kRowGroups * plan.units <= kMaxPersistThreads && plan.smem <= limit;
+    if (fits) break;
+  }
+  if (!fits) {
+    plan.why = "at H=" + std::to_string(p.H) + " a 16-CTA cluster's CTA needs " + std::to_string(plan.smem) +
+               " bytes of shared memory (at most " + std::to_string(limit) + ") and " +
+               std::to_string(kRowGroups * plan.units) + " threads (at most " + std::to_string(kMaxPersistThreads) +
+               ")";
+  }
+  return plan;
+}
+
+// Runs the persistent forward and returns true, or returns false for the step kernels (see the top).
+template <typename T, Cell kCell>
+bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+  const KernelChoice choice = kernel_choice();
+  if (choice == KernelChoice::kStep) return false;
+  PersistPlan plan = persist_plan<T, kCell>(p);
+  auto kernel = persistent_fwd<T, kCell>;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(plan.ctas);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(plan.ctas) * unsigned((p.B + kPersistRows - 1) / kPersistRows));
+  cfg.blockDim = dim3(unsigned(kRowGroups * plan.units));
+  cfg.dynamicSmemBytes = plan.smem;
+  cfg.stream = p.stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (plan.why.empty()) {
+    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)));
+    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, plan.ctas > 8));
+    int clusters = 0;  // 0 where a cluster cannot be co-scheduled (MIG slices, MPS limits, other kernels' use)
+    MASKRNN_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    if (clusters < 1)
+      plan.why = "no cluster of " + std::to_string(plan.ctas) + " CTAs with " + std::to_string(plan.smem) +
+                 " bytes of shared memory each can be resident on this GPU";
+  }
+  if (!plan.why.empty()) {
+    if (choice == KernelChoice::kPersistent)
+      throw std::runtime_error("MASKRNN_CUDA_KERNEL=persistent cannot run this scan: " + plan.why);
+    return false;
+  }
+  if (p.T == 0) return true;
+  // The per-step row counts on the device (a pageable copy: the host buffer may go once the call returns).
+  std::vector<int32_t> sizes(p.batch_sizes ? p.batch_sizes : nullptr, p.batch_sizes ? p.batch_sizes + p.T : nullptr);
+  if (!p.batch_sizes) sizes.assign(size_t(p.T), p.B);
+  void* d_sizes = nullptr;
+  MASKRNN_CHECK(cudaMallocAsync(&d_sizes, sizes.size() * sizeof(int32_t), p.stream));
+  MASKRNN_CHECK(cudaMemcpyAsync(d_sizes, sizes.data(), sizes.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                p.stream));
+  MASKRNN_CHECK(cudaLaunchKernelEx(&cfg, kernel, p.T, p.B, p.H, plan.units,
+                                   static_cast<const int32_t*>(d_sizes), p.mask, p.zero_output, gx, U, b_rec, out,
+                                   hs, tape));
+  MASKRNN_LAUNCH_CHECK();
+  MASKRNN_CHECK(cudaFreeAsync(d_sizes, p.stream));
+  return true;
+}
+
+}  // namespace maskrnn
