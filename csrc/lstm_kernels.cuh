@@ -151,7 +151,7 @@ void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
 
 template <typename T>
 void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc, T* dgx) {
-  if (empty(p)) return;
+  if (empty(p) || persistent_lstm_backward<T>(p, gx, U, cs, d_out, dh, dc, dgx)) return;
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* dc_acc = dh_acc + int64_t(p.B) * p.H;

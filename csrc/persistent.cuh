@@ -1,5 +1,6 @@
 #pragma once
-// The choice between the persistent forward (persistent_fwd.cuh) and the step kernels, in one place:
+// The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh) and the step kernels, in
+// one place:
 // MASKRNN_CUDA_KERNEL=persistent|step forces one (read at every call); unset (or "auto"), the persistent kernel
 // runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16 CTAs in shared
 // memory, and at least one such cluster able to be resident. Forced where it cannot run, it raises why.
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "persistent_bwd.cuh"
 #include "persistent_fwd.cuh"
 
 namespace maskrnn {
@@ -36,9 +38,9 @@ inline int device_attribute(cudaDeviceAttr attr) {
   return value;
 }
 
-// Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them).
-template <typename T, Cell kCell>
-PersistPlan persist_plan(const ScanParams& p) {
+// Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them). smem(H, HC):
+// the kernel's dynamic shared memory per CTA.
+inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
   PersistPlan plan;
   const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
   if (major < 9 || !device_attribute(cudaDevAttrClusterLaunch)) {
@@ -50,7 +52,7 @@ PersistPlan persist_plan(const ScanParams& p) {
   for (int C : {8, 16}) {
     plan.units = (p.H + C - 1) / C;
     plan.ctas = (p.H + plan.units - 1) / plan.units;  // no CTA without units
-    plan.smem = persist_smem<T, kCell>(p.H, plan.units);
+    plan.smem = smem(p.H, plan.units);
     fits = kRowGroups * plan.units <= kMaxPersistThreads && plan.smem <= limit;
     if (fits) break;
   }
@@ -63,13 +65,13 @@ PersistPlan persist_plan(const ScanParams& p) {
   return plan;
 }
 
-// Runs the persistent forward and returns true, or returns false for the step kernels (see the top).
-template <typename T, Cell kCell>
-bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+// Runs a persistent kernel (arguments: steps, B, H, HC, device sizes, mask, zero_output, then args) and returns
+// true, or returns false for the step kernels (see the top).
+template <typename... P, typename... A>
+bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...), A... args) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
-  PersistPlan plan = persist_plan<T, kCell>(p);
-  auto kernel = persistent_fwd<T, kCell>;
+  PersistPlan plan = persist_plan(p, smem);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = unsigned(plan.ctas);
@@ -104,12 +106,22 @@ bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, 
   MASKRNN_CHECK(cudaMallocAsync(&d_sizes, sizes.size() * sizeof(int32_t), p.stream));
   MASKRNN_CHECK(cudaMemcpyAsync(d_sizes, sizes.data(), sizes.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
                                 p.stream));
-  MASKRNN_CHECK(cudaLaunchKernelEx(&cfg, kernel, p.T, p.B, p.H, plan.units,
-                                   static_cast<const int32_t*>(d_sizes), p.mask, p.zero_output, gx, U, b_rec, out,
-                                   hs, tape));
+  MASKRNN_CHECK(cudaLaunchKernelEx(&cfg, kernel, p.T, p.B, p.H, plan.units, static_cast<const int32_t*>(d_sizes),
+                                   p.mask, p.zero_output, args...));
   MASKRNN_LAUNCH_CHECK();
   MASKRNN_CHECK(cudaFreeAsync(d_sizes, p.stream));
   return true;
+}
+
+template <typename T, Cell kCell>
+bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+  return run_persistent(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs, tape);
+}
+
+template <typename T>
+bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh,
+                              T* dc, T* dgx) {
+  return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
 }
 
 }  // namespace maskrnn
