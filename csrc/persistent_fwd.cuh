@@ -52,11 +52,14 @@ __device__ inline void persist_dot(const Acc* hT, const T* Us, int H, int HC, in
   }
 }
 
-// v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster.
-template <typename Acc, class Cluster>
-__device__ inline void persist_push(const Cluster& cluster, Acc* buffer, int j, int r0, const Acc (&v)[kRowsPerThread]) {
+// v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster. Templated on the
+// storage type T, not only its accumulation type: each dtype's translation unit keeps its own copy, and the
+// float32 one is the copy the ThreadSanitizer build instruments (it links the half types' objects plain).
+template <typename T, class Cluster>
+__device__ inline void persist_push(const Cluster& cluster, acc_t<T>* buffer, int j, int r0,
+                                    const acc_t<T> (&v)[kRowsPerThread]) {
   for (unsigned c = 0; c < cluster.num_blocks(); ++c) {
-    Acc* dst = cluster.map_shared_rank(buffer, c) + j * kPersistRows + r0;
+    acc_t<T>* dst = cluster.map_shared_rank(buffer, c) + j * kPersistRows + r0;
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) dst[i] = v[i];
   }
@@ -141,7 +144,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
         rh[i] = r_gate * h[i];
       }
       if (active) {
-        if (unit) persist_push(cluster, rhbuf, j, r0, rh);
+        if (unit) persist_push<T>(cluster, rhbuf, j, r0, rh);
         cluster.sync();
         if (unit) persist_dot(rhbuf, Us, H, HC, jj, r0, 2, 3, acc);
       }
@@ -189,7 +192,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       if constexpr (kLstm) tape[o + BH] = from_acc<T>(c[i]);
     }
     if (active) {
-      if (unit) persist_push(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * H * R, j, r0, h);
+      if (unit) persist_push<T>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * H * R, j, r0, h);
       cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done
       ++phase;
     }
