@@ -177,3 +177,13 @@ def test_auto_runs_the_persistent_kernel_where_it_fits(monkeypatch, rng):
     assert any(not np.array_equal(a, b) for a, b in zip(persistent, step))
     for a, b in zip(auto, persistent):
         np.testing.assert_array_equal(a, b)
+
+
+def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernels(monkeypatch, rng):
+    monkeypatch.setenv("EMU_SM_MAJOR", "8")  # the emulated GPU reports sm_80: no thread-block clusters
+    p = make_problem(rng, "lstm", 3, 4, 2, 6, "float32")
+    with pytest.raises(RuntimeError, match="thread-block clusters need sm_90 or newer, this GPU is sm_8x"):
+        forward(monkeypatch, "persistent", "lstm", p)
+    auto = forward(monkeypatch, "auto", "lstm", p)
+    for a, b in zip(auto, forward(monkeypatch, "step", "lstm", p)):
+        np.testing.assert_array_equal(a, b)

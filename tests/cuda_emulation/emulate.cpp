@@ -62,10 +62,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = emu::kThreadsPerSM; break;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
     case cudaDevAttrMaxGridDimY: *value = 65535; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = emu::sm_major(); break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     case cudaDevAttrCooperativeLaunch: *value = 1; break;
-    case cudaDevAttrClusterLaunch: *value = 1; break;
+    case cudaDevAttrClusterLaunch: *value = emu::sm_major() >= 9; break;
     case cudaDevAttrWarpSize: *value = 32; break;
     default: return set_error(cudaErrorInvalidValue, "device attribute not emulated");
   }

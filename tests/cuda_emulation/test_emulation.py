@@ -103,6 +103,12 @@ def test_max_active_clusters(cluster, non_portable, smem, clusters):
     assert st.max_active_clusters(cluster, non_portable, smem) == clusters
 
 
+def test_clusters_need_sm90(monkeypatch):
+    monkeypatch.setenv("EMU_SM_MAJOR", "8")
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidClusterSize.*clusters need sm_90"):
+        st.launch_ex(8, 32, 4, False, False, 0, ints(8).ctypes.data)
+
+
 @pytest.mark.parametrize("cluster, non_portable", [(16, False), (32, True)])
 def test_max_active_clusters_of_a_cluster_that_cannot_launch(cluster, non_portable):
     with pytest.raises(RuntimeError, match="cudaErrorInvalidClusterSize"):
