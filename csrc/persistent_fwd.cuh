@@ -67,7 +67,8 @@ __device__ inline void persist_push(const Cluster& cluster, acc_t<T>* buffer, in
 
 // Launched as a grid of C * ceil(B / kPersistRows) CTAs of kRowGroups * HC threads, clusters of (C,1,1), with
 // persist_smem bytes of dynamic shared memory. sizes: scan.h's n_rows (device; nullptr: every row): rows
-// [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr (GRU); b_rec: GRU reset_after only. The other arguments as in scan.h.
+// [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr (GRU); b_rec: GRU reset_after only. The other
+// arguments as in scan.h.
 template <typename T, Cell kCell>
 __global__ void __launch_bounds__(kMaxPersistThreads)
     persistent_fwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask, bool zero_output,
