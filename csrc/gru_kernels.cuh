@@ -5,6 +5,7 @@
 // at or past n_rows[t] (finished) are skipped, and finish_fwd/finish_bwd write what their steps would have:
 // blocks whose rows are all finished return at once.
 #include "finished_rows.cuh"
+#include "persistent.cuh"
 
 namespace maskrnn {
 
@@ -181,6 +182,9 @@ __global__ void gru_bwd_product(int t, int B, int H, const int32_t* n_rows, cons
 template <typename T>
 void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* hr) {
   if (empty(p)) return;
+  if (p.reset_after ? persistent_forward<T, Cell::kGruResetAfter>(p, gx, U, b_rec, out, hs, hr)
+                    : persistent_forward<T, Cell::kGru>(p, gx, U, b_rec, out, hs, hr))
+    return;
   using Acc = acc_t<T>;
   const int64_t BH = int64_t(p.B) * p.H;
   Acc* state = static_cast<Acc*>(p.scratch);  // half types: h (two buffers)

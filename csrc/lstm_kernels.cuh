@@ -4,6 +4,7 @@
 // mask == nullptr. Rows at or past n_rows[t] (finished) are skipped, and finish_fwd/finish_bwd write what their
 // steps would have: blocks whose rows are all finished return at once.
 #include "finished_rows.cuh"
+#include "persistent.cuh"
 
 namespace maskrnn {
 
@@ -119,7 +120,7 @@ __global__ void lstm_bwd_product(int t, int B, int H, const int32_t* n_rows, con
 
 template <typename T>
 void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
-  if (empty(p)) return;
+  if (empty(p) || persistent_forward<T, Cell::kLstm>(p, gx, U, nullptr, out, hs, cs)) return;
   using Acc = acc_t<T>;
   using S = FwdTile<4>;
   const int64_t BH = int64_t(p.B) * p.H;
@@ -151,7 +152,7 @@ void lstm_fwd(const ScanParams& p, T* gx, const T* U, T* out, T* hs, T* cs) {
 
 template <typename T>
 void lstm_bwd(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc, T* dgx) {
-  if (empty(p)) return;
+  if (empty(p) || persistent_lstm_backward<T>(p, gx, U, cs, d_out, dh, dc, dgx)) return;
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* dc_acc = dh_acc + int64_t(p.B) * p.H;

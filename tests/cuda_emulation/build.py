@@ -7,8 +7,9 @@ Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then ru
     PYTHONPATH=tests/cuda_emulation pytest -p plugin tests/test_scan.py tests/test_grad.py tests/test_fuzz.py
 
 ``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
-see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th ``__syncthreads();`` (0-based,
-negative from the end) of csrc/FILE in the float32 kernels: a mutant the TSan build must report.
+see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th barrier (``__syncthreads();`` or
+``cluster.sync();``; 0-based, negative from the end) of csrc/FILE in the float32 kernels: a mutant the TSan
+build must report.
 Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
@@ -113,11 +114,11 @@ def rewrite(text):
 
 
 def drop_barrier(text, index, where):
-    spots = [m.start() for m in re.finditer(r"__syncthreads\(\);", text)]
+    spots = list(re.finditer(r"__syncthreads\(\);|cluster\.sync\(\);", text))
     if not spots or not -len(spots) <= index < len(spots):
-        raise SystemExit(f"{where}: no __syncthreads(); number {index} (it has {len(spots)})")
+        raise SystemExit(f"{where}: no barrier number {index} (it has {len(spots)})")
     at = spots[index]
-    return text[:at] + "/* barrier removed by build.py --drop-barrier */" + text[at + len("__syncthreads();"):]
+    return text[:at.start()] + "/* barrier removed by build.py --drop-barrier */" + text[at.end():]
 
 
 def copy_sources(dest, mutant=None):
@@ -197,7 +198,7 @@ def build(out, tsan=False, mutant=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tsan", action="store_true", help="build under ThreadSanitizer")
-    parser.add_argument("--drop-barrier", metavar="FILE:N", help="delete the N-th __syncthreads(); of csrc/FILE")
+    parser.add_argument("--drop-barrier", metavar="FILE:N", help="delete the N-th barrier of csrc/FILE")
     parser.add_argument("--out", type=Path, help="build folder (default build/cuda_emulation[_tsan][_mutant])")
     args = parser.parse_args(argv)
     mutant = None

@@ -62,10 +62,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = emu::kThreadsPerSM; break;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
     case cudaDevAttrMaxGridDimY: *value = 65535; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = emu::sm_major(); break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     case cudaDevAttrCooperativeLaunch: *value = 1; break;
-    case cudaDevAttrClusterLaunch: *value = 1; break;
+    case cudaDevAttrClusterLaunch: *value = emu::sm_major() >= 9; break;
     case cudaDevAttrWarpSize: *value = 32; break;
     default: return set_error(cudaErrorInvalidValue, "device attribute not emulated");
   }
@@ -78,6 +78,16 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void* fu
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, const void* func, int threads, size_t smem,
                                                                    unsigned) {
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, func, threads, smem);
+}
+
+// Clusters of the configuration resident at once: as many as the GPCs hold (a cluster stays within one GPC);
+// a configuration that cannot launch returns the launch's error.
+cudaError_t cudaOccupancyMaxActiveClusters(int* n, const void* func, const cudaLaunchConfig_t* c) {
+  const emu::Config cfg = emu::config_of(c);
+  if (const cudaError_t e = emu::check(cfg, func); e != cudaSuccess) return e;
+  const unsigned per_gpc = emu::kSMsPerGPC * emu::blocks_per_sm(cfg, emu::func_info(func)) / emu::count(cfg.cluster);
+  *n = int(emu::kSMs / emu::kSMsPerGPC * per_gpc);
+  return cudaSuccess;
 }
 
 // Launches complete before they return; a fault they left is reported here (EMU_ASYNC_ERRORS, emu_core.h).

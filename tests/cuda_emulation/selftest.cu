@@ -152,6 +152,25 @@ void launch_ex(unsigned grid, unsigned block, unsigned cluster, bool cooperative
     MASKRNN_CHECK(cudaLaunchKernelEx(&cfg, cluster_ring, ptr<int>(out)));
 }
 
+// cudaOccupancyMaxActiveClusters for cluster_ring with `smem` bytes of dynamic shared memory per block.
+int max_active_clusters(unsigned cluster, bool non_portable, size_t smem) {
+  Clean clean;
+  MASKRNN_CHECK(cudaFuncSetAttribute(cluster_ring, cudaFuncAttributeNonPortableClusterSizeAllowed, non_portable));
+  MASKRNN_CHECK(cudaFuncSetAttribute(cluster_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = cluster;
+  cfg.blockDim = 128;
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = -1;
+  MASKRNN_CHECK(cudaOccupancyMaxActiveClusters(&n, cluster_ring, &cfg));
+  return n;
+}
+
 void grid_sum_plain(unsigned grid, uptr slots, uptr out) {
   Clean clean;
   grid_sum<<<grid, 32>>>(ptr<int>(slots), ptr<int>(out));
@@ -193,6 +212,7 @@ PYBIND11_MODULE(_emu_selftest, m) {
   m.def("launch", &launch, nogil);
   m.def("launch_ex", &launch_ex, nogil);
   m.def("check", &check);
+  m.def("max_active_clusters", &max_active_clusters);
   m.def("grid_sum_plain", &grid_sum_plain, nogil);
   m.def("grid_sum_cooperative", &grid_sum_cooperative, nogil);
   m.def("graph", &graph, nogil);

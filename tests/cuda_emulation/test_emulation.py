@@ -96,6 +96,25 @@ def test_cluster_distributed_shared_memory(cluster, grid):
     np.testing.assert_array_equal(out, 100 * peer + 7)
 
 
+@pytest.mark.parametrize("cluster, non_portable, smem, clusters", [
+    (8, False, 0, 256), (16, True, 0, 128), (8, False, 200_000, 16), (16, True, 120_000, 8)])
+def test_max_active_clusters(cluster, non_portable, smem, clusters):
+    # 8 GPCs of 16 SMs; 128-thread blocks fit 16 to an SM by threads, 1 by 200 KB or 120 KB of shared memory.
+    assert st.max_active_clusters(cluster, non_portable, smem) == clusters
+
+
+def test_clusters_need_sm90(monkeypatch):
+    monkeypatch.setenv("EMU_SM_MAJOR", "8")
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidClusterSize.*clusters need sm_90"):
+        st.launch_ex(8, 32, 4, False, False, 0, ints(8).ctypes.data)
+
+
+@pytest.mark.parametrize("cluster, non_portable", [(16, False), (32, True)])
+def test_max_active_clusters_of_a_cluster_that_cannot_launch(cluster, non_portable):
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidClusterSize"):
+        st.max_active_clusters(cluster, non_portable, 0)
+
+
 @pytest.mark.parametrize("cluster, grid, non_portable", [(3, 8, False), (16, 16, False), (32, 32, True)])
 def test_cluster_size_errors(cluster, grid, non_portable):
     out = ints(grid)

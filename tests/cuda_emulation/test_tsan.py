@@ -1,7 +1,8 @@
 """ThreadSanitizer over the emulated kernels: the scans are race-free (tsan_case.py on build.py --tsan), and a
-mutant with tile_dot's trailing __syncthreads removed is reported as a data race (a write-after-read hazard
-that the plain emulation catches only by luck). Runs with the CUDA-emulation suite (``-p plugin``); it builds
-what it needs (about a minute, the plain build's objects reused)."""
+mutant with tile_dot's trailing __syncthreads removed, and one without the persistent kernel's end-of-step
+cluster barrier, are reported as data races (hazards that the plain emulation catches only by luck). Runs with
+the CUDA-emulation suite (``-p plugin``); it builds what it needs (about a minute a build, the plain build's
+objects reused)."""
 
 import os
 import subprocess
@@ -15,7 +16,6 @@ if "plugin" not in sys.modules:
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE.parents[1] / "build"
-MUTANT = "tile.cuh:-1"  # tile_dot's last barrier: the next tile's fill overwrites what slow threads still read
 
 
 def libtsan():
@@ -41,12 +41,19 @@ def test_scans_are_race_free_under_tsan():
     r = run_case(BUILD / "cuda_emulation_tsan")
     assert "ThreadSanitizer" not in r.stderr, r.stderr[-4000:]
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "6 cases ok" in r.stdout
+    assert "12 cases ok" in r.stdout
 
 
-def test_tsan_reports_a_removed_barrier():
-    build("--drop-barrier", MUTANT)
-    r = run_case(BUILD / "cuda_emulation_tsan_mutant", "--one")
+# A barrier each mutant deletes, the kernel that runs it, the file the race must be reported in. tile_dot's last
+# barrier: the next tile's fill overwrites what slow threads still read. The persistent kernel's end-of-step
+# cluster barrier: a CTA reads h_t while its peers still push it.
+MUTANTS = [("tile.cuh:-1", "step", "tile.cuh"), ("persistent_fwd.cuh:-1", "persistent", "persistent_fwd.cuh")]
+
+
+@pytest.mark.parametrize("mutant, kernel, where", MUTANTS)
+def test_tsan_reports_a_removed_barrier(mutant, kernel, where):
+    build("--drop-barrier", mutant)
+    r = run_case(BUILD / "cuda_emulation_tsan_mutant", "--one", kernel)
     assert "WARNING: ThreadSanitizer: data race" in r.stderr, r.stderr[-4000:]
-    assert "tile.cuh" in r.stderr  # the race is reported in the mutated product
+    assert where in r.stderr  # the race is reported in the mutated code
     assert r.returncode == 66

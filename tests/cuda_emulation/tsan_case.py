@@ -2,9 +2,11 @@
 a TSan build): every cell, masked (holes) and packed (post-padded), forward and backward, float32 (the TSan
 build instruments the float32 kernels), each checked against the float64 reference. Sizes give every launch
 two column tiles (blocks) and products over more than one 32-wide tile, so each barrier of tile_dot matters;
-one row tile keeps the thread count (TSan's cost) low. ``--one``: only the LSTM's masked forward (the mutant's).
+one row tile keeps the thread count (TSan's cost) low. Each case runs with the persistent forward and with the
+step kernels' (MASKRNN_CUDA_KERNEL). ``--one KERNEL``: only the LSTM's masked forward by that kernel (a mutant's).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from conftest import TOLERANCE, make_mask, rel_err  # noqa: E402
 B, T, I, H = 5, 4, 3, 37
 
 
-def run(cell, steps, backward):
+def run(cell, steps, backward, kernel):
+    os.environ["MASKRNN_CUDA_KERNEL"] = kernel
     rng = np.random.default_rng(len(cell) + len(steps))
     _, vjp, ref, extra = cell_fns(cell)
     p = make_problem(rng, cell, B, T, I, H)
@@ -29,15 +32,16 @@ def run(cell, steps, backward):
     q = dict(p)
     for got, want in zip(outs, ref(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias"), **kw,
                                    **extra)):
-        assert rel_err(got, want) < TOLERANCE["float32"], (cell, steps)
+        assert rel_err(got, want) < TOLERANCE["float32"], (cell, steps, kernel)
     if backward:
         grads = pullback(*(u.astype(np.float32) for u in random_upstream(rng, cell, B, T, H)))
-        assert all(np.isfinite(g).all() for g in grads if g is not None), (cell, steps)
+        assert all(np.isfinite(g).all() for g in grads if g is not None), (cell, steps, kernel)
 
 
 def main():
-    cases = [("lstm", "mask", False)] if "--one" in sys.argv else [
-        (cell, steps, True) for cell in CELLS for steps in ("mask", "lengths")]
+    cases = [("lstm", "mask", False, sys.argv[2])] if "--one" in sys.argv else [
+        (cell, steps, True, kernel) for cell in CELLS for steps in ("mask", "lengths")
+        for kernel in ("persistent", "step")]
     for case in cases:
         run(*case)
     print(f"{len(cases)} cases ok")

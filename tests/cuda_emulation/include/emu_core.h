@@ -153,6 +153,12 @@ inline cudaError_t take_pending() {
   return set_error(e, "an earlier kernel faulted: " + pending_message);
 }
 
+// The compute capability's major number: 9 (an H100), or EMU_SM_MAJOR (below 9: no thread-block clusters).
+inline int sm_major() {
+  const char* s = std::getenv("EMU_SM_MAJOR");
+  return s ? std::atoi(s) : 9;
+}
+
 inline std::chrono::seconds deadlock_timeout() {
   const char* s = std::getenv("EMU_DEADLOCK_S");
   return std::chrono::seconds(s ? std::atoi(s) : 300);
@@ -271,6 +277,7 @@ inline cudaError_t check(const Config& c, const void* kernel) {
   if (fit == 0) return set_error(cudaErrorInvalidValue, "one block does not fit on an SM");
   if (csize == 0 || g.x % k.x || g.y % k.y || g.z % k.z)
     return set_error(cudaErrorInvalidClusterSize, "cluster " + str(k) + " does not divide grid " + str(g));
+  if (csize > 1 && sm_major() < 9) return set_error(cudaErrorInvalidClusterSize, "clusters need sm_90 or newer");
   if (csize > (f.non_portable_cluster ? kClusterMax : kClusterPortable))
     return set_error(cudaErrorInvalidClusterSize, "cluster of " + std::to_string(csize) +
                                                       " blocks (8 portable, 16 with NonPortableClusterSizeAllowed)");

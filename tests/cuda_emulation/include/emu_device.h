@@ -118,6 +118,11 @@ inline int block_vote(int predicate) {
 
 }  // namespace emu
 
+// Occupancy hints for ptxas only (cuda_runtime.h defines the macro for nvcc alone).
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
 inline void __syncthreads() { emu::self.block->barrier.sync(); }
 inline int __syncthreads_count(int p) { return emu::block_vote(p); }
 inline int __syncthreads_and(int p) { return emu::block_vote(p) == int(emu::self.launch->nthreads); }
@@ -250,8 +255,8 @@ void chevron(const Config& cfg, void (*kernel)(P...), A&&... args) {
   launch(cfg, kernel, std::forward<A>(args)...);
 }
 
-template <class... P, class... A>
-cudaError_t launch_ex(const cudaLaunchConfig_t* c, void (*kernel)(P...), A&&... args) {
+// The configuration of cudaLaunchKernelEx (and cudaOccupancyMaxActiveClusters): cluster and cooperative attributes.
+inline Config config_of(const cudaLaunchConfig_t* c) {
   Config cfg{c->gridDim, c->blockDim, {1, 1, 1}, c->dynamicSmemBytes, c->stream, false};
   for (unsigned i = 0; i < c->numAttrs; ++i) {
     const cudaLaunchAttribute& a = c->attrs[i];
@@ -260,7 +265,12 @@ cudaError_t launch_ex(const cudaLaunchConfig_t* c, void (*kernel)(P...), A&&... 
     else if (a.id == cudaLaunchAttributeCooperative)
       cfg.cooperative = a.val.cooperative != 0;
   }
-  return launch(cfg, kernel, std::forward<A>(args)...);
+  return cfg;
+}
+
+template <class... P, class... A>
+cudaError_t launch_ex(const cudaLaunchConfig_t* c, void (*kernel)(P...), A&&... args) {
+  return launch(config_of(c), kernel, std::forward<A>(args)...);
 }
 
 template <class... P, size_t... I>

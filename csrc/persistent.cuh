@@ -1,0 +1,118 @@
+#pragma once
+// The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh) and the step kernels, in
+// one place:
+// MASKRNN_CUDA_KERNEL=persistent|step forces one (read at every call); unset (or "auto"), the persistent kernel
+// runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16 CTAs in shared
+// memory, and at least one such cluster able to be resident. Forced where it cannot run, it raises why.
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "persistent_bwd.cuh"
+#include "persistent_fwd.cuh"
+
+namespace maskrnn {
+
+enum class KernelChoice { kAuto, kPersistent, kStep };
+
+inline KernelChoice kernel_choice() {
+  const char* v = std::getenv("MASKRNN_CUDA_KERNEL");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "auto") return KernelChoice::kAuto;
+  if (s == "persistent") return KernelChoice::kPersistent;
+  if (s == "step") return KernelChoice::kStep;
+  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, step, auto or unset; got '" + s + "'");
+}
+
+struct PersistPlan {
+  int ctas = 0, units = 0;  // cluster size C, units per CTA HC
+  size_t smem = 0;          // dynamic shared memory per CTA
+  std::string why;          // empty when the persistent kernel runs
+};
+
+inline int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  MASKRNN_CHECK(cudaGetDevice(&dev));
+  MASKRNN_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
+// Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them). smem(H, HC):
+// the kernel's dynamic shared memory per CTA.
+inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
+  PersistPlan plan;
+  const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
+  if (major < 9 || !device_attribute(cudaDevAttrClusterLaunch)) {
+    plan.why = "thread-block clusters need sm_90 or newer, this GPU is sm_" + std::to_string(major) + "x";
+    return plan;
+  }
+  const size_t limit = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  bool fits = false;
+  for (int C : {8, 16}) {
+    plan.units = (p.H + C - 1) / C;
+    plan.ctas = (p.H + plan.units - 1) / plan.units;  // no CTA without units
+    plan.smem = smem(p.H, plan.units);
+    fits = kRowGroups * plan.units <= kMaxPersistThreads && plan.smem <= limit;
+    if (fits) break;
+  }
+  if (!fits) {
+    plan.why = "at H=" + std::to_string(p.H) + " a 16-CTA cluster's CTA needs " + std::to_string(plan.smem) +
+               " bytes of shared memory (at most " + std::to_string(limit) + ") and " +
+               std::to_string(kRowGroups * plan.units) + " threads (at most " + std::to_string(kMaxPersistThreads) +
+               ")";
+  }
+  return plan;
+}
+
+// Runs a persistent kernel (arguments: steps, B, H, HC, p.n_rows, mask, zero_output, then args) and returns
+// true, or returns false for the step kernels (see the top).
+template <typename... P, typename... A>
+bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...), A... args) {
+  const KernelChoice choice = kernel_choice();
+  if (choice == KernelChoice::kStep) return false;
+  PersistPlan plan = persist_plan(p, smem);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(plan.ctas);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(plan.ctas) * unsigned((p.B + kPersistRows - 1) / kPersistRows));
+  cfg.blockDim = dim3(unsigned(kRowGroups * plan.units));
+  cfg.dynamicSmemBytes = plan.smem;
+  cfg.stream = p.stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (plan.why.empty()) {
+    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)));
+    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, plan.ctas > 8));
+    int clusters = 0;  // 0 where a cluster cannot be co-scheduled (MIG slices, MPS limits, other kernels' use)
+    MASKRNN_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    if (clusters < 1)
+      plan.why = "no cluster of " + std::to_string(plan.ctas) + " CTAs with " + std::to_string(plan.smem) +
+                 " bytes of shared memory each can be resident on this GPU";
+  }
+  if (!plan.why.empty()) {
+    if (choice == KernelChoice::kPersistent)
+      throw std::runtime_error("MASKRNN_CUDA_KERNEL=persistent cannot run this scan: " + plan.why);
+    return false;
+  }
+  if (p.T == 0) return true;
+  MASKRNN_CHECK(cudaLaunchKernelEx(&cfg, kernel, p.T, p.B, p.H, plan.units, p.n_rows, p.mask, p.zero_output,
+                                   args...));
+  MASKRNN_LAUNCH_CHECK();
+  return true;
+}
+
+template <typename T, Cell kCell>
+bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+  return run_persistent(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs, tape);
+}
+
+template <typename T>
+bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh,
+                              T* dc, T* dgx) {
+  return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
+}
+
+}  // namespace maskrnn

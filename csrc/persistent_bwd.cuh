@@ -1,0 +1,125 @@
+#pragma once
+// Persistent LSTM backward (sm_90, issue 14): the layout of persistent_fwd.cuh run backwards in time. CTA c
+// owns the units [c*HC, (c+1)*HC) and keeps the rows of U for them (U transposed: 4H x HC) in shared memory; at
+// step t it forms dh_t = dgx_{t+1} U^T for its units from the slice's gate gradients of every unit, then its
+// units' gate gradients of step t, and pushes them (4 x HC per row) into every peer's copy through distributed
+// shared memory: one cluster barrier per step. The arithmetic is the step kernels' (lstm_kernels.cuh): the same
+// running gradients dh, dc and carried output gradient, here in registers, and the same rounding of the gate
+// gradients to the storage type before they enter the product.
+#include "persistent_fwd.cuh"
+
+namespace maskrnn {
+
+// Gate gradients of the slice's rows, double-buffered (accumulation type), then U's rows (storage type).
+template <typename T>
+constexpr size_t persist_bwd_smem(int H, int HC) {
+  return 2 * sizeof(acc_t<T>) * size_t(4 * H) * kPersistRows + sizeof(T) * size_t(4 * H) * HC;
+}
+
+// Launched like persistent_fwd (persist_bwd_smem bytes of dynamic shared memory); the other arguments as in
+// scan.h's lstm_bwd.
+template <typename T>
+__global__ void __launch_bounds__(kMaxPersistThreads)
+    persistent_lstm_bwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask,
+                        bool zero_output, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc,
+                        T* dgx) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90: the launcher never sends a launch here
+#else
+  namespace cg = cooperative_groups;
+  using Acc = acc_t<T>;
+  constexpr int RT = kRowsPerThread, R = kPersistRows;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
+  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 4 * H;
+  const bool unit = j < H;
+  extern __shared__ __align__(16) unsigned char persist_smem_raw[];
+  Acc* dgbuf = reinterpret_cast<Acc*>(persist_smem_raw);  // [2][4H][R]
+  T* Us = reinterpret_cast<T*>(dgbuf + 2 * K * R);         // [4H][HC]: U[j][k] at k * HC + jj
+  const int64_t BH = int64_t(B) * H;
+
+  for (int i = tid; i < K * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
+    const int k = i % K, u = i / K, jg = j - jj + u;
+    Us[k * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
+  }
+  bool ok[RT];
+  Acc dhr[RT], dcr[RT], carry[RT];
+#pragma unroll
+  for (int i = 0; i < RT; ++i) {
+    const int64_t s = int64_t(row0 + r0 + i) * H + j;
+    ok[i] = unit && row0 + r0 + i < B;
+    dhr[i] = ok[i] ? to_acc(dh[s]) : Acc(0);
+    dcr[i] = ok[i] ? to_acc(dc[s]) : Acc(0);
+    carry[i] = Acc(0);
+  }
+  cluster.sync();  // every CTA of the cluster has started before its peers push into it
+
+  // dh <- (gate gradients of step t) U^T for the rows real at step t (n rows computed there), from the buffer
+  // pushed at step t.
+  auto product = [&](const Acc* dgT, int t, int n) {
+    Acc acc[RT][1] = {};
+    persist_dot(dgT, Us, K, HC, jj, r0, 0, 1, acc);
+#pragma unroll
+    for (int i = 0; i < RT; ++i)
+      if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] = acc[i][0];
+  };
+  int phase = 0;             // pushes so far: the last one is in dgbuf[phase % 2]
+  bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
+  for (int t = steps - 1; t >= 0; --t) {
+    const int n = rows_at(sizes, t, B);
+    const bool active = n > row0;  // the same for the whole cluster
+    if (next_active && unit) product(dgbuf + (phase % 2) * K * R, t + 1, rows_at(sizes, t + 1, B));
+    Acc d[RT][4] = {};
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      if (!ok[i]) continue;
+      const int b = row0 + r0 + i;
+      const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 4 + j;
+      if (!is_real(mask, t, B, b, n)) {
+#pragma unroll
+        for (int g = 0; g < 4; ++g) dgx[row + g * H] = from_acc<T>(Acc(0));
+        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + to_acc(d_out[o]);
+        continue;
+      }
+      Acc a[4], dd[4];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) a[g] = to_acc(gx[row + g * H]);
+      const Acc dht = dhr[i] + to_acc(d_out[o]) + carry[i];
+      carry[i] = Acc(0);
+      lstm_cell_bwd(a, to_acc(cs[o]), to_acc(cs[o + BH]), dht, dcr[i], dd);
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        const T v = from_acc<T>(dd[g]);
+        dgx[row + g * H] = v;
+        d[i][g] = to_acc(v);
+      }
+    }
+    if (active) {
+      if (unit) {
+        Acc* next = dgbuf + ((phase + 1) % 2) * K * R;
+        for (unsigned c = 0; c < cluster.num_blocks(); ++c) {
+          Acc* dst = cluster.map_shared_rank(next, c);
+#pragma unroll
+          for (int g = 0; g < 4; ++g)
+#pragma unroll
+            for (int i = 0; i < RT; ++i) dst[(g * H + j) * R + r0 + i] = d[i][g];
+        }
+      }
+      cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
+      ++phase;
+    }
+    next_active = active;
+  }
+  // the gradient of h0
+  if (next_active && unit) product(dgbuf + (phase % 2) * K * R, 0, rows_at(sizes, 0, B));
+#pragma unroll
+  for (int i = 0; i < RT; ++i) {
+    if (!ok[i]) continue;
+    const int64_t s = int64_t(row0 + r0 + i) * H + j;
+    dh[s] = from_acc<T>(dhr[i]);
+    dc[s] = from_acc<T>(dcr[i]);
+  }
+#endif
+}
+
+}  // namespace maskrnn

@@ -1,0 +1,204 @@
+#pragma once
+// Persistent forward scans (sm_90, issue 14): one launch per call. A thread-block cluster of C CTAs runs one
+// slice of kPersistRows batch rows for the whole sequence; CTA c owns the units [c*HC, (c+1)*HC) (HC = units,
+// the last CTA may own fewer) with all G gate columns of them, so the cell math is local, and keeps its slice
+// of U (H x G x HC, storage type) in shared memory. Each CTA also holds h of the slice's rows for every unit
+// (accumulation type, k-major: h[k][row]); a CTA pushes its new h values into every peer's copy through
+// distributed shared memory, then one cluster barrier ends the step (two for GRU without reset_after, whose
+// r * h is exchanged the same way in mid-step). The tape is the step kernels' (lstm_kernels.cuh,
+// gru_kernels.cuh), so their backward runs unchanged after it. A step where none of the slice's rows is
+// computed (sizes[t] <= first row: rows finished, or not yet started when pre-padded) is only carried: no
+// product, no exchange, no barrier.
+#include <cooperative_groups.h>
+
+#include "tile.cuh"
+
+namespace maskrnn {
+
+enum class Cell { kLstm, kGruResetAfter, kGru };  // kGru: GRU with reset_after = false
+template <Cell C> constexpr int kGates = C == Cell::kLstm ? 4 : 3;
+// GRU without reset_after exchanges r * h_{t-1} before its candidate's product: two barriers a step, which
+// also let one h buffer serve (step t reads it before the first barrier, writes it after).
+template <Cell C> constexpr int kHBuffers = C == Cell::kGru ? 1 : 2;
+
+constexpr int kPersistRows = 8;     // batch rows per cluster
+constexpr int kRowsPerThread = 2;   // a thread's rows (register-blocked: one U load feeds them all)
+constexpr int kRowGroups = kPersistRows / kRowsPerThread;  // threads per unit; a CTA runs kRowGroups * HC
+constexpr int kMaxPersistThreads = 256;  // __launch_bounds__: up to 255 registers a thread
+
+// Shared memory of one CTA: h buffers (and the r * h buffer), then the U slice.
+template <typename T, Cell C>
+constexpr size_t persist_smem(int H, int HC) {
+  const size_t acc = sizeof(acc_t<T>) * size_t(H) * kPersistRows;
+  return acc * (kHBuffers<C> + (C == Cell::kGru ? 1 : 0)) + sizeof(T) * size_t(H) * kGates<C> * HC;
+}
+
+// acc[i][g] += sum over k < H of hT[k][r0 + i] * U[k][g][jj], for the gates g in [g0, g1).
+template <int G, typename Acc, typename T>
+__device__ inline void persist_dot(const Acc* hT, const T* Us, int H, int HC, int jj, int r0, int g0, int g1,
+                                   Acc (&acc)[kRowsPerThread][G]) {
+#pragma unroll 2
+  for (int k = 0; k < H; ++k) {
+    Acc hv[kRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) hv[i] = hT[k * kPersistRows + r0 + i];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g < g0 || g >= g1) continue;
+      const Acc u = to_acc(Us[(k * G + g) * HC + jj]);
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) acc[i][g] += hv[i] * u;
+    }
+  }
+}
+
+// v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster. Templated on the
+// storage type T, not only its accumulation type: each dtype's translation unit keeps its own copy, and the
+// float32 one is the copy the ThreadSanitizer build instruments (it links the half types' objects plain).
+template <typename T, class Cluster>
+__device__ inline void persist_push(const Cluster& cluster, acc_t<T>* buffer, int j, int r0,
+                                    const acc_t<T> (&v)[kRowsPerThread]) {
+  for (unsigned c = 0; c < cluster.num_blocks(); ++c) {
+    acc_t<T>* dst = cluster.map_shared_rank(buffer, c) + j * kPersistRows + r0;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) dst[i] = v[i];
+  }
+}
+
+// Launched as a grid of C * ceil(B / kPersistRows) CTAs of kRowGroups * HC threads, clusters of (C,1,1), with
+// persist_smem bytes of dynamic shared memory. sizes: scan.h's n_rows (device; nullptr: every row): rows
+// [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr (GRU); b_rec: GRU reset_after only. The other
+// arguments as in scan.h.
+template <typename T, Cell kCell>
+__global__ void __launch_bounds__(kMaxPersistThreads)
+    persistent_fwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask, bool zero_output,
+                   T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90: the launcher never sends a launch here
+#else
+  namespace cg = cooperative_groups;
+  using Acc = acc_t<T>;
+  constexpr int G = kGates<kCell>, RT = kRowsPerThread, R = kPersistRows;
+  constexpr bool kLstm = kCell == Cell::kLstm, kSplit = kCell == Cell::kGru;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
+  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R;
+  const bool unit = j < H;
+  extern __shared__ __align__(16) unsigned char persist_smem_raw[];
+  Acc* hbuf = reinterpret_cast<Acc*>(persist_smem_raw);  // [kHBuffers][H][R]
+  Acc* rhbuf = hbuf + kHBuffers<kCell> * H * R;           // [H][R], kSplit only
+  T* Us = reinterpret_cast<T*>(rhbuf + (kSplit ? H * R : 0));  // [H][G][HC]
+  const int64_t BH = int64_t(B) * H;
+
+  for (int i = tid; i < H * G * HC; i += int(blockDim.x)) {
+    const int k = i / (G * HC), g = i / HC % G, u = j - jj + i % HC;
+    Us[i] = u < H ? U[int64_t(k) * G * H + g * H + u] : T(0.0f);
+  }
+  for (int i = tid; i < H * R; i += int(blockDim.x)) {
+    const int b = row0 + i % R;
+    hbuf[i] = b < B ? to_acc(hs[int64_t(b) * H + i / R]) : Acc(0);
+  }
+  // The thread's rows row0 + r0 + i at unit j: states in registers, the output it last wrote (carried).
+  bool ok[RT];
+  Acc h[RT], c[RT] = {}, bias[G] = {};
+  T y[RT];
+#pragma unroll
+  for (int i = 0; i < RT; ++i) {
+    const int b = row0 + r0 + i;
+    ok[i] = unit && b < B;
+    h[i] = ok[i] ? to_acc(hs[int64_t(b) * H + j]) : Acc(0);
+    if constexpr (kLstm) c[i] = ok[i] ? to_acc(tape[int64_t(b) * H + j]) : Acc(0);
+    y[i] = from_acc<T>(Acc(0));
+  }
+  if (kCell == Cell::kGruResetAfter && unit)
+    for (int g = 0; g < G; ++g) bias[g] = to_acc(b_rec[g * H + j]);
+  cluster.sync();  // every CTA of the cluster has started and loaded before its peers push into it
+
+  int phase = 0;  // computed steps so far: h_t is in hbuf[phase % kHBuffers]
+  for (int t = 0; t < steps; ++t) {
+    const int n = rows_at(sizes, t, B);
+    const bool active = n > row0;  // the same for the whole cluster
+    bool real[RT];
+    Acc gv[RT][G];
+    T* g_row[RT];
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      const int b = row0 + r0 + i;
+      real[i] = ok[i] && is_real(mask, t, B, b, n);
+      g_row[i] = gx + (t * BH + int64_t(b) * H) * G + j;
+#pragma unroll
+      for (int g = 0; g < G; ++g) gv[i][g] = real[i] ? to_acc(g_row[i][g * H]) : Acc(0);
+    }
+    Acc acc[RT][G] = {}, z[RT] = {};
+    if (active && unit) persist_dot(hbuf + (phase % kHBuffers<kCell>) * H * R, Us, H, HC, jj, r0, 0,
+                                    kSplit ? 2 : G, acc);
+    if constexpr (kSplit) {  // z, r and r * h_{t-1} first; the candidate after the exchange
+      Acc rh[RT];
+#pragma unroll
+      for (int i = 0; i < RT; ++i) {
+        rh[i] = Acc(0);
+        if (!real[i]) continue;
+        z[i] = sigmoid(gv[i][0] + acc[i][0]);
+        const Acc r_gate = sigmoid(gv[i][1] + acc[i][1]);
+        g_row[i][0] = from_acc<T>(z[i]);
+        g_row[i][H] = from_acc<T>(r_gate);
+        rh[i] = r_gate * h[i];
+      }
+      if (active) {
+        if (unit) persist_push<T>(cluster, rhbuf, j, r0, rh);
+        cluster.sync();
+        if (unit) persist_dot(rhbuf, Us, H, HC, jj, r0, 2, 3, acc);
+      }
+#pragma unroll
+      for (int i = 0; i < RT; ++i)
+        if (ok[i]) tape[t * BH + int64_t(row0 + r0 + i) * H + j] = from_acc<T>(rh[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      if (!ok[i]) continue;
+      const int64_t o = t * BH + int64_t(row0 + r0 + i) * H + j;
+      if (real[i]) {
+        if constexpr (kLstm) {
+          Acc a[4];
+#pragma unroll
+          for (int g = 0; g < 4; ++g) a[g] = gv[i][g] + acc[i][g];
+          Acc c_new, h_new;
+          lstm_cell_fwd(a, c[i], c_new, h_new);
+#pragma unroll
+          for (int g = 0; g < 4; ++g) g_row[i][g * H] = from_acc<T>(a[g]);
+          c[i] = c_new;
+          h[i] = h_new;
+        } else if constexpr (kSplit) {
+          Acc hh;
+          h[i] = gru_cell_fwd(z[i], gv[i][2], acc[i][2], h[i], hh);
+          g_row[i][2 * H] = from_acc<T>(hh);
+        } else {
+          const Acc zg = sigmoid(gv[i][0] + acc[i][0] + bias[0]);
+          const Acc r_gate = sigmoid(gv[i][1] + acc[i][1] + bias[1]);
+          const Acc rh = acc[i][2] + bias[2];
+          Acc hh;
+          h[i] = gru_cell_fwd(zg, gv[i][2], r_gate * rh, h[i], hh);
+          g_row[i][0] = from_acc<T>(zg);
+          g_row[i][H] = from_acc<T>(r_gate);
+          g_row[i][2 * H] = from_acc<T>(hh);
+          tape[o] = from_acc<T>(rh);
+        }
+        y[i] = from_acc<T>(h[i]);
+      } else {
+        if (kCell == Cell::kGruResetAfter) tape[o] = from_acc<T>(Acc(0));
+        if (zero_output) y[i] = from_acc<T>(Acc(0));  // else the previous output (0 before the first step)
+      }
+      out[o] = y[i];
+      hs[o + BH] = from_acc<T>(h[i]);
+      if constexpr (kLstm) tape[o + BH] = from_acc<T>(c[i]);
+    }
+    if (active) {
+      if (unit) persist_push<T>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * H * R, j, r0, h);
+      cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done
+      ++phase;
+    }
+  }
+#endif
+}
+
+}  // namespace maskrnn
