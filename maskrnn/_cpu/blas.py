@@ -19,7 +19,7 @@ from . import threads
 from .cache import njit
 from .cells import JIT
 
-SPLIT_WORK = 1 << 20  # multiply-adds of a GEMM below which one thread beats the hand-off
+SPLIT_WORK = 1 << 22  # multiply-adds of a GEMM below which one thread beats the hand-off
 
 
 @njit(**JIT)
