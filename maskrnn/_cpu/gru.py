@@ -1,30 +1,29 @@
 """GRU scans on the CPU: masked and packed, forward and backward, reset_after True and False
 (contract in maskrnn/_scan.py). Same structure as ``lstm``: one jitted call per sequence, BLAS for the
-per-step products, the gate math of ``cells``, blocks of rows [r0, r1) at once; ``mask=None`` selects the packed
-variant.
+per-step products, the gate math of ``cells``; ``mask=None`` selects the packed variant.
 """
 
 import numpy as np
 
 from .. import _scan
-from . import threads
 from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
 
 
 @njit(**JIT)
-def _gru_fwd(gx, Ustep, Uh, b_rec, mask, batch_sizes, zero_output, reset_after, out, hs, hr, r0, r1):
-    """Ustep: U (reset_after: u = h U, all three gates) or U_zr (u = h U_zr, the candidate's product h r U_h
-    comes later, with Uh)."""
+def _gru_fwd(gx, U, b_rec, mask, batch_sizes, zero_output, reset_after, out, hs, hr):
     T, B, G = gx.shape
     H = G // 3
-    u = np.empty((r1, Ustep.shape[1]), gx.dtype)  # rows below r0 unused: indexes stay those of the batch
-    term = np.empty((r1, H), gx.dtype)
+    # reset_after: u = h U (all three gates); else u = h U_zr and the candidate's product comes later.
+    Ustep = U if reset_after else np.ascontiguousarray(U[:, : 2 * H])
+    Uh = np.ascontiguousarray(U[:, 2 * H :])
+    u = np.empty((B, Ustep.shape[1]), gx.dtype)
+    term = np.empty((B, H), gx.dtype)
     for t in range(T):
-        n = min(max(batch_sizes[t], r0), r1)
-        if n > r0:
-            np.dot(hs[t, r0:n], Ustep, u[r0:n])
-        for b in range(r0, r1):
+        n = batch_sizes[t]
+        if n > 0:
+            np.dot(hs[t, :n], Ustep, u[:n])
+        for b in range(B):
             real = b < n and (mask is None or mask[t, b])
             if not real:
                 carry_row(t, b, zero_output, out, hs, None)
@@ -39,9 +38,9 @@ def _gru_fwd(gx, Ustep, Uh, b_rec, mask, batch_sizes, zero_output, reset_after, 
             else:
                 for j in range(H):
                     hr[t, b, j] = g[H + j] * hs[t, b, j]
-        if not reset_after and n > r0:
-            np.dot(hr[t, r0:n], Uh, term[r0:n])
-        for b in range(r0, n):
+        if not reset_after and n > 0:
+            np.dot(hr[t, :n], Uh, term[:n])
+        for b in range(n):
             if mask is None or mask[t, b]:
                 gru_cell_fwd(gx[t, b], term[b], hs[t, b], hs[t + 1, b], H)
                 out[t, b] = hs[t + 1, b]
@@ -49,19 +48,18 @@ def _gru_fwd(gx, Ustep, Uh, b_rec, mask, batch_sizes, zero_output, reset_after, 
 
 @njit(**JIT)
 def _gru_bwd(gx, Ut, Uzr_t, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, hs, hr, d_out, dh, dgx, dgr,
-             d_carry, r0, r1):
+             d_carry):
     """Steps [t_base, t_base + T) of the backward scan, in reverse (dh and d_carry as in lstm._lstm_bwd)."""
     T, B, G = gx.shape
     H = G // 3
-    # Scratch rows below r0 unused: indexes stay those of the batch.
-    dht = np.empty((r1, H), gx.dtype)
-    d_ah = np.empty((r1, H), gx.dtype)
-    d_rh = np.empty((r1, H), gx.dtype)
-    d_zr = np.empty((r1, 2 * H), gx.dtype)
-    dh_prev = np.empty((r1, H), gx.dtype)
+    dht = np.empty((B, H), gx.dtype)
+    d_ah = np.empty((B, H), gx.dtype)
+    d_rh = np.empty((B, H), gx.dtype)
+    d_zr = np.empty((B, 2 * H), gx.dtype)
+    dh_prev = np.empty((B, H), gx.dtype)
     for t in range(T - 1, -1, -1):
-        n = min(max(batch_sizes[t], r0), r1)
-        for b in range(r0, r1):
+        n = batch_sizes[t]
+        for b in range(B):
             if b < n and (mask is None or mask[t, b]):
                 for j in range(H):
                     dht[b, j] = dh[b, j] + d_out[t, b, j] + d_carry[b, j]
@@ -74,11 +72,11 @@ def _gru_bwd(gx, Ut, Uzr_t, Uh_t, mask, batch_sizes, zero_output, reset_after, t
                     dgr[t, b] = 0
                 d_ah[b] = 0
                 carry_row_grad(t, b, zero_output, d_out, d_carry, t_base)
-        if n == r0:
+        if n == 0:
             continue
         if not reset_after:
-            np.dot(d_ah[r0:n], Uh_t, d_rh[r0:n])  # gradient of r * h_{t-1}
-        for b in range(r0, n):
+            np.dot(d_ah[:n], Uh_t, d_rh[:n])  # gradient of r * h_{t-1}
+        for b in range(n):
             if not (mask is None or mask[t, b]):
                 d_zr[b] = 0
                 continue
@@ -96,10 +94,10 @@ def _gru_bwd(gx, Ut, Uzr_t, Uh_t, mask, batch_sizes, zero_output, reset_after, t
             else:
                 d_zr[b] = dgx[t, b, : 2 * H]
         if reset_after:
-            np.dot(dgr[t, r0:n], Ut, dh_prev[r0:n])
+            np.dot(dgr[t, :n], Ut, dh_prev[:n])
         else:
-            np.dot(d_zr[r0:n], Uzr_t, dh_prev[r0:n])
-        for b in range(r0, n):
+            np.dot(d_zr[:n], Uzr_t, dh_prev[:n])
+        for b in range(n):
             if mask is None or mask[t, b]:
                 for j in range(H):
                     dh[b, j] = dht[b, j] + dh_prev[b, j]
@@ -112,27 +110,17 @@ def _gru_bwd_chunks(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, 
     Ut, Uzr_t, Uh_t = (np.ascontiguousarray(u.T) for u in (U, U[:, : 2 * H], U[:, 2 * H :]))
     d_carry = np.zeros((B, H), gx.dtype)
     for t0, t1 in reversed(_scan.chunks(T, B, H, G)):
-        threads.scan(_gru_bwd, (gx[t0:t1], Ut, Uzr_t, Uh_t, None if mask is None else mask[t0:t1], batch_sizes[t0:t1],
-                                zero_output, reset_after, t0, hs[t0:t1 + 1], hr[t0:t1], d_out[t0:t1], dh, dgx[t0:t1],
-                                dgr[t0:t1], d_carry), batch_sizes[t0:t1], G * G // 3)
-
-
-def _gru_fwd_rows(gx, U, b_rec, mask, batch_sizes, zero_output, reset_after, out, hs, hr):
-    G = gx.shape[2]
-    H = G // 3
-    Ustep = U if reset_after else np.ascontiguousarray(U[:, : 2 * H])
-    Uh = np.ascontiguousarray(U[:, 2 * H :])
-    threads.scan(_gru_fwd, (gx, Ustep, Uh, b_rec, mask, batch_sizes, zero_output, reset_after, out, hs, hr),
-                 batch_sizes, G * G // 3)
+        _gru_bwd(gx[t0:t1], Ut, Uzr_t, Uh_t, None if mask is None else mask[t0:t1], batch_sizes[t0:t1], zero_output,
+                 reset_after, t0, hs[t0:t1 + 1], hr[t0:t1], d_out[t0:t1], dh, dgx[t0:t1], dgr[t0:t1], d_carry)
 
 
 def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
     mask, sizes = steps
-    _gru_fwd_rows(gx, U, b_rec, mask, sizes, zero_output, reset_after, out, hs, hr)
+    _gru_fwd(gx, U, b_rec, mask, sizes, zero_output, reset_after, out, hs, hr)
 
 
 def gru_packed_fwd(gx, U, b_rec, batch_sizes, zero_output, reset_after, out, hs, hr):
-    _gru_fwd_rows(gx, U, b_rec, None, batch_sizes, zero_output, reset_after, out, hs, hr)
+    _gru_fwd(gx, U, b_rec, None, batch_sizes, zero_output, reset_after, out, hs, hr)
 
 
 def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):

@@ -1,47 +1,45 @@
 """LSTM scans on the CPU: masked and packed, forward and backward (contract in maskrnn/_scan.py).
 
-One jitted call runs the whole sequence on a block of rows [r0, r1) (``threads.scan`` runs the blocks at
-once): per step, one BLAS GEMM (h @ U over the block's rows that are computed) and the fused gate math of
-``cells``. The masked and packed variants share one body: the packed kernels
+One jitted call runs the whole sequence: per step, one BLAS GEMM (h @ U over the rows that are computed)
+and the fused gate math of ``cells``. The masked and packed variants share one body: the packed kernels
 pass ``mask=None`` (Numba prunes the test) and compute only the prefix ``[0, batch_sizes[t])``.
 """
 
 import numpy as np
 
 from .. import _scan
-from . import threads
 from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd
 
 
 @njit(**JIT)
-def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs, r0, r1):
+def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
     T, B, G = gx.shape
     H = G // 4
-    u = np.empty((r1 - r0, G), gx.dtype)
+    u = np.empty((B, G), gx.dtype)
     for t in range(T):
-        n = min(max(batch_sizes[t], r0), r1)  # rows [r0, n) are computed
-        if n > r0:
-            np.dot(hs[t, r0:n], U, u[: n - r0])
-        for b in range(r0, r1):
+        n = batch_sizes[t]
+        if n > 0:
+            np.dot(hs[t, :n], U, u[:n])
+        for b in range(B):
             if b < n and (mask is None or mask[t, b]):
-                lstm_cell_fwd(gx[t, b], u[b - r0], cs[t, b], cs[t + 1, b], hs[t + 1, b], H)
+                lstm_cell_fwd(gx[t, b], u[b], cs[t, b], cs[t + 1, b], hs[t + 1, b], H)
                 out[t, b] = hs[t + 1, b]
             else:
                 carry_row(t, b, zero_output, out, hs, cs)
 
 
 @njit(**JIT)
-def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc, dgx, d_carry, r0, r1):
+def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc, dgx, d_carry):
     """Steps [t_base, t_base + T) of the backward scan, in reverse: dh, dc and d_carry (the gradient of a carried
     output on its way to the previous real step) come in from the later steps and go out to the earlier ones."""
     T, B, G = gx.shape
     H = G // 4
     dht = np.empty(H, gx.dtype)
-    dh_prev = np.empty((r1 - r0, H), gx.dtype)
+    dh_prev = np.empty((B, H), gx.dtype)
     for t in range(T - 1, -1, -1):
-        n = min(max(batch_sizes[t], r0), r1)
-        for b in range(r0, r1):
+        n = batch_sizes[t]
+        for b in range(B):
             if b < n and (mask is None or mask[t, b]):
                 for j in range(H):
                     dht[j] = dh[b, j] + d_out[t, b, j] + d_carry[b, j]
@@ -50,11 +48,11 @@ def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc,
             else:
                 dgx[t, b] = 0
                 carry_row_grad(t, b, zero_output, d_out, d_carry, t_base)
-        if n > r0:
-            np.dot(dgx[t, r0:n], Ut, dh_prev[: n - r0])
-        for b in range(r0, n):
+        if n > 0:
+            np.dot(dgx[t, :n], Ut, dh_prev[:n])
+        for b in range(n):
             if mask is None or mask[t, b]:
-                dh[b] = dh_prev[b - r0]
+                dh[b] = dh_prev[b]
 
 
 def _lstm_bwd_chunks(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, dgx):
@@ -63,23 +61,17 @@ def _lstm_bwd_chunks(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, d
     Ut = np.ascontiguousarray(U.T)
     d_carry = np.zeros((B, G // 4), gx.dtype)
     for t0, t1 in reversed(_scan.chunks(T, B, G // 4, G)):
-        threads.scan(_lstm_bwd, (gx[t0:t1], Ut, None if mask is None else mask[t0:t1], batch_sizes[t0:t1],
-                                 zero_output, t0, cs[t0:t1 + 1], d_out[t0:t1], dh, dc, dgx[t0:t1], d_carry),
-                     batch_sizes[t0:t1], G * G // 4)
-
-
-def _lstm_fwd_rows(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
-    G = gx.shape[2]
-    threads.scan(_lstm_fwd, (gx, U, mask, batch_sizes, zero_output, out, hs, cs), batch_sizes, G * G // 4)
+        _lstm_bwd(gx[t0:t1], Ut, None if mask is None else mask[t0:t1], batch_sizes[t0:t1], zero_output, t0,
+                  cs[t0:t1 + 1], d_out[t0:t1], dh, dc, dgx[t0:t1], d_carry)
 
 
 def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
     mask, sizes = steps
-    _lstm_fwd_rows(gx, U, mask, sizes, zero_output, out, hs, cs)
+    _lstm_fwd(gx, U, mask, sizes, zero_output, out, hs, cs)
 
 
 def lstm_packed_fwd(gx, U, batch_sizes, zero_output, out, hs, cs):
-    _lstm_fwd_rows(gx, U, None, batch_sizes, zero_output, out, hs, cs)
+    _lstm_fwd(gx, U, None, batch_sizes, zero_output, out, hs, cs)
 
 
 def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
