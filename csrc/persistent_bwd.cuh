@@ -65,10 +65,11 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   };
   int phase = 0;             // pushes so far: the last one is in dgbuf[phase % 2]
   bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
+  int n_next = 0;            // rows computed at step t + 1
   for (int t = steps - 1; t >= 0; --t) {
     const int n = rows_at(sizes, t, B);
     const bool active = n > row0;  // the same for the whole cluster
-    if (next_active && unit) product(dgbuf + (phase % 2) * K * R, t + 1, rows_at(sizes, t + 1, B));
+    if (next_active && unit) product(dgbuf + (phase % 2) * K * R, t + 1, n_next);
     Acc d[RT][4] = {};
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
@@ -109,9 +110,9 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       ++phase;
     }
     next_active = active;
+    n_next = n;
   }
-  // the gradient of h0
-  if (next_active && unit) product(dgbuf + (phase % 2) * K * R, 0, rows_at(sizes, 0, B));
+  if (next_active && unit) product(dgbuf + (phase % 2) * K * R, 0, n_next);  // the gradient of h0
 #pragma unroll
   for (int i = 0; i < RT; ++i) {
     if (!ok[i]) continue;
