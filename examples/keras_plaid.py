@@ -27,7 +27,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras_japanese_vowels import LAYERS, EpochTimer  # noqa: E402
+from keras_japanese_vowels import LAYERS, train  # noqa: E402
 
 
 def features(series, frame):
@@ -52,20 +52,6 @@ def load(frame=8):
                                     padding="post", value=0.0) for part in series]
     ys = [np.asarray(labels).astype(int) for _, labels in splits]
     return xs[0], ys[0], xs[1], ys[1]
-
-
-def train(layer_cls, data, epochs, units, seed):
-    x_train, y_train, x_test, y_test = data
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((None, x_train.shape[2])), keras.layers.Masking(mask_value=0.0),
-                              layer_cls(units), keras.layers.Dense(int(y_train.max()) + 1)])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    timer = EpochTimer()
-    model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0, callbacks=[timer])
-    _, accuracy = model.evaluate(x_test, y_test, batch_size=128, verbose=0)
-    per_epoch = float(np.median(timer.times[1:] if len(timer.times) > 1 else timer.times))
-    return dict(accuracy=float(accuracy), seconds_per_epoch=per_epoch)
 
 
 def main(argv=None):
