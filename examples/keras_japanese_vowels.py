@@ -67,6 +67,16 @@ def train(layer_cls, data, epochs, units, seed):
     return dict(accuracy=float(accuracy), seconds_per_epoch=per_epoch)
 
 
+def compare(data, args):
+    """Trains each layer args.layer names ("both": every one) and prints its accuracy and time per epoch."""
+    results = {}
+    for name in LAYERS if args.layer == "both" else [args.layer]:
+        results[name] = train(LAYERS[name], data, args.epochs, args.units, args.seed)
+        print(f"{name:8s} test accuracy {results[name]['accuracy']:.3f}, "
+              f"{results[name]['seconds_per_epoch']:.3f} s per epoch")
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", choices=["both", *LAYERS], default="both")
@@ -77,12 +87,7 @@ def main(argv=None):
     data = load()
     print(f"JapaneseVowels: {len(data[0])} train, {len(data[2])} test series, padded to {data[0].shape[1]} "
           f"frames; Keras backend {keras.backend.backend()}")
-    results = {}
-    for name in LAYERS if args.layer == "both" else [args.layer]:
-        results[name] = train(LAYERS[name], data, args.epochs, args.units, args.seed)
-        print(f"{name:8s} test accuracy {results[name]['accuracy']:.3f}, "
-              f"{results[name]['seconds_per_epoch']:.3f} s per epoch")
-    return results
+    return compare(data, args)
 
 
 if __name__ == "__main__":

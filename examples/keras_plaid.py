@@ -27,7 +27,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras_japanese_vowels import LAYERS, train  # noqa: E402
+from keras_japanese_vowels import LAYERS, compare  # noqa: E402
 
 
 def features(series, frame):
@@ -66,12 +66,7 @@ def main(argv=None):
     padding = float(np.mean(np.all(data[0] == 0, axis=-1)))
     print(f"PLAID: {len(data[0])} train, {len(data[2])} test series, padded to {data[0].shape[1]} steps "
           f"({padding:.0%} of the training steps are padding); Keras backend {keras.backend.backend()}")
-    results = {}
-    for name in LAYERS if args.layer == "both" else [args.layer]:
-        results[name] = train(LAYERS[name], data, args.epochs, args.units, args.seed)
-        print(f"{name:8s} test accuracy {results[name]['accuracy']:.3f}, "
-              f"{results[name]['seconds_per_epoch']:.3f} s per epoch")
-    return results
+    return compare(data, args)
 
 
 if __name__ == "__main__":

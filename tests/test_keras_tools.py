@@ -1,6 +1,7 @@
 """The Keras examples (JapaneseVowels and PLAID, when sktime is installed) and the bench's Keras training rows,
 briefly."""
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -12,14 +13,19 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 pytest.importorskip("keras")
 
 
+def _example(name):
+    """The module examples/<name>.py (the examples import each other, as they do when run as scripts)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 @pytest.mark.slow
 def test_japanese_vowels_example_learns():
     pytest.importorskip("sktime")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    try:
-        import keras_japanese_vowels as example
-    finally:
-        sys.path.pop(0)
+    example = _example("keras_japanese_vowels")
     x_train, y_train, x_test, y_test = example.load()
     assert x_train.shape == (270, 29, 12) and x_test.shape == (370, 29, 12)
     assert sorted(set(y_train)) == list(range(9)) and sorted(set(y_test)) == list(range(9))
@@ -33,11 +39,7 @@ def test_japanese_vowels_example_learns():
 @pytest.mark.slow
 def test_plaid_example_learns():
     pytest.importorskip("sktime")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    try:
-        import keras_plaid as example
-    finally:
-        sys.path.pop(0)
+    example = _example("keras_plaid")
     x_train, y_train, x_test, y_test = example.load(frame=8)
     assert x_train.shape == (537, 168, 9) and x_test.shape[0] == 537 and x_test.shape[2] == 9
     assert sorted(set(y_train)) == list(range(11)) and sorted(set(y_test)) == list(range(11))
