@@ -65,8 +65,8 @@ inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
 }
 
 // Runs a persistent kernel (arguments: steps, B, H, HC, p.n_rows, mask, zero_output, then args) and returns
-// true, or returns false for the step kernels (see the top).
-template <typename... P, typename... A>
+// true, or returns false for the step kernels (see the top). kWarps: CTAs of whole warps (tensor cores).
+template <bool kWarps = false, typename... P, typename... A>
 bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...), A... args) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
@@ -78,7 +78,7 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   attr[0].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(unsigned(plan.ctas) * unsigned((p.B + kPersistRows - 1) / kPersistRows));
-  cfg.blockDim = dim3(unsigned(kRowGroups * plan.units));
+  cfg.blockDim = dim3(unsigned(kWarps ? round_up(kRowGroups * plan.units, kWarp) : kRowGroups * plan.units));
   cfg.dynamicSmemBytes = plan.smem;
   cfg.stream = p.stream;
   cfg.attrs = attr;
@@ -106,7 +106,8 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
 
 template <typename T, Cell kCell>
 bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
-  return run_persistent(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs, tape);
+  return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs,
+                                        tape);
 }
 
 template <typename T>

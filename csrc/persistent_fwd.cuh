@@ -8,9 +8,14 @@
 // r * h is exchanged the same way in mid-step). The tape is the step kernels' (lstm_kernels.cuh,
 // gru_kernels.cuh), so their backward runs unchanged after it. A step where none of the slice's rows is
 // computed (sizes[t] <= first row: rows finished, or not yet started when pre-padded) is only carried: no
-// product, no exchange, no barrier.
+// product, no exchange, no barrier. In float16 and bfloat16 the product runs on tensor cores
+// (persistent_mma.cuh: its layout and shape), h is exchanged in the storage type and a CTA's threads are rounded
+// up to whole warps; the threads past kRowGroups * HC own no unit.
 #include <cooperative_groups.h>
 
+#include <type_traits>
+
+#include "persistent_mma.cuh"
 #include "tile.cuh"
 
 namespace maskrnn {
@@ -25,12 +30,21 @@ constexpr int kPersistRows = 8;     // batch rows per cluster
 constexpr int kRowsPerThread = 2;   // a thread's rows (register-blocked: one U load feeds them all)
 constexpr int kRowGroups = kPersistRows / kRowsPerThread;  // threads per unit; a CTA runs kRowGroups * HC
 constexpr int kMaxPersistThreads = 256;  // __launch_bounds__: up to 255 registers a thread
+static_assert(kMmaM == kPersistRows, "a tensor-core tile's rows are a batch slice");
 
-// Shared memory of one CTA: h buffers (and the r * h buffer), then the U slice.
+// The element type of the forward's h buffers: the storage type where h feeds tensor cores.
+template <typename T> using persist_h_t = std::conditional_t<kPersistMma<T>, T, acc_t<T>>;
+// h buffers of the forward: kHBuffers, and GRU without reset_after's r * h.
+template <Cell C> constexpr int kFwdBuffers = kHBuffers<C> + (C == Cell::kGru ? 1 : 0);
+
+// Shared memory of one CTA: h buffers (and the r * h buffer) of Hp rows, the U slice (Hp x NP), then the tensor
+// cores' fp32 product (8 x NP). FMA: Hp = H, NP = G * HC, no product buffer.
 template <typename T, Cell C>
 constexpr size_t persist_smem(int H, int HC) {
-  const size_t acc = sizeof(acc_t<T>) * size_t(H) * kPersistRows;
-  return acc * (kHBuffers<C> + (C == Cell::kGru ? 1 : 0)) + sizeof(T) * size_t(H) * kGates<C> * HC;
+  constexpr bool mma = kPersistMma<T>;
+  const size_t Hp = mma ? mma_depth(H) : H, NP = mma ? mma_width(kGates<C>, HC) : kGates<C> * HC;
+  return sizeof(persist_h_t<T>) * Hp * kPersistRows * kFwdBuffers<C> + sizeof(T) * Hp * NP +
+         (mma ? sizeof(float) * kPersistRows * NP : 0);
 }
 
 // acc[i][g] += sum over k < H of hT[k][r0 + i] * U[k][g][jj], for the gates g in [g0, g1).
@@ -52,20 +66,22 @@ __device__ inline void persist_dot(const Acc* hT, const T* Us, int H, int HC, in
   }
 }
 
-// v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster. Templated on the
-// storage type T, not only its accumulation type: each dtype's translation unit keeps its own copy, and the
-// float32 one is the copy the ThreadSanitizer build instruments (it links the half types' objects plain).
-template <typename T, class Cluster>
-__device__ inline void persist_push(const Cluster& cluster, acc_t<T>* buffer, int j, int r0,
+// v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster, rounded to the
+// buffer's type E. Templated on the storage type T, not only its accumulation type: each dtype's translation
+// unit keeps its own copy, and the float32 one is the copy the ThreadSanitizer build instruments (it links the
+// half types' objects plain).
+template <typename T, typename E, class Cluster>
+__device__ inline void persist_push(const Cluster& cluster, E* buffer, int j, int r0,
                                     const acc_t<T> (&v)[kRowsPerThread]) {
   for (unsigned c = 0; c < cluster.num_blocks(); ++c) {
-    acc_t<T>* dst = cluster.map_shared_rank(buffer, c) + j * kPersistRows + r0;
+    E* dst = cluster.map_shared_rank(buffer, c) + j * kPersistRows + r0;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) dst[i] = v[i];
+    for (int i = 0; i < kRowsPerThread; ++i) dst[i] = from_acc<E>(v[i]);
   }
 }
 
-// Launched as a grid of C * ceil(B / kPersistRows) CTAs of kRowGroups * HC threads, clusters of (C,1,1), with
+// Launched as a grid of C * ceil(B / kPersistRows) CTAs of kRowGroups * HC threads (rounded up to whole warps
+// where kPersistMma<T>), clusters of (C,1,1), with
 // persist_smem bytes of dynamic shared memory. sizes: scan.h's n_rows (device; nullptr: every row): rows
 // [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr (GRU); b_rec: GRU reset_after only. The other
 // arguments as in scan.h.
@@ -78,25 +94,29 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
 #else
   namespace cg = cooperative_groups;
   using Acc = acc_t<T>;
+  using HT = persist_h_t<T>;
   constexpr int G = kGates<kCell>, RT = kRowsPerThread, R = kPersistRows;
-  constexpr bool kLstm = kCell == Cell::kLstm, kSplit = kCell == Cell::kGru;
+  constexpr bool kLstm = kCell == Cell::kLstm, kSplit = kCell == Cell::kGru, kMma = kPersistMma<T>;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
   const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R;
-  const bool unit = j < H;
-  extern __shared__ __align__(16) unsigned char persist_smem_raw[];
-  Acc* hbuf = reinterpret_cast<Acc*>(persist_smem_raw);  // [kHBuffers][H][R]
-  Acc* rhbuf = hbuf + kHBuffers<kCell> * H * R;           // [H][R], kSplit only
-  T* Us = reinterpret_cast<T*>(rhbuf + (kSplit ? H * R : 0));  // [H][G][HC]
+  const bool unit = j < H && tid < kRowGroups * HC;
+  const int Hp = kMma ? mma_depth(H) : H, NP = kMma ? mma_width(G, HC) : G * HC;  // see persist_smem
+  extern __shared__ __align__(128) unsigned char persist_fwd_smem[];
+  HT* hbuf = reinterpret_cast<HT*>(persist_fwd_smem);  // [kHBuffers][Hp][R]
+  HT* rhbuf = hbuf + kHBuffers<kCell> * Hp * R;         // [Hp][R], kSplit only
+  T* Us = reinterpret_cast<T*>(hbuf + kFwdBuffers<kCell> * Hp * R);  // [Hp][NP]: U[k][g*H + j] at k*NP + g*HC + jj
+  float* P = kMma ? reinterpret_cast<float*>(Us + Hp * NP) : nullptr;  // [R][NP], tensor cores only
   const int64_t BH = int64_t(B) * H;
 
-  for (int i = tid; i < H * G * HC; i += int(blockDim.x)) {
-    const int k = i / (G * HC), g = i / HC % G, u = j - jj + i % HC;
-    Us[i] = u < H ? U[int64_t(k) * G * H + g * H + u] : T(0.0f);
+  for (int i = tid; i < Hp * NP; i += int(blockDim.x)) {
+    const int k = i / NP, g = i % NP / HC, u = j - jj + i % NP % HC;
+    Us[i] = k < H && g < G && u < H ? U[int64_t(k) * G * H + g * H + u] : T(0.0f);
   }
-  for (int i = tid; i < H * R; i += int(blockDim.x)) {
-    const int b = row0 + i % R;
-    hbuf[i] = b < B ? to_acc(hs[int64_t(b) * H + i / R]) : Acc(0);
+  // h_0 into the first buffer, zeros elsewhere: the padding rows k >= H are never written again.
+  for (int i = tid; i < kFwdBuffers<kCell> * Hp * R; i += int(blockDim.x)) {
+    const int b = row0 + i % R, k = i / R;
+    hbuf[i] = k < H && b < B ? convert<HT>(hs[int64_t(b) * H + k]) : HT(0.0f);
   }
   // The thread's rows row0 + r0 + i at unit j: states in registers, the output it last wrote (carried).
   bool ok[RT];
@@ -130,8 +150,14 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       for (int g = 0; g < G; ++g) gv[i][g] = real[i] ? to_acc(g_row[i][g * H]) : Acc(0);
     }
     Acc acc[RT][G] = {}, z[RT] = {};
-    if (active && unit) persist_dot(hbuf + (phase % kHBuffers<kCell>) * H * R, Us, H, HC, jj, r0, 0,
-                                    kSplit ? 2 : G, acc);
+    // acc[i][g] += (h U)[row0 + r0 + i][g * H + j] for g in [g0, g1), h from the buffer hT; block-uniform.
+    auto product = [&](const HT* hT, int g0, int g1) {
+      if constexpr (kMma)
+        persist_mma_dot(hT, Us, Hp, HC, jj, r0, g0, g1, unit, P, acc);
+      else if (unit)
+        persist_dot(hT, Us, H, HC, jj, r0, g0, g1, acc);
+    };
+    if (active) product(hbuf + (phase % kHBuffers<kCell>) * Hp * R, 0, kSplit ? 2 : G);
     if constexpr (kSplit) {  // z, r and r * h_{t-1} first; the candidate after the exchange
       Acc rh[RT];
 #pragma unroll
@@ -147,7 +173,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       if (active) {
         if (unit) persist_push<T>(cluster, rhbuf, j, r0, rh);
         cluster.sync();
-        if (unit) persist_dot(rhbuf, Us, H, HC, jj, r0, 2, 3, acc);
+        product(rhbuf, 2, 3);
       }
 #pragma unroll
       for (int i = 0; i < RT; ++i)
@@ -193,7 +219,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       if constexpr (kLstm) tape[o + BH] = from_acc<T>(c[i]);
     }
     if (active) {
-      if (unit) persist_push<T>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * H * R, j, r0, h);
+      if (unit) persist_push<T>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, j, r0, h);
       cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done
       ++phase;
     }

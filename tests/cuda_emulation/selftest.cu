@@ -1,12 +1,13 @@
 // Small kernels that exercise each part of the emulation (test_emulation.py runs them): launch checks, blocks
 // running concurrently with their own shared memory, grid and cluster barriers, distributed shared memory,
-// warp shuffles and votes, atomics, CUDA graph capture. Compiled by build.py like csrc's sources (launches
-// and __shared__ rewritten) into the _emu_selftest module; int64 arguments are host pointers.
+// warp shuffles and votes, atomics, CUDA graph capture, WMMA (mma.h). Compiled by build.py like csrc's sources
+// (launches and __shared__ rewritten) into the _emu_selftest module; int64 arguments are host pointers.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cooperative_groups.h>
 #include <cuda_pipeline.h>
+#include <mma.h>
 
 #include "check.h"
 
@@ -200,6 +201,68 @@ void graph(uptr x, int times, int replays, uptr stream) {
   MASKRNN_CHECK(cudaGraphDestroy(g));
 }
 
+// D = scale (A B + C) by WMMA, one warp per M x N tile of D: A (m x k) and B (k x n) row- or column-major as
+// LA and LB say, C row-major, D column-major (ldm m); m, n, k multiples of the tile. Lanes 16-31 read A `skew`
+// elements further on (0: every lane passes the same pointer, as it must).
+template <class T, int M, int N, int K, class LA, class LB>
+__global__ void wmma_gemm(const T* A, const T* B, const float* C, float* D, int m, int n, int k, float scale,
+                          int skew) {
+  namespace wmma = nvcuda::wmma;
+  constexpr bool a_row = std::is_same_v<LA, wmma::row_major>, b_row = std::is_same_v<LB, wmma::row_major>;
+  const int tile = int(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32), i0 = tile / (n / N) * M,
+            j0 = tile % (n / N) * N;
+  if (i0 >= m) return;
+  wmma::fragment<wmma::matrix_a, M, N, K, T, LA> a;
+  wmma::fragment<wmma::matrix_b, M, N, K, T, LB> b;
+  wmma::fragment<wmma::accumulator, M, N, K, float> d;
+  wmma::load_matrix_sync(d, C + i0 * n + j0, n, wmma::mem_row_major);
+  for (int kk = 0; kk < k; kk += K) {
+    const T* pa = (a_row ? A + i0 * k + kk : A + kk * m + i0) + (threadIdx.x % 32 >= 16 ? skew : 0);
+    wmma::load_matrix_sync(a, pa, a_row ? k : m);
+    wmma::load_matrix_sync(b, b_row ? B + kk * n + j0 : B + j0 * k + kk, b_row ? n : k);
+    wmma::mma_sync(d, a, b, d);
+  }
+  for (int e = 0; e < d.num_elements; ++e) d.x[e] *= scale;  // element-wise: the mapping does not matter
+  wmma::store_matrix_sync(D + j0 * m + i0, d, m, wmma::mem_col_major);
+}
+
+template <class T, int M, class LA, class LB>
+void run_wmma(unsigned threads, uptr a, uptr b, uptr c, uptr d, int m, int n, int k, float scale, int skew) {
+  Clean clean;
+  constexpr int N = 256 / M;
+  const unsigned tiles = unsigned(m / M * (n / N)), warps = (threads + 31) / 32;
+  wmma_gemm<T, M, N, 16, LA, LB><<<(tiles + warps - 1) / warps, threads>>>(
+      ptr<const T>(a), ptr<const T>(b), ptr<const float>(c), ptr<float>(d), m, n, k, scale, skew);
+  MASKRNN_LAUNCH_CHECK();
+}
+
+template <class T, int M>
+void wmma_layouts(bool a_row, bool b_row, unsigned threads, uptr a, uptr b, uptr c, uptr d, int m, int n, int k,
+                  float scale, int skew) {
+  using nvcuda::wmma::col_major, nvcuda::wmma::row_major;
+  auto go = [&](auto run) { run(threads, a, b, c, d, m, n, k, scale, skew); };
+  if (a_row && b_row) go(run_wmma<T, M, row_major, row_major>);
+  if (a_row && !b_row) go(run_wmma<T, M, row_major, col_major>);
+  if (!a_row && b_row) go(run_wmma<T, M, col_major, row_major>);
+  if (!a_row && !b_row) go(run_wmma<T, M, col_major, col_major>);
+}
+
+template <class T>
+void wmma_shapes(int M, bool a_row, bool b_row, unsigned threads, uptr a, uptr b, uptr c, uptr d, int m, int n,
+                 int k, float scale, int skew) {
+  if (M == 8) wmma_layouts<T, 8>(a_row, b_row, threads, a, b, c, d, m, n, k, scale, skew);
+  if (M == 16) wmma_layouts<T, 16>(a_row, b_row, threads, a, b, c, d, m, n, k, scale, skew);
+  if (M == 32) wmma_layouts<T, 32>(a_row, b_row, threads, a, b, c, d, m, n, k, scale, skew);
+}
+
+void wmma(bool bf16, int M, bool a_row, bool b_row, unsigned threads, uptr a, uptr b, uptr c, uptr d, int m, int n,
+          int k, float scale, int skew) {
+  if (bf16)
+    wmma_shapes<__nv_bfloat16>(M, a_row, b_row, threads, a, b, c, d, m, n, k, scale, skew);
+  else
+    wmma_shapes<__half>(M, a_row, b_row, threads, a, b, c, d, m, n, k, scale, skew);
+}
+
 template <class... P>
 void run(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, uptr arg) {
   Clean clean;
@@ -216,6 +279,7 @@ PYBIND11_MODULE(_emu_selftest, m) {
   m.def("grid_sum_plain", &grid_sum_plain, nogil);
   m.def("grid_sum_cooperative", &grid_sum_cooperative, nogil);
   m.def("graph", &graph, nogil);
+  m.def("wmma", &wmma, nogil);
   using Kernel = void (*)(int*);
   const std::pair<const char*, Kernel> kernels[] = {
       {"own_shared", own_shared}, {"waits_for_last", waits_for_last}, {"warp_ops", warp_ops}, {"deadlock", deadlock},

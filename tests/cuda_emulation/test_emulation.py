@@ -1,11 +1,12 @@
 """The emulation itself (selftest.cu's kernels): launches fail with the error a GPU gives, blocks run concurrently
-with their own shared memory, grid and cluster barriers, distributed shared memory, warp primitives, graphs.
+with their own shared memory, grid and cluster barriers, distributed shared memory, warp primitives, graphs, WMMA
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import importlib.machinery
 import importlib.util
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -161,3 +162,47 @@ def test_async_copies_land_at_the_wait():
     x = np.arange(10, 42, dtype=np.int32)
     st.async_copy(1, 32, 0, x.ctypes.data)
     np.testing.assert_array_equal(x, 1)
+
+
+def aligned(values, dtype):
+    """`values` as a C-contiguous `dtype` array whose data starts on a 32-byte boundary (WMMA's requirement)."""
+    values = np.asarray(values)
+    nbytes = values.size * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + 32, np.uint8)
+    start = -raw.ctypes.data % 32
+    out = raw[start:start + nbytes].view(dtype).reshape(values.shape)
+    out[...] = values.astype(dtype)
+    return out
+
+
+def wmma(rng, dtype, M, a_row, b_row, threads=64, skew=0, offset=0):
+    """D = scale (A B + C) through mma.h's fragments on 2 x 3 tiles (1 x 3 for M = 8, 2 x 1 for N = 8: a tile 8
+    half values from the last would not start 256-bit aligned), k = 48; returns D and the float64 product of
+    the same (rounded) inputs."""
+    N, K = 256 // M, 16
+    m, n, k = (M if M == 8 else 2 * M), (N if N == 8 else 3 * N), 3 * K
+    a, b = aligned(rng.standard_normal((m, k)), dtype), aligned(rng.standard_normal((k, n)), dtype)
+    c, d = aligned(rng.standard_normal((m, n)), np.float32), aligned(np.full((n, m), np.nan), np.float32)
+    a_mem = a if a_row else aligned(a.T, dtype)  # column-major A: its transpose, row-major
+    b_mem = b if b_row else aligned(b.T, dtype)
+    st.wmma(dtype == ml_dtypes.bfloat16, M, a_row, b_row, threads, a_mem.ctypes.data + offset, b_mem.ctypes.data,
+            c.ctypes.data, d.ctypes.data, m, n, k, 0.5, skew)
+    return d.T, 0.5 * (a.astype(np.float64) @ b.astype(np.float64) + c)
+
+
+@pytest.mark.parametrize("a_row, b_row", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("M", [8, 16, 32])
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_wmma_matches_a_plain_matmul(rng, dtype, M, a_row, b_row):
+    got, want = wmma(rng, dtype, M, a_row, b_row)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # exact products, float32 sums of 48 terms
+
+
+@pytest.mark.parametrize("kw, error", [
+    (dict(offset=2), "load_matrix_sync: the pointer is not 256-bit aligned"),
+    (dict(skew=16), "load_matrix_sync: the lanes of the warp passed different arguments"),
+    (dict(threads=16), "a lane of the mask has exited"),  # a partial warp
+])
+def test_wmma_misuse_fails_the_launch(rng, kw, error):
+    with pytest.raises(RuntimeError, match=error):
+        wmma(rng, np.float16, 8, False, True, **kw)

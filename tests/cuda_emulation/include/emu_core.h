@@ -321,12 +321,14 @@ inline cudaError_t execute(const Config& cfg, const void* kernel, const std::fun
   L.dynamic_bytes = align_up(cfg.smem, 128);
   L.region = L.dynamic_bytes + kSmemDefault;
   const unsigned nblocks = count(cfg.grid);
-  L.smem.reset(new char[L.region * nblocks]);
-  std::memset(L.smem.get(), 0xFF, L.region * nblocks);
+  // Each block's shared memory starts 128-byte aligned, as a GPU's does (wmma pointers must be 32-byte aligned).
+  L.smem.reset(new char[L.region * nblocks + 128]);
+  char* const base = L.smem.get() + (128 - reinterpret_cast<std::uintptr_t>(L.smem.get()) % 128) % 128;
+  std::memset(base, 0xFF, L.region * nblocks);
   L.blocks = std::vector<Block>(nblocks);
   for (unsigned i = 0; i < nblocks; ++i) {
     L.blocks[i].barrier.init(&L, L.nthreads, "__syncthreads");
-    L.blocks[i].smem = L.smem.get() + i * L.region;
+    L.blocks[i].smem = base + i * L.region;
     L.blocks[i].running = L.nthreads;
     add_warps(L.blocks[i], L.nthreads);
   }
