@@ -217,7 +217,7 @@ void gru_fwd(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* 
 template <typename T>
 void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh, T* dgx,
              T* dgr) {
-  if (empty(p)) return;
+  if (empty(p) || persistent_gru_backward<T>(p, gx, U, hs, hr, d_out, dh, dgx, dgr)) return;
   using Acc = acc_t<T>;
   Acc* dh_acc = static_cast<Acc*>(p.scratch);
   Acc* carry = dh_acc + int64_t(p.B) * p.H;

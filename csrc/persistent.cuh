@@ -1,6 +1,6 @@
 #pragma once
-// The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh) and the step kernels, in
-// one place:
+// The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh, persistent_gru_bwd.cuh) and
+// the step kernels, in one place:
 // MASKRNN_CUDA_KERNEL=persistent|step forces one (read at every call); unset (or "auto"), the persistent kernel
 // runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16 CTAs in shared
 // memory, and at least one such cluster able to be resident. Forced where it cannot run, it raises why.
@@ -10,6 +10,7 @@
 
 #include "persistent_bwd.cuh"
 #include "persistent_fwd.cuh"
+#include "persistent_gru_bwd.cuh"
 
 namespace maskrnn {
 
@@ -114,6 +115,15 @@ template <typename T>
 bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh,
                               T* dc, T* dgx) {
   return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
+}
+
+template <typename T>
+bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr,
+                             const T* d_out, T* dh, T* dgx, T* dgr) {
+  return p.reset_after ? run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr,
+                                        d_out, dh, dgx, dgr)
+                       : run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs,
+                                        hr, d_out, dh, dgx, dgr);
 }
 
 }  // namespace maskrnn

@@ -2,7 +2,8 @@
 MASKRNN_CUDA_KERNEL=persistent, against the float64 reference and against the forced step kernels, for every
 cell, mask kind and dtype; cluster splits that leave the last CTA fewer units, H not a multiple of any tile,
 B=1 and several batch slices, T=1 and long T, rows finishing at different steps, NaN in padding; gradients
-through them (the LSTM's persistent backward against finite differences); the choice's errors and fallback.
+through them (every cell's persistent backward against finite differences, the GRUs' against the step kernels'
+in every dtype and at the edge shapes); the choice's errors and fallback, backward included.
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import sys
@@ -103,8 +104,7 @@ def test_persistent_shapes(monkeypatch, rng, cell, shape):
 @pytest.mark.parametrize("mask_kind", ["post", "holes"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_after_persistent_forward(monkeypatch, rng, cell, mask_kind):
-    """The gradients through the persistent kernels (LSTM: forward and backward; GRU: the step kernels'
-    backward on the persistent forward's tape) equal the step kernels'."""
+    """The gradients through the persistent kernels (forward and backward) equal the step kernels'."""
     B, T, I, H = 9, 7, 3, 19
     p = make_problem(rng, cell, B, T, I, H, initial_state=True)
     mask = make_mask(rng, mask_kind, B, T)
@@ -123,22 +123,80 @@ def test_backward_after_persistent_forward(monkeypatch, rng, cell, mask_kind):
 # B = 9: two batch slices; H = 5: 5 CTAs of one unit; rows finishing at different steps.
 @pytest.mark.parametrize("mask_kind, go_backwards, zero_output", [
     ("post", False, False), ("pre", True, False), ("holes", False, True), ("post_holes", True, True)])
-def test_persistent_lstm_gradients_match_finite_differences(monkeypatch, rng, mask_kind, go_backwards, zero_output):
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_gradients_match_finite_differences(monkeypatch, rng, cell, mask_kind, go_backwards, zero_output):
     monkeypatch.setenv("MASKRNN_CUDA_KERNEL", "persistent")
     B, T, I, H = 9, 5, 2, 5
-    p = make_problem(rng, "lstm", B, T, I, H, initial_state=True)
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
     mask = make_mask(rng, mask_kind, B, T)
     p = nan_in_padding(p, mask)
     kw = dict(mask=mask, go_backwards=go_backwards, zero_output_for_mask=zero_output)
-    upstream = random_upstream(rng, "lstm", B, T, H)
-    g = grads("cpu", "lstm", p, upstream, **kw)[1]
+    upstream = random_upstream(rng, cell, B, T, H)
+    g = grads("cpu", cell, p, upstream, **kw)[1]
     clean = dict(p, x=np.where(np.isnan(p["x"]), 0.0, p["x"]))  # the reference's x: padding never read
-    for name in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"):
+    for name in ("x", "kernel", "recurrent_kernel", "bias", "h0") + (("c0",) if cell == "lstm" else ()):
         shape = (B, H) if name in ("h0", "c0") else p[name].shape
         fd = np.zeros(shape)
         for index in np.ndindex(*shape):
-            fd[index] = finite_difference("lstm", clean, upstream, name, index, **kw)
+            fd[index] = finite_difference(cell, clean, upstream, name, index, **kw)
         np.testing.assert_allclose(g[name], fd, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def backward(monkeypatch, kernel, cell, p, upstream, forward_kernel="persistent", **kw):
+    """The gradients (a dict) with the backward run by kernel on forward_kernel's tape: the variable is read at
+    every call, so the backward alone is switched."""
+    monkeypatch.setenv("MASKRNN_CUDA_KERNEL", forward_kernel)
+    _, vjp, _, extra = cell_fns(cell)
+    _, pullback = call(vjp, p, extra, device="cpu", **kw)
+    monkeypatch.setenv("MASKRNN_CUDA_KERNEL", kernel)
+    dtype = p["x"].dtype
+    return {k: v for k, v in pullback(*(u.astype(dtype) for u in upstream))._asdict().items() if v is not None}
+
+
+def check_both_backwards(monkeypatch, rng, cell, p, dtype, **kw):
+    """The GRU backward forced persistent, in dtype, against the float64 step kernels' (checked against finite
+    differences by test_grad.py) on the inputs rounded to dtype, and in the half types also against the step
+    kernels' in dtype."""
+    (B, T, _), H = p["x"].shape, p["recurrent_kernel"].shape[0]
+    upstream = [u.astype(DTYPES[dtype]).astype(np.float64) for u in random_upstream(rng, cell, B, T, H)]
+    low = cast(p, DTYPES[dtype])
+    want = backward(monkeypatch, "step", cell, cast(low, np.float64), upstream, **kw)
+    persistent = backward(monkeypatch, "persistent", cell, low, upstream, **kw)
+    step = backward(monkeypatch, "step", cell, low, upstream, **kw) if dtype in ("float16", "bfloat16") else want
+    assert persistent.keys() == want.keys() == step.keys()
+    for name, w in want.items():
+        assert persistent[name].dtype == np.dtype(DTYPES[dtype]), name
+        assert np.isfinite(persistent[name].astype(np.float64)).all(), name
+        assert rel_err(persistent[name], w) < TOLERANCE[dtype], name
+        assert rel_err(persistent[name], step[name].astype(np.float64)) < TOLERANCE[dtype], name
+
+
+GRUS = [c for c in CELLS if c != "lstm"]
+
+
+# H = 22: 8 CTAs of 3 units, the last with 1; B = 11: two batch slices, the second partial.
+@pytest.mark.parametrize("dtype, mask_kind", [(d, m) for d in ("float32", "float64")
+                                              for m in ("none", "post", "pre", "holes", "post_holes", "empty")]
+                         + [(d, m) for d in ("float16", "bfloat16") for m in ("post", "holes")])
+@pytest.mark.parametrize("cell", GRUS)
+def test_persistent_gru_backward_matches_step(monkeypatch, rng, cell, dtype, mask_kind):
+    allow_half(monkeypatch)
+    B, T, I, H = 11, 9, 4, 22
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
+    mask = make_mask(rng, mask_kind, B, T)
+    check_both_backwards(monkeypatch, rng, cell, nan_in_padding(p, mask), dtype, mask=mask,
+                         zero_output_for_mask=mask_kind == "holes")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("cell", GRUS)
+def test_persistent_gru_backward_shapes(monkeypatch, rng, cell, shape):
+    B, T, I, H = shape
+    dtype = "float64" if H == 250 else "float32"
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
+    lengths = rng.permutation(np.arange(T + 1))[:B] if B <= T + 1 else rng.integers(0, T + 1, B)
+    check_both_backwards(monkeypatch, rng, cell, p, dtype, lengths=lengths)  # rows finishing at different steps
+    check_both_backwards(monkeypatch, rng, cell, p, dtype, mask=make_mask(rng, "holes", B, T))
 
 
 def test_unknown_kernel_choice_raises(monkeypatch, rng):
@@ -187,3 +245,31 @@ def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernel
     auto = forward(monkeypatch, "auto", "lstm", p)
     for a, b in zip(auto, forward(monkeypatch, "step", "lstm", p)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", GRUS)
+def test_gru_backward_choice(monkeypatch, rng, cell):
+    """The backward's own choice, on one forward tape: unforced where it fits, the persistent backward's results
+    (float32 at H=40: they differ from the step kernels' in the last bits); forced where it cannot run, a clear
+    error, and unforced there the step kernels' results: float64 at H=290 (reset_after) or H=340, where the
+    forward's U slice fits a 16-CTA cluster but the backward's exchange buffers do not fit beside it, and
+    without clusters."""
+    upstream = random_upstream(rng, cell, 6, 5, 40)
+    p = cast(make_problem(rng, cell, 6, 5, 3, 40), np.float32)
+    auto = backward(monkeypatch, "auto", cell, p, upstream)
+    persistent = backward(monkeypatch, "persistent", cell, p, upstream)
+    step = backward(monkeypatch, "step", cell, p, upstream)
+    assert any(not np.array_equal(persistent[k], step[k]) for k in step)
+    for k in auto:
+        np.testing.assert_array_equal(auto[k], persistent[k])
+    big = 290 if cell == "gru" else 340
+    for sm_major, H, forward_kernel, why in (("9", big, "persistent", f"at H={big} a 16-CTA cluster's CTA needs"),
+                                             ("8", 6, "step", "thread-block clusters need sm_90")):
+        monkeypatch.setenv("EMU_SM_MAJOR", sm_major)
+        upstream = random_upstream(rng, cell, 1, 2, H)
+        p = make_problem(rng, cell, 1, 2, 2, H)
+        with pytest.raises(RuntimeError, match=f"MASKRNN_CUDA_KERNEL=persistent cannot run this scan: {why}"):
+            backward(monkeypatch, "persistent", cell, p, upstream, forward_kernel=forward_kernel)
+        auto = backward(monkeypatch, "auto", cell, p, upstream, forward_kernel=forward_kernel)
+        for k, v in backward(monkeypatch, "step", cell, p, upstream, forward_kernel=forward_kernel).items():
+            np.testing.assert_array_equal(auto[k], v)

@@ -2,8 +2,9 @@
 a TSan build): every cell, masked (holes) and packed (post-padded), forward and backward, float32 (the TSan
 build instruments the float32 kernels), each checked against the float64 reference. Sizes give every launch
 two column tiles (blocks) and products over more than one 32-wide tile, so each barrier of tile_dot matters;
-one row tile keeps the thread count (TSan's cost) low. Each case runs with the persistent forward and with the
-step kernels' (MASKRNN_CUDA_KERNEL). ``--one KERNEL``: only the LSTM's masked forward by that kernel (a mutant's).
+one row tile keeps the thread count (TSan's cost) low. Each case runs with the persistent kernels (forward and
+backward, every cell) and with the step kernels (MASKRNN_CUDA_KERNEL). ``--one KERNEL [CELL]`` (a mutant's): only
+the LSTM's masked forward by that kernel, or CELL's masked forward and backward.
 """
 
 import os
@@ -39,7 +40,8 @@ def run(cell, steps, backward, kernel):
 
 
 def main():
-    cases = [("lstm", "mask", False, sys.argv[2])] if "--one" in sys.argv else [
+    one = sys.argv[2:] + ["lstm"]
+    cases = [(one[1], "mask", one[1] != "lstm", one[0])] if "--one" in sys.argv else [
         (cell, steps, True, kernel) for cell in CELLS for steps in ("mask", "lengths")
         for kernel in ("persistent", "step")]
     for case in cases:

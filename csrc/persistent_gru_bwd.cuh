@@ -1,0 +1,179 @@
+#pragma once
+// Persistent GRU backward, both variants (sm_90, issue 14): the layout of persistent_bwd.cuh (LSTM). CTA c owns
+// the units [c*HC, (c+1)*HC), keeps the rows of U for them (U transposed: 3H x HC) in shared memory and the
+// running gradients dh and carry of its units in registers; gate gradients of the slice's rows, every unit, are
+// pushed into every peer's shared memory (distributed shared memory) and a cluster barrier makes them visible.
+// The arithmetic is the step kernels' (gru_kernels.cuh): the same running gradients, the same rounding of the
+// gradients to the storage type before they enter a product, the same order of the additions into dh.
+//
+// Data flow of step t (dh: the gradient of h_t so far, d = dh + d_out_t + carry, for the real rows):
+// - reset_after (candidate x_h + r * (h U_h + b_h), hr = h U_h + b_h stored by the forward): dz, dhh and
+//   dr = dhh * hr * r(1-r) are local to the unit, so dgr_t = (dz, dr, dhh * r) is pushed at once, and
+//   dh_{t-1} = d * z + dgr_t U^T. One exchange (3H x rows), one barrier; the buffer is doubled so that step
+//   t - 1 pushes while slow peers still read step t's.
+// - not reset_after (candidate x_h + (r * h) U_h): dr_t = (dhh_t U_h^T) * h_{t-1} * r(1-r) needs dhh_t of
+//   every unit, and dh_{t-1} = d * z + r * (dhh_t U_h^T) + (dz_t, dr_t) U_zr^T needs dr_t of every unit. The
+//   chain dhh_t -> dr_t -> dh_{t-1} -> dhh_{t-1} crosses units twice, so a step needs two exchanges in series
+//   (as the forward, whose r * h is exchanged in mid-step): (1) dhh_t, barrier, v = dhh_t U_h^T, dr_t,
+//   dh += r * v; (2) (dz_t, dr_t), barrier; the next step opens with dh += (dz_t, dr_t) U_zr^T. Each buffer
+//   has one barrier between its readers and its next writers, so neither is doubled. Merging the two would
+//   need every CTA to form v for all H units (C times the product's work).
+// A step where none of the slice's rows is computed (sizes[t] <= first row) pushes nothing and has no barrier.
+#include "persistent_fwd.cuh"
+
+namespace maskrnn {
+
+// Shared memory of one CTA: the exchange buffers (accumulation type), then U's rows (storage type).
+template <typename T, bool kResetAfter>
+constexpr size_t persist_gru_bwd_smem(int H, int HC) {
+  return sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * (kResetAfter ? 2 : 1) + sizeof(T) * size_t(3 * H) * HC;
+}
+
+// Launched like persistent_fwd (persist_gru_bwd_smem bytes of dynamic shared memory); the other arguments as in
+// scan.h's gru_bwd (dgr: reset_after only).
+template <typename T, bool kResetAfter>
+__global__ void __launch_bounds__(kMaxPersistThreads)
+    persistent_gru_bwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask,
+                       bool zero_output, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh,
+                       T* dgx, T* dgr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90: the launcher never sends a launch here
+#else
+  namespace cg = cooperative_groups;
+  using Acc = acc_t<T>;
+  constexpr int RT = kRowsPerThread, R = kPersistRows;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
+  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 3 * H;
+  const bool unit = j < H;
+  extern __shared__ __align__(16) unsigned char persist_smem_raw[];
+  // reset_after: [2][3H][R], dgr double-buffered. Else [3H][R]: dhh (H), then dz and dr (2H).
+  Acc* dgbuf = reinterpret_cast<Acc*>(persist_smem_raw);
+  Acc* zrbuf = dgbuf + H * R;  // not reset_after
+  T* Us = reinterpret_cast<T*>(dgbuf + (kResetAfter ? 2 : 1) * K * R);  // [3H][HC]: U[j][k] at k * HC + jj
+  const int64_t BH = int64_t(B) * H;
+
+  for (int i = tid; i < K * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
+    const int k = i % K, u = i / K, jg = j - jj + u;
+    Us[k * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
+  }
+  bool ok[RT];
+  Acc dhr[RT], carry[RT];
+#pragma unroll
+  for (int i = 0; i < RT; ++i) {
+    ok[i] = unit && row0 + r0 + i < B;
+    dhr[i] = ok[i] ? to_acc(dh[int64_t(row0 + r0 + i) * H + j]) : Acc(0);
+    carry[i] = Acc(0);
+  }
+  cluster.sync();  // every CTA of the cluster has started before its peers push into it
+
+  // dh += A Us[k0 : k0 + K_A]^T for the rows real at step t (n rows computed there), A the K_A x R buffer dgT.
+  auto product = [&](const Acc* dgT, int k0, int KA, int t, int n) {
+    Acc acc[RT][1] = {};
+    persist_dot(dgT, Us + k0 * HC, KA, HC, jj, r0, 0, 1, acc);
+#pragma unroll
+    for (int i = 0; i < RT; ++i)
+      if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] += acc[i][0];
+  };
+  int phase = 0;             // reset_after: pushes so far, the last one in dgbuf[phase % 2]
+  bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
+  int n_next = 0;            // rows computed at step t + 1
+  for (int t = steps - 1; t >= 0; --t) {
+    const int n = rows_at(sizes, t, B);
+    const bool active = n > row0;  // the same for the whole cluster
+    if (next_active && unit) {
+      if constexpr (kResetAfter)
+        product(dgbuf + (phase % 2) * K * R, 0, K, t + 1, n_next);
+      else
+        product(zrbuf, 0, 2 * H, t + 1, n_next);
+    }
+    // The pushed gradients, rounded to the storage type (0 for rows not real at t): z, r, h (dhh for not
+    // reset_after, its r comes after the first exchange).
+    Acc d[3][RT] = {};
+    bool real[RT];
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      real[i] = false;
+      if (!ok[i]) continue;
+      const int b = row0 + r0 + i;
+      const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 3 + j;
+      if (!is_real(mask, t, B, b, n)) {
+#pragma unroll
+        for (int g = 0; g < 3; ++g) {
+          dgx[row + g * H] = from_acc<T>(Acc(0));
+          if constexpr (kResetAfter) dgr[row + g * H] = from_acc<T>(Acc(0));
+        }
+        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + to_acc(d_out[o]);
+        continue;
+      }
+      real[i] = true;
+      const Acc z = to_acc(gx[row]), hh = to_acc(gx[row + 2 * H]);
+      Acc dt = dhr[i] + to_acc(d_out[o]) + carry[i], dz, dhh;
+      carry[i] = Acc(0);
+      gru_cell_bwd(z, hh, to_acc(hs[o]), dt, dz, dhh);
+      dhr[i] = dt;
+      const T dz_t = from_acc<T>(dz), dhh_t = from_acc<T>(dhh);
+      dgx[row] = dz_t;
+      dgx[row + 2 * H] = dhh_t;
+      d[0][i] = to_acc(dz_t);
+      if constexpr (kResetAfter) {  // dr = dhh * (h U_h + b_h) * r(1-r)
+        const Acc r_gate = to_acc(gx[row + H]);
+        const Acc dr = dhh * to_acc(hr[o]) * r_gate * (Acc(1) - r_gate);
+        const T dr_t = from_acc<T>(dr), dhr_t = from_acc<T>(dhh * r_gate);
+        dgx[row + H] = dr_t;
+        dgr[row] = dz_t;
+        dgr[row + H] = dr_t;
+        dgr[row + 2 * H] = dhr_t;
+        d[1][i] = to_acc(dr_t);
+        d[2][i] = to_acc(dhr_t);
+      } else {
+        d[2][i] = to_acc(dhh_t);
+      }
+    }
+    if (active) {
+      if constexpr (kResetAfter) {
+        Acc* next = dgbuf + ((phase + 1) % 2) * K * R;
+        if (unit) {
+#pragma unroll
+          for (int g = 0; g < 3; ++g) persist_push<T>(cluster, next + g * H * R, j, r0, d[g]);
+        }
+        cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
+        ++phase;
+      } else {
+        if (unit) persist_push<T>(cluster, dgbuf, j, r0, d[2]);
+        cluster.sync();  // dhh_t is everywhere; every read of the (dz, dr) buffer of step t + 1 is done
+        if (unit) {  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
+          Acc v[RT][1] = {};
+          persist_dot(dgbuf, Us + 2 * H * HC, H, HC, jj, r0, 0, 1, v);
+#pragma unroll
+          for (int i = 0; i < RT; ++i) {
+            if (!real[i]) continue;
+            const int64_t o = t * BH + int64_t(row0 + r0 + i) * H + j, row = (o - j) * 3 + j;
+            const Acc r_gate = to_acc(gx[row + H]);
+            const T dr_t = from_acc<T>(v[i][0] * to_acc(hs[o]) * r_gate * (Acc(1) - r_gate));
+            dgx[row + H] = dr_t;
+            dhr[i] += v[i][0] * r_gate;
+            d[1][i] = to_acc(dr_t);
+          }
+          persist_push<T>(cluster, zrbuf, j, r0, d[0]);
+          persist_push<T>(cluster, zrbuf + H * R, j, r0, d[1]);
+        }
+        cluster.sync();  // (dz_t, dr_t) are everywhere; every read of dhh_t is done
+      }
+    }
+    next_active = active;
+    n_next = n;
+  }
+  if (next_active && unit) {  // the gradient of h0
+    if constexpr (kResetAfter)
+      product(dgbuf + (phase % 2) * K * R, 0, K, 0, n_next);
+    else
+      product(zrbuf, 0, 2 * H, 0, n_next);
+  }
+#pragma unroll
+  for (int i = 0; i < RT; ++i)
+    if (ok[i]) dh[int64_t(row0 + r0 + i) * H + j] = from_acc<T>(dhr[i]);
+#endif
+}
+
+}  // namespace maskrnn
