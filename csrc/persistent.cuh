@@ -31,13 +31,6 @@ struct PersistPlan {
   std::string why;          // empty when the persistent kernel runs
 };
 
-inline int device_attribute(cudaDeviceAttr attr) {
-  int dev = 0, value = 0;
-  MASKRNN_CHECK(cudaGetDevice(&dev));
-  MASKRNN_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
-  return value;
-}
-
 // Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them). smem(H, HC):
 // the kernel's dynamic shared memory per CTA.
 inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {

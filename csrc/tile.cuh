@@ -182,13 +182,18 @@ __device__ inline void block_origin(int H, int rows, int& row0, int& col0) {
   col0 = int(blockIdx.x % ncol) * kUnits;
 }
 
+// An attribute of the current device.
+inline int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  MASKRNN_CHECK(cudaGetDevice(&dev));
+  MASKRNN_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
 // Whether step kernels may overlap their predecessor (programmatic dependent launch: sm_90 and up).
 inline bool pdl_supported() {
 #ifdef __CUDACC__
-  int dev = 0, major = 0;
-  MASKRNN_CHECK(cudaGetDevice(&dev));
-  MASKRNN_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  return major >= 9;
+  return device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9;
 #else
   return false;
 #endif
