@@ -199,6 +199,10 @@ def _upstream(xp, tape, *grads):
 
 MAX_CHUNK_STEPS = 1024  # tiny steps run ~20 us each on the CPU: a chunk stays well under Ctrl-C's 0.5 s
 CHUNK_WORK = 1 << 30  # multiply-adds per chunk of step products (~10 ms on the CPU)
+# Bytes an inference chunk's buffers may take whatever the sequence's size: a quarter of the inputs and outputs
+# alone gave (64,100,128,256) chunks of 3 steps, and their per-chunk costs (a projection GEMM on 192 rows, the
+# bias column, the carried outputs, the output reorder) were a third of the CPU forward's time.
+INFER_WORKSPACE = 4 << 20
 
 
 def chunks(T, B, H, GH, workspace=None):
@@ -241,7 +245,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     I, GH = W.shape
     dtype = init[0].dtype
     per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
-    spans = chunks(T, B, H, GH, (per_step, max(per_step, T * B * (I + H) // 4)))
+    spans = chunks(T, B, H, GH, (per_step, max(T * B * (I + H) // 4, INFER_WORKSPACE // dtype.itemsize)))
     n = spans[0][1]
     states = [_states(xp, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
