@@ -118,8 +118,11 @@ def _with_bias(xp, x, W, b):
     x2 = x.reshape(T * B, In)
     if b is not None:
         x2 = xp.concatenate([x2, xp.ones((T * B, 1), x.dtype)], axis=1)
-        W = xp.concatenate([W, b.reshape(1, -1)])
-    return x2, W
+    return x2, _bias_row(xp, W, b)
+
+
+def _bias_row(xp, W, b):
+    return W if b is None else xp.concatenate([W, b.reshape(1, -1)])
 
 
 ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
@@ -250,15 +253,18 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     states = [_states(xp, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
     out = xp.empty((n, B, H), dtype)
+    # One input buffer, with the bias's column of ones (``_with_bias``), and one W[+b] for every chunk.
+    Wb = _bias_row(xp, W, b)
+    xb = xp.empty((n, B, Wb.shape[0]), dtype)
+    xb[..., I:] = 1
+    gx = xp.empty((n, B, GH), dtype)
     prev = None
     for t0, t1 in spans:
         k = t1 - t0
-        xk = x_at(t0, t1)
-        x2, Wb = _with_bias(xp, xk, W, b)
-        gx = xp.empty((k, B, GH), dtype)
-        _project_rows(xp, K, x2.reshape(k, B, Wb.shape[0]), Wb, gx, plan.host_sizes(t0, t1))
+        xb[:k, :, :I] = x_at(t0, t1)
+        _project_rows(xp, K, xb[:k], Wb, gx[:k], plan.host_sizes(t0, t1))
         o = out[:k]
-        call(gx, plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
+        call(gx[:k], plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
         if prev is not None:
             _carry_outputs(xp, plan.mask[t0:t1], o, prev)
         put(t0, t1, o)
