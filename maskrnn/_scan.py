@@ -126,8 +126,8 @@ def _bias_row(xp, W, b):
 
 
 ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
-# ... each of at least this many rows: an inference chunk of 6 steps was projected in 6 GEMMs of <= 64 rows
-# (one per step), 10 ms of a 40 ms CPU forward at (64,100,128,256).
+# ... each of at least this many rows: an inference chunk of 6 steps was otherwise projected one step (<= 64
+# rows) per GEMM once its rows started finishing.
 MIN_BLOCK_ROWS = 512
 
 
