@@ -84,6 +84,19 @@ def device_plan(xp, mask, source):
                       order=order, inverse=inverse, on_device=True)
 
 
+def _take(xp, a, index, axis):
+    """xp.take(a, index, axis), C-contiguous. NumPy's take first copies a strided array (here the transposed view
+    of a batch-major array) whole to C order before gathering: one row (a (T,F) slice) at a time instead, one pass
+    (fwd+bwd at (64,100,128,256) spent 8 ms of ~110 in take)."""
+    if xp is not np or a.flags.c_contiguous or a.ndim != 3 or axis > 1 or a.size < 256 * len(index):
+        return xp.take(a, index, axis=axis)
+    out = np.empty(a.shape[:axis] + (len(index),) + a.shape[axis + 1 :], a.dtype)
+    src, dst = (a, out) if axis == 0 else (a.transpose(1, 0, 2), out.transpose(1, 0, 2))
+    for j, i in enumerate(index):
+        dst[j] = src[i]
+    return out
+
+
 class _Layout:
     """Moves arrays between the caller's layout and the scan layout for one call."""
 
@@ -103,12 +116,12 @@ class _Layout:
     def rows(self, a, axis=0):
         """Permute batch rows into plan order (a copy, C-contiguous)."""
         if self.plan.order is not None:
-            a = self.xp.take(a, self.plan.order, axis=axis)
+            a = _take(self.xp, a, self.plan.order, axis)
         return self.xp.ascontiguousarray(a)
 
     def unrows(self, a, axis=0):
         if self.plan.order is not None:
-            a = self.xp.take(a, self.plan.inverse, axis=axis)
+            a = _take(self.xp, a, self.plan.inverse, axis)
         return a
 
     def seq_in(self, a, time_major, flip):

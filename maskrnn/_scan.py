@@ -118,11 +118,17 @@ def _with_bias(xp, x, W, b):
     x2 = x.reshape(T * B, In)
     if b is not None:
         x2 = xp.concatenate([x2, xp.ones((T * B, 1), x.dtype)], axis=1)
-        W = xp.concatenate([W, b.reshape(1, -1)])
-    return x2, W
+    return x2, _bias_row(xp, W, b)
+
+
+def _bias_row(xp, W, b):
+    return W if b is None else xp.concatenate([W, b.reshape(1, -1)])
 
 
 ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
+# ... each of at least this many rows: an inference chunk of 6 steps was otherwise projected one step (<= 64
+# rows) per GEMM once its rows started finishing.
+MIN_BLOCK_ROWS = 512
 
 
 def _row_blocks(sizes, T, B):
@@ -132,7 +138,7 @@ def _row_blocks(sizes, T, B):
     sizes None (on the device, where reading them would wait for the device): every row."""
     if sizes is None or sizes.sum() >= 0.9 * T * B:
         return [(0, T, B)]
-    k = -(-T // ROW_BLOCKS)
+    k = max(-(-T // ROW_BLOCKS), -(-MIN_BLOCK_ROWS // B))
     return [(t0, min(T, t0 + k), int(sizes[t0 : t0 + k].max())) for t0 in range(0, T, k)]
 
 
@@ -199,6 +205,10 @@ def _upstream(xp, tape, *grads):
 
 MAX_CHUNK_STEPS = 1024  # tiny steps run ~20 us each on the CPU: a chunk stays well under Ctrl-C's 0.5 s
 CHUNK_WORK = 1 << 30  # multiply-adds per chunk of step products (~10 ms on the CPU)
+# Bytes an inference chunk's buffers may take whatever the sequence's size: a quarter of the inputs and outputs
+# alone gave (64,100,128,256) chunks of 3 steps, and their per-chunk costs (a projection GEMM on 192 rows, the
+# bias column, the carried outputs, the output reorder) were a third of the CPU forward's time.
+INFER_WORKSPACE = 4 << 20
 
 
 def chunks(T, B, H, GH, workspace=None):
@@ -241,20 +251,23 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     I, GH = W.shape
     dtype = init[0].dtype
     per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
-    spans = chunks(T, B, H, GH, (per_step, max(per_step, T * B * (I + H) // 4)))
+    spans = chunks(T, B, H, GH, (per_step, max(T * B * (I + H) // 4, INFER_WORKSPACE // dtype.itemsize)))
     n = spans[0][1]
     states = [_states(xp, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
     out = xp.empty((n, B, H), dtype)
+    # One input buffer, with the bias's column of ones (``_with_bias``), and one W[+b] for every chunk.
+    Wb = _bias_row(xp, W, b)
+    xb = xp.empty((n, B, Wb.shape[0]), dtype)
+    xb[..., I:] = 1
+    gx = xp.empty((n, B, GH), dtype)
     prev = None
     for t0, t1 in spans:
         k = t1 - t0
-        xk = x_at(t0, t1)
-        x2, Wb = _with_bias(xp, xk, W, b)
-        gx = xp.empty((k, B, GH), dtype)
-        _project_rows(xp, K, x2.reshape(k, B, Wb.shape[0]), Wb, gx, plan.host_sizes(t0, t1))
+        xb[:k, :, :I] = x_at(t0, t1)
+        _project_rows(xp, K, xb[:k], Wb, gx[:k], plan.host_sizes(t0, t1))
         o = out[:k]
-        call(gx, plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
+        call(gx[:k], plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
         if prev is not None:
             _carry_outputs(xp, plan.mask[t0:t1], o, prev)
         put(t0, t1, o)

@@ -27,6 +27,9 @@ from pathlib import Path
 
 from numba import njit as _numba_njit
 from numba.core import caching
+from numba.core.errors import NumbaIRAssumptionWarning
+
+from .cells import INLINED_SELECT_WARNING
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -156,6 +159,18 @@ def _cache_for(py_func):
         return caching.NullCache()
 
 
+def _quiet_compile(dispatcher):
+    """The dispatcher's compile without the warning cells.INLINED_SELECT_WARNING explains."""
+    compile_ = dispatcher.compile
+
+    def compile(sig):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", INLINED_SELECT_WARNING, NumbaIRAssumptionWarning)
+            return compile_(sig)
+
+    dispatcher.compile = compile
+
+
 def njit(*, cache=False, **options):
     """``numba.njit(**options)``; ``cache=True`` caches with :class:`KernelCache` (never fails on caching)."""
 
@@ -163,6 +178,7 @@ def njit(*, cache=False, **options):
         dispatcher = _numba_njit(**options)(func)
         if cache:
             dispatcher._cache = _cache_for(dispatcher.py_func)
+        _quiet_compile(dispatcher)
         return dispatcher
 
     return decorate
