@@ -367,8 +367,36 @@ def _jobs(configs, cells, devices):
 
 
 def busy_threshold():
-    """A 1-minute load average above this makes timings unreliable (3/4 of the cores busy with other work)."""
+    """Where the CPU time of other processes cannot be read: a 1-minute load average above this makes timings
+    unreliable (3/4 of the cores busy). It counts the benchmark's own threads too, so it is a coarse test."""
     return 0.75 * (os.cpu_count() or 1)
+
+
+OTHER_WORK_LIMIT = 0.25  # other processes taking more than this share of the cores make the timings unreliable
+
+
+def cpu_clock():
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process), or None where /proc/stat is
+    missing (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: all but idle and iowait are work; steal (the hypervisor
+    # ran another guest on our core) takes the cores from the benchmark like any other process.
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
+def other_work(start, end, wall_s):
+    """Share of the machine's cores that processes other than this one kept busy between two cpu_clock()
+    readings wall_s seconds apart (None where they are None)."""
+    if start is None or end is None or wall_s <= 0:
+        return None
+    other = (end[0] - start[0]) - (end[1] - start[1])
+    return max(0.0, other / (wall_s * (os.cpu_count() or 1)))
 
 
 def run_benchmark(configs, cells, devices, repeats, progress=None):
@@ -376,6 +404,7 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
     # First, while this process is idle: nothing of it runs alongside the fresh one.
     import_s, first_call_s, first_call_cpu_s = first_call()
     rows, skipped, first_calls, loads = [], [], {}, [os.getloadavg()[0]]
+    clock0, wall0 = cpu_clock(), time.perf_counter()
     for n, (dev, cfg, cell, pass_, mask_kind) in enumerate(_jobs(configs, cells, devices)):
         weights, batches = workload(cfg, cell, mask_kind, seed=n)
         case = dict(device=dev, config=list(cfg), cell=cell, pass_=pass_, mask=mask_kind)
@@ -412,7 +441,8 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
 
         rows += bench_keras.stack_rows([c for c in configs if c not in GPU_ONLY], repeats, skipped, progress)
         loads.append(os.getloadavg()[0])
-    busy = max(loads) > busy_threshold()
+    other = other_work(clock0, cpu_clock(), time.perf_counter() - wall0)
+    busy = max(loads) > busy_threshold() if other is None else other > OTHER_WORK_LIMIT
     info = _info.info()
     build = dict(path=os.path.dirname(os.path.abspath(_info.__file__)), native_extension=info["native_extension"],
                  cuda_extension=info["cuda_extension"])
@@ -420,8 +450,9 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                 cudnn_allow_tf32=_cudnn_allow_tf32() if "cuda" in devices else None,
                 configs=[list(c) for c in configs], repeats=repeats, rows=rows, skipped=skipped,
                 import_s=import_s, first_call_s=first_call_s, first_call_cpu_s=first_call_cpu_s,
-                first_in_run_s=first_calls, load_average=dict(max=max(loads), samples=loads,
-                                                            busy_threshold=busy_threshold(), busy=busy),
+                first_in_run_s=first_calls, load_average=dict(max=max(loads), samples=loads),
+                other_work=dict(cpu_share=other, limit=OTHER_WORK_LIMIT, load_threshold=busy_threshold(),
+                                busy=busy),
                 note="ratio = peer time / maskrnn time (>1: maskrnn faster); spread = IQR of the repeats; "
                 "torch-unpacked ignores the mask (not mask-correct), it is the speed of light for dense work; "
                 "train = Embedding -> LSTM -> Linear -> cross-entropy -> Adam step, maskrnn.torch.LSTM with the "
@@ -431,10 +462,12 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
 def warnings(report):
     """Lines that say why the figures may not be reproducible (empty when the run was clean)."""
     out = []
-    load = report.get("load_average")
-    if load and load["busy"]:
-        out.append(f"WARNING: load average reached {load['max']:.1f} (> {load['busy_threshold']:.1f} on "
-                   f"{os.cpu_count()} cores): other work shared the machine, timings are unreliable")
+    other = report.get("other_work")
+    if other and other["busy"]:
+        why = (f"other processes kept {other['cpu_share']:.0%} of the cores busy (limit {other['limit']:.0%})"
+               if other["cpu_share"] is not None else
+               f"load average reached {report['load_average']['max']:.1f} (> {other['load_threshold']:.1f})")
+        out.append(f"WARNING: {why}: other work shared the machine, timings are unreliable")
     noisy = sorted({(r["cell"], r["pass_"], r["mask"]) for r in report["rows"] if not r.get("spread_ok", True)})
     if noisy:
         out.append(f"WARNING: spread above {SPREAD_LIMIT:.0%} of the median after {MAX_ATTEMPTS} attempts in: "
@@ -465,6 +498,8 @@ def format_table(report):
                   f"{k} {v:.2f}" for k, v in report["first_in_run_s"].items()), report["note"]]
     if "load_average" in report:
         lines.append(f"load average (1 min) during the run: max {report['load_average']['max']:.2f}")
+    if report.get("other_work", {}).get("cpu_share") is not None:
+        lines.append(f"other processes during the run: {report['other_work']['cpu_share']:.0%} of the cores")
     return "\n".join(lines + warnings(report))
 
 
