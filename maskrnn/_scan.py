@@ -132,9 +132,9 @@ MIN_BLOCK_ROWS = 512
 
 
 def _row_blocks(sizes, T, B):
-    """[(t0, t1, n)] over the T steps of sizes ((T,) rows computed per step, on the host): the all-step GEMMs
-    (projection, backward) need rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no
-    kernel reads their projection, their gate gradients are 0): ~38% of the work for lengths uniform in [T/4, T].
+    """[(t0, t1, n)] over the T steps of sizes ((T,) rows computed per step, on the host): the input projection
+    needs rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no kernel reads their
+    projection): ~38% of the work for lengths uniform in [T/4, T] (the backward: ``_backward_rows``).
     sizes None (on the device, where reading them would wait for the device): every row."""
     if sizes is None or sizes.sum() >= 0.9 * T * B:
         return [(0, T, B)]
