@@ -174,8 +174,8 @@ def _backward_rows(xp, sizes, T, B):
 def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
     """dx = dgx W^T (T,B,I) (None unless need_dx) and, for each (a, d, cols) in terms ((T,B,F) arrays, cols a
     column slice of d or None), the weight gradient a^T d[..., cols] summed over steps, each over ``rows``
-    (``_backward_rows``) only. The gathered rows of the terms (a, dgx, None) go side by side into one GEMM
-    (LSTM: [x | h_{t-1}]^T dgx, ~12% faster than two; the gather copies them anyway)."""
+    (``_backward_rows``) only. The gathered rows of the terms (a, dgx, None) (at least the input's) go side by
+    side into one GEMM (LSTM: [x | h_{t-1}]^T dgx, ~12% faster than two; the gather copies them anyway)."""
     mm = _matmul(xp, K)
     T, B, _ = dgx.shape
     tf, idx = rows
@@ -194,34 +194,25 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
             mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
         for (a, d, cols), g in zip(terms, sums):
             mm(flat(a)[:n].T, cut(flat(d)[:n], cols), out=g)
-    if idx is None:
-        return dx, sums
-    if need_dx:
+    if idx is not None and need_dx:
         dx[tf:] = 0
-    if len(idx) == 0:
+    if idx is None or len(idx) == 0:
         return dx, sums
     d2 = flat(dgx)[idx]
     if need_dx:
         flat(dx)[idx] = mm(d2, W.T)
     shared = [i for i, (_, d, cols) in enumerate(terms) if d is dgx and cols is None]
-    parts = {}
-    if len(shared) > 1:
-        stack = xp.empty((len(idx), sum(terms[i][0].shape[2] for i in shared)), dgx.dtype)
-        o = 0
-        for i in shared:
-            parts[i] = slice(o, o + terms[i][0].shape[2])
-            stack[:, parts[i]] = flat(terms[i][0])[idx]
-            o = parts[i].stop
-        g = mm(stack.T, d2)
+    stack = [flat(terms[i][0])[idx] for i in shared]
+    g = mm((stack[0] if len(stack) == 1 else xp.concatenate(stack, axis=1)).T, d2)
+    ends = np.cumsum([terms[i][0].shape[2] for i in shared])
+    parts = {i: g[e - terms[i][0].shape[2] : e] for i, e in zip(shared, ends)}
     gathered = {id(dgx): d2}
     for i, (a, d, cols) in enumerate(terms):
-        if i in parts:
-            part = g[parts[i]]
-        else:
+        if i not in parts:
             if id(d) not in gathered:
                 gathered[id(d)] = flat(d)[idx]
-            part = mm(flat(a)[idx].T, cut(gathered[id(d)], cols))
-        xp.add(sums[i], part, out=sums[i])
+            parts[i] = mm(flat(a)[idx].T, cut(gathered[id(d)], cols))
+        xp.add(sums[i], parts[i], out=sums[i])
     return dx, sums
 
 
