@@ -129,6 +129,13 @@ ROW_BLOCKS = 8  # time blocks of an all-step GEMM that skips rows
 # ... each of at least this many rows: an inference chunk of 6 steps was otherwise projected one step (<= 64
 # rows) per GEMM once its rows started finishing.
 MIN_BLOCK_ROWS = 512
+SKIP_ROWS_BELOW = 0.9  # the all-step GEMMs skip finished rows only when fewer than this share of rows is computed
+
+
+def _every_row(sizes, T, B):
+    """Whether the all-step GEMMs run over every row: sizes ((T,) rows computed per step) on the device (None),
+    or nearly every row computed."""
+    return sizes is None or sizes.sum() >= SKIP_ROWS_BELOW * T * B
 
 
 def _row_blocks(sizes, T, B):
@@ -136,7 +143,7 @@ def _row_blocks(sizes, T, B):
     needs rows [0, n) of steps [t0, t1) only; the other rows are past every real step (no kernel reads their
     projection): ~38% of the work for lengths uniform in [T/4, T] (the backward: ``_backward_rows``).
     sizes None (on the device, where reading them would wait for the device): every row."""
-    if sizes is None or sizes.sum() >= 0.9 * T * B:
+    if _every_row(sizes, T, B):
         return [(0, T, B)]
     k = max(-(-T // ROW_BLOCKS), -(-MIN_BLOCK_ROWS // B))
     return [(t0, min(T, t0 + k), int(sizes[t0 : t0 + k].max())) for t0 in range(0, T, k)]
@@ -164,7 +171,7 @@ def _backward_rows(xp, sizes, T, B):
     ``t * B + r`` (r < sizes[t]) of the later steps, gathered by idx: one copy per array of exactly the computed
     rows, where row blocks (``_row_blocks``) copied each block as wide as its widest step and ran 8 GEMMs per
     product. sizes None (on the device) or nearly every row computed: (T, None), every row, no copies."""
-    if sizes is None or sizes.sum() >= 0.9 * T * B:
+    if _every_row(sizes, T, B):
         return T, None
     tf = int(np.argmax(sizes < B))
     idx = np.flatnonzero(np.arange(B)[None] < sizes[tf:, None]) + tf * B
