@@ -1,28 +1,33 @@
 #pragma once
 // The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh, persistent_gru_bwd.cuh) and
 // the step kernels, in one place:
-// MASKRNN_CUDA_KERNEL=persistent|step forces one (read at every call); unset (or "auto"), the persistent kernel
-// runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16 CTAs in shared
-// memory, and at least one such cluster able to be resident. Forced where it cannot run, it raises why.
+// MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
+// persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
+// CTAs in shared memory, and at least one such cluster able to be resident; else the forward runs the cooperative
+// kernel (persistent_coop.cuh) where all its CTAs can be resident; else the step kernels. Forced where it cannot
+// run, a kernel raises why. The cooperative kernels are forward only: forced, the backward raises.
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 #include "persistent_bwd.cuh"
+#include "persistent_coop.cuh"
 #include "persistent_fwd.cuh"
 #include "persistent_gru_bwd.cuh"
 
 namespace maskrnn {
 
-enum class KernelChoice { kAuto, kPersistent, kStep };
+enum class KernelChoice { kAuto, kPersistent, kCooperative, kStep };
 
 inline KernelChoice kernel_choice() {
   const char* v = std::getenv("MASKRNN_CUDA_KERNEL");
   const std::string s = v ? v : "";
   if (s.empty() || s == "auto") return KernelChoice::kAuto;
   if (s == "persistent") return KernelChoice::kPersistent;
+  if (s == "cooperative") return KernelChoice::kCooperative;
   if (s == "step") return KernelChoice::kStep;
-  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, step, auto or unset; got '" + s + "'");
+  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, cooperative, step, auto or unset; got '" + s +
+                              "'");
 }
 
 struct PersistPlan {
@@ -64,6 +69,9 @@ template <bool kWarps = false, typename... P, typename... A>
 bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...), A... args) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
+  if (choice == KernelChoice::kCooperative)  // forward scans do not come here forced cooperative
+    throw std::runtime_error("MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: the cooperative kernels are "
+                             "forward only (force persistent or step for the backward)");
   PersistPlan plan = persist_plan(p, smem);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -98,10 +106,16 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   return true;
 }
 
+// The one-cluster forward, else (unforced, or forced cooperative) the cooperative one; false: the step kernels.
 template <typename T, Cell kCell>
 bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
-  return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs,
-                                        tape);
+  const KernelChoice choice = kernel_choice();
+  if (choice == KernelChoice::kStep) return false;
+  if (choice != KernelChoice::kCooperative &&
+      run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs, tape))
+    return true;  // forced persistent, it ran or raised
+  return run_cooperative(p, choice == KernelChoice::kCooperative, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>,
+                         gx, U, b_rec, out, hs, tape, static_cast<acc_t<T>*>(p.scratch));
 }
 
 template <typename T>
