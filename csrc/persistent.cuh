@@ -3,15 +3,16 @@
 // the step kernels, in one place:
 // MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
-// CTAs in shared memory, and at least one such cluster able to be resident; else the forward runs the cooperative
-// kernel (persistent_coop.cuh) where all its CTAs can be resident; else the step kernels. Forced where it cannot
-// run, a kernel raises why. The cooperative kernels are forward only: forced, the backward raises.
+// CTAs in shared memory, and at least one such cluster able to be resident; else the cooperative kernel
+// (persistent_coop.cuh, persistent_coop_bwd.cuh) where all its CTAs can be resident; else the step kernels. Forced where it cannot
+// run, a kernel raises why. The cooperative kernels are the forwards and the LSTM backward: forced, the GRU
+// backward raises.
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 #include "persistent_bwd.cuh"
-#include "persistent_coop.cuh"
+#include "persistent_coop_bwd.cuh"
 #include "persistent_fwd.cuh"
 #include "persistent_gru_bwd.cuh"
 
@@ -69,9 +70,9 @@ template <bool kWarps = false, typename... P, typename... A>
 bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...), A... args) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
-  if (choice == KernelChoice::kCooperative)  // forward scans do not come here forced cooperative
-    throw std::runtime_error("MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: the cooperative kernels are "
-                             "forward only (force persistent or step for the backward)");
+  if (choice == KernelChoice::kCooperative)  // only the GRU backward comes here forced cooperative
+    throw std::runtime_error("MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: there is no cooperative GRU "
+                             "backward (force persistent or step for it)");
   PersistPlan plan = persist_plan(p, smem);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -106,22 +107,38 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   return true;
 }
 
-// The one-cluster forward, else (unforced, or forced cooperative) the cooperative one; false: the step kernels.
-template <typename T, Cell kCell>
-bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+// The one-cluster kernel (`one`, a call of run_persistent), else (unforced, or forced cooperative) the cooperative
+// one (`coop(forced)`, a call of run_cooperative); false: the step kernels.
+template <class One, class Coop>
+bool one_cluster_or_cooperative(One one, Coop coop) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
-  if (choice != KernelChoice::kCooperative &&
-      run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs, tape))
-    return true;  // forced persistent, it ran or raised
-  return run_cooperative(p, choice == KernelChoice::kCooperative, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>,
-                         gx, U, b_rec, out, hs, tape, static_cast<acc_t<T>*>(p.scratch));
+  if (choice != KernelChoice::kCooperative && one()) return true;  // forced persistent, it ran or raised
+  return coop(choice == KernelChoice::kCooperative);
+}
+
+template <typename T, Cell kCell>
+bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+  return one_cluster_or_cooperative(
+      [&] {
+        return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out,
+                                              hs, tape);
+      },
+      [&](bool forced) {
+        return run_cooperative(p, forced, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>, gx, U, b_rec, out, hs,
+                               tape, static_cast<acc_t<T>*>(p.scratch));
+      });
 }
 
 template <typename T>
 bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh,
                               T* dc, T* dgx) {
-  return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
+  return one_cluster_or_cooperative(
+      [&] { return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx); },
+      [&](bool forced) {
+        return run_cooperative(p, forced, coop_smem<T, Cell::kLstm>, persistent_coop_lstm_bwd<T>, gx, U, cs, d_out,
+                               dh, dc, dgx, static_cast<acc_t<T>*>(p.scratch));
+      });
 }
 
 template <typename T>

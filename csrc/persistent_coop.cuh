@@ -44,17 +44,17 @@ constexpr size_t coop_smem(int B, int H, int HC) {
          sizeof(T) * size_t(H) * kGates<C> * HC;
 }
 
-// acc[i][g] += (src U)[rb0 + r0 + i][g * H + j] for g in [g0, g1): src (B,H) read through L2 in chunks staged in
-// hT. Every thread of the block calls it (barriers).
+// acc[i][g] += (src Us)[rb0 + r0 + i][g, jj] for g in [g0, g1): src (B,K), rows ld apart, read through L2 in
+// chunks staged in hT; Us [K][G][HC]. Every thread of the block calls it (barriers).
 template <int G, typename T, typename Acc>
-__device__ inline void coop_product(const T* src, int B, int H, int HC, int rb0, int RB, int jj, int r0, bool unit,
-                                    const T* Us, Acc* hT, int g0, int g1, Acc (&acc)[kRowsPerThread][G]) {
-  for (int k0 = 0; k0 < H; k0 += kCoopDepth) {
-    const int kc = H - k0 < kCoopDepth ? H - k0 : kCoopDepth;
+__device__ inline void coop_product(const T* src, int B, int64_t ld, int K, int HC, int rb0, int RB, int jj, int r0,
+                                    bool unit, const T* Us, Acc* hT, int g0, int g1, Acc (&acc)[kRowsPerThread][G]) {
+  for (int k0 = 0; k0 < K; k0 += kCoopDepth) {
+    const int kc = K - k0 < kCoopDepth ? K - k0 : kCoopDepth;
     __syncthreads();  // every thread is done with the previous chunk
     for (int i = int(threadIdx.x); i < RB * kCoopDepth; i += int(blockDim.x)) {
       const int r = i / kCoopDepth, kk = i % kCoopDepth, b = rb0 + r;
-      hT[kk * RB + r] = b < B && kk < kc ? to_acc(__ldcg(src + int64_t(b) * H + k0 + kk)) : Acc(0);
+      hT[kk * RB + r] = b < B && kk < kc ? to_acc(__ldcg(src + b * ld + k0 + kk)) : Acc(0);
     }
     __syncthreads();
     if (unit) persist_dot(hT, Us + k0 * G * HC, kc, HC, jj, r0, g0, g1, acc, RB);
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
     auto pass = [&](const T* src, int g0, int g1, auto&& row) {
       for (int rb0 = 0; rb0 < B; rb0 += RB) {
         Acc acc[RT][G] = {};
-        if (rb0 < n) coop_product(src, B, H, HC, rb0, RB, jj, r0, unit, Us, hT, g0, g1, acc);
+        if (rb0 < n) coop_product(src, B, H, H, HC, rb0, RB, jj, r0, unit, Us, hT, g0, g1, acc);
 #pragma unroll
         for (int i = 0; i < RT; ++i) {
           const int b = rb0 + r0 + i;

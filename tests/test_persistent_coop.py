@@ -3,7 +3,8 @@ MASKRNN_CUDA_KERNEL=cooperative and, so that small shapes use many CTAs, MASKRNN
 tests only), against the float64 reference and the forced step kernels, for every cell, mask kind and dtype:
 several CTAs with the last one short, one unit per CTA, several row blocks per CTA and several staged chunks of h
 (H not a multiple of either), B=1, T=1, long T, rows finishing at different steps, NaN in padding, go_backwards;
-its tape under the step kernels' backward; the choice (auto, the forced names, their errors).
+its tape under the step kernels' backward; the cooperative LSTM backward against the float64 step kernels' and
+finite differences; the choice (auto, the forced names, their errors).
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import sys
@@ -17,6 +18,7 @@ import numpy as np  # noqa: E402
 from cells import CELLS, cell_fns, make_problem, random_upstream  # noqa: E402
 from conftest import TOLERANCE, make_mask, rel_err  # noqa: E402
 from plugin import allow_half  # noqa: E402
+from test_grad import finite_difference, grads  # noqa: E402
 from test_persistent import DTYPES, backward, call, cast, forward, nan_in_padding  # noqa: E402
 
 
@@ -59,10 +61,10 @@ def test_cooperative_half_precision(monkeypatch, rng, cell, mask_kind, dtype):
     check_cooperative(monkeypatch, cell, nan_in_padding(p, mask), dtype, 3, mask=mask)
 
 
-# (B, T, I, H, units a CTA): one unit, B=1 over 40 CTAs of one unit, 7 CTAs of 5 units (the last with 3), long T,
+# (B, T, I, H, units a CTA): one unit, B=1 over 40 CTAs of one unit, 7 CTAs of 5 units (the last with 3), long T (60),
 # T=1 in one CTA, H=130 in 3 CTAs of 44 units (the last 42): 5 row groups, so B=11 is two row blocks of 10 rows
 # (the second with one row), and h in chunks of 64, 64 and 2 units.
-SHAPES = [(1, 1, 2, 1, 1), (1, 5, 3, 40, 1), (17, 6, 3, 33, 5), (3, 150, 2, 9, 2), (9, 1, 3, 64, 64),
+SHAPES = [(1, 1, 2, 1, 1), (1, 5, 3, 40, 1), (17, 6, 3, 33, 5), (3, 60, 2, 9, 2), (9, 1, 3, 64, 64),
           (11, 4, 2, 130, 44)]
 
 
@@ -119,6 +121,19 @@ def test_forced_cooperative_raises_where_u_does_not_fit_every_sm(monkeypatch, rn
         forward(monkeypatch, "cooperative", "lstm", p)
 
 
+def test_auto_runs_the_cooperative_lstm_backward_where_one_cluster_cannot_hold_u(monkeypatch, rng):
+    """float64 LSTM at H=400, forward and backward unforced: the cooperative kernels' gradients."""
+    p = make_problem(rng, "lstm", 3, 3, 2, 400, initial_state=True)
+    upstream = random_upstream(rng, "lstm", 3, 3, 400)
+    auto = backward(monkeypatch, "auto", "lstm", p, upstream, forward_kernel="auto")
+    coop = backward(monkeypatch, "cooperative", "lstm", p, upstream, forward_kernel="cooperative")
+    step = backward(monkeypatch, "step", "lstm", p, upstream, forward_kernel="step")
+    assert any(not np.array_equal(coop[k], step[k]) for k in step)
+    for k, v in coop.items():
+        np.testing.assert_array_equal(auto[k], v)
+        assert rel_err(v, step[k]) < TOLERANCE["float64"]
+
+
 def test_auto_runs_the_step_kernels_where_no_persistent_kernel_can(monkeypatch, rng):
     """float64 LSTM at H=400 (no one-cluster kernel) on a GPU without cooperative launch: forced cooperative
     raises why, unforced the step kernels run."""
@@ -147,13 +162,14 @@ def test_bad_units_override_raises(monkeypatch, rng, value):
         forward(monkeypatch, "cooperative", "lstm", p)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_forced_cooperative_backward_raises(monkeypatch, rng, cell):
+@pytest.mark.parametrize("cell", ["gru", "gru_v1"])
+def test_forced_cooperative_gru_backward_raises(monkeypatch, rng, cell):
     p = make_problem(rng, cell, 2, 3, 2, 5, "float32")
     upstream = random_upstream(rng, cell, 2, 3, 5)
-    with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: the cooperative "
-                                           "kernels are forward only"):
-        backward(monkeypatch, "cooperative", cell, p, upstream, forward_kernel="cooperative")
+    with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: there is no "
+                                           "cooperative GRU backward"):
+        backward(monkeypatch, "cooperative", "gru" if cell == "gru" else "gru_v1", p, upstream,
+                 forward_kernel="cooperative")
 
 
 def test_without_clusters_auto_runs_the_cooperative_kernel(monkeypatch, rng):
@@ -164,3 +180,62 @@ def test_without_clusters_auto_runs_the_cooperative_kernel(monkeypatch, rng):
     for a, b, w in zip(auto, forward(monkeypatch, "cooperative", "gru", p), call(cell_fns("gru")[2], p, {})):
         np.testing.assert_array_equal(a, b)
         assert rel_err(a, w) < TOLERANCE["float32"]
+
+
+def check_lstm_backward(monkeypatch, rng, p, dtype, units, **kw):
+    """The LSTM forward and backward forced cooperative (at most `units` units a CTA), in dtype, against the
+    float64 step kernels' gradients (checked against finite differences by test_grad.py) on the inputs rounded
+    to dtype."""
+    allow_half(monkeypatch)
+    monkeypatch.setenv("MASKRNN_CUDA_COOP_UNITS", str(units))
+    (B, T, _), H = p["x"].shape, p["recurrent_kernel"].shape[0]
+    upstream = [u.astype(DTYPES[dtype]).astype(np.float64) for u in random_upstream(rng, "lstm", B, T, H)]
+    low = cast(p, DTYPES[dtype])
+    want = backward(monkeypatch, "step", "lstm", cast(low, np.float64), upstream, forward_kernel="step", **kw)
+    coop = backward(monkeypatch, "cooperative", "lstm", low, upstream, forward_kernel="cooperative", **kw)
+    assert coop.keys() == want.keys()
+    for name, w in want.items():
+        assert coop[name].dtype == np.dtype(DTYPES[dtype]), name
+        assert np.isfinite(coop[name].astype(np.float64)).all(), name
+        assert rel_err(coop[name], w) < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("dtype, mask_kind", [(d, m) for d in ("float32", "float64")
+                                              for m in ("none", "post", "pre", "holes", "post_holes", "empty")]
+                         + [(d, m) for d in ("float16", "bfloat16") for m in ("post", "holes")])
+def test_cooperative_lstm_backward(monkeypatch, rng, dtype, mask_kind):
+    B, T, I, H = 11, 9, 4, 22
+    p = make_problem(rng, "lstm", B, T, I, H, initial_state=True)
+    mask = make_mask(rng, mask_kind, B, T)
+    check_lstm_backward(monkeypatch, rng, nan_in_padding(p, mask), dtype, 3, mask=mask,
+                        zero_output_for_mask=mask_kind == "holes")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cooperative_lstm_backward_shapes(monkeypatch, rng, shape):
+    B, T, I, H, units = shape
+    p = make_problem(rng, "lstm", B, T, I, H, initial_state=True)
+    lengths = rng.permutation(np.arange(T + 1))[:B] if B <= T + 1 else rng.integers(0, T + 1, B)
+    check_lstm_backward(monkeypatch, rng, p, "float32", units, lengths=lengths)
+    mask = make_mask(rng, "holes", B, T)
+    check_lstm_backward(monkeypatch, rng, nan_in_padding(p, mask), "float32", units, mask=mask, go_backwards=True)
+
+
+# B = 9: one row block; H = 5 at 2 units a CTA: 3 CTAs, the last with 1; rows finishing at different steps.
+@pytest.mark.parametrize("mask_kind, go_backwards, zero_output", [("post", False, False), ("holes", True, True)])
+def test_cooperative_lstm_gradients_match_finite_differences(monkeypatch, rng, mask_kind, go_backwards, zero_output):
+    monkeypatch.setenv("MASKRNN_CUDA_KERNEL", "cooperative")
+    monkeypatch.setenv("MASKRNN_CUDA_COOP_UNITS", "2")
+    B, T, I, H = 9, 5, 2, 5
+    mask = make_mask(rng, mask_kind, B, T)
+    p = nan_in_padding(make_problem(rng, "lstm", B, T, I, H, initial_state=True), mask)
+    kw = dict(mask=mask, go_backwards=go_backwards, zero_output_for_mask=zero_output)
+    upstream = random_upstream(rng, "lstm", B, T, H)
+    g = grads("cpu", "lstm", p, upstream, **kw)[1]
+    clean = dict(p, x=np.where(np.isnan(p["x"]), 0.0, p["x"]))  # the reference's x: padding never read
+    for name in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"):
+        shape = (B, H) if name in ("h0", "c0") else p[name].shape
+        fd = np.zeros(shape)
+        for index in np.ndindex(*shape):
+            fd[index] = finite_difference("lstm", clean, upstream, name, index, **kw)
+        np.testing.assert_allclose(g[name], fd, rtol=1e-6, atol=1e-7, err_msg=name)
