@@ -1,7 +1,7 @@
 #pragma once
 // The cooperative persistent forward (issue 14): for scans whose U does not fit one thread-block cluster's
-// shared memory (H = 1024 in every dtype, float32 LSTM at H = 512). One launch per call of ceil(H / HC) CTAs,
-// all co-resident (a cooperative launch); CTA c owns the units [c*HC, (c+1)*HC) for every batch row and keeps
+// shared memory (H = 1024, float32 LSTM at H = 512), and GPUs without clusters. One launch per call of
+// ceil(H / HC) CTAs, all co-resident (a cooperative launch); CTA c owns the units [c*HC, (c+1)*HC) for every batch row and keeps
 // their slice of U (H x G x HC, storage type) in shared memory for the whole scan, so U is read from global
 // memory once. There is no copy of h on chip: the tape hs is the exchange buffer. At step t every CTA reads
 // h_{t-1} = hs[t] of its rows for all units (through L2: __ldcg, as L1 is not coherent between SMs), in chunks
