@@ -4,9 +4,9 @@
 // MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
 // CTAs in shared memory, and at least one such cluster able to be resident; else the cooperative kernel
-// (persistent_coop.cuh, persistent_coop_bwd.cuh) where all its CTAs can be resident; else the step kernels. Forced where it cannot
-// run, a kernel raises why. The cooperative kernels are the forwards and the LSTM backward: forced, the GRU
-// backward raises.
+// (persistent_coop.cuh, persistent_coop_bwd.cuh) where all its CTAs can be resident; else the step kernels.
+// Forced where it cannot run, a kernel raises why. The cooperative kernels are the forwards and the LSTM
+// backward: forced, the GRU backward raises.
 #include <cstdlib>
 #include <stdexcept>
 #include <string>

@@ -1,15 +1,16 @@
 #pragma once
 // The cooperative persistent forward (issue 14): for scans whose U does not fit one thread-block cluster's
 // shared memory (H = 1024, float32 LSTM at H = 512), and GPUs without clusters. One launch per call of
-// ceil(H / HC) CTAs, all co-resident (a cooperative launch); CTA c owns the units [c*HC, (c+1)*HC) for every batch row and keeps
-// their slice of U (H x G x HC, storage type) in shared memory for the whole scan, so U is read from global
-// memory once. There is no copy of h on chip: the tape hs is the exchange buffer. At step t every CTA reads
-// h_{t-1} = hs[t] of its rows for all units (through L2: __ldcg, as L1 is not coherent between SMs), in chunks
-// of kCoopDepth units staged in shared memory, and writes h_t of its units into hs[t+1]; one grid barrier
-// (grid.sync(), before the step's product) orders the writes of step t - 1 before the reads of step t. hs[t]
-// and hs[t+1] are different memory, so one barrier a step suffices. GRU without reset_after exchanges r * h_{t-1}
-// the same way through its tape hr[t], with a second barrier in mid-step. A step where no row is computed
-// (sizes[t] == 0) has no product and no barrier: the next computed step's barrier orders its carries.
+// ceil(H / HC) CTAs, all co-resident (a cooperative launch); CTA c owns the units [c*HC, (c+1)*HC) for every
+// batch row and keeps their slice of U (H x G x HC, storage type) in shared memory for the whole scan, so U is
+// read from global memory once. There is no copy of h on chip: the tape hs is the exchange buffer. At step t
+// every CTA reads h_{t-1} = hs[t] of its rows for all units (through L2: __ldcg, as L1 is not coherent between
+// SMs), in chunks of kCoopDepth units staged in shared memory, and writes h_t of its units into hs[t+1]; one
+// grid barrier (grid.sync(), before the step's product) orders the writes of step t - 1 before the reads of
+// step t. hs[t] and hs[t+1] are different memory, so one barrier a step suffices. GRU without reset_after
+// exchanges r * h_{t-1} the same way through its tape hr[t], with a second barrier in mid-step. A step where no
+// row is computed (sizes[t] == 0) has no product and no barrier: the next computed step's barrier orders its
+// carries.
 //
 // A CTA's threads: (row group, unit) pairs, kRowsPerThread rows each, as in the one-cluster kernel, with as many
 // row groups as fit kMaxPersistThreads (or as the batch needs); a CTA loops over blocks of those rows. The gate
