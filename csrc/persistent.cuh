@@ -5,8 +5,7 @@
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
 // CTAs in shared memory, and at least one such cluster able to be resident; else the cooperative kernel
 // (persistent_coop.cuh, persistent_coop_bwd.cuh) where all its CTAs can be resident; else the step kernels.
-// Forced where it cannot run, a kernel raises why. The cooperative kernels are the forwards and the LSTM
-// backward: forced, the GRU backward raises.
+// Forced where it cannot run, a kernel raises why.
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -70,9 +69,6 @@ template <bool kWarps = false, typename... P, typename... A>
 bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...), A... args) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
-  if (choice == KernelChoice::kCooperative)  // only the GRU backward comes here forced cooperative
-    throw std::runtime_error("MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: there is no cooperative GRU "
-                             "backward (force persistent or step for it)");
   PersistPlan plan = persist_plan(p, smem);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -144,10 +140,26 @@ bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, cons
 template <typename T>
 bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr,
                              const T* d_out, T* dh, T* dgx, T* dgr) {
-  return p.reset_after ? run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr,
-                                        d_out, dh, dgx, dgr)
-                       : run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs,
-                                        hr, d_out, dh, dgx, dgr);
+  acc_t<T>* scratch = static_cast<acc_t<T>*>(p.scratch);
+  if (p.reset_after)
+    return one_cluster_or_cooperative(
+        [&] {
+          return run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr, d_out,
+                                dh, dgx, dgr);
+        },
+        [&](bool forced) {
+          return run_cooperative(p, forced, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, true>, gx, U, hs,
+                                 hr, d_out, dh, dgx, dgr, scratch);
+        });
+  return one_cluster_or_cooperative(
+      [&] {
+        return run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs, hr, d_out,
+                              dh, dgx, dgr);
+      },
+      [&](bool forced) {
+        return run_cooperative(p, forced, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, false>, gx, U, hs,
+                               hr, d_out, dh, dgx, dgr, scratch);
+      });
 }
 
 }  // namespace maskrnn

@@ -257,7 +257,7 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
     (float32 at H=40: they differ from the step kernels' in the last bits); forced where it cannot run, a clear
     error, and unforced there the step kernels' results: float64 at H=290 (reset_after) or H=340, where the
     forward's U slice fits a 16-CTA cluster but the backward's exchange buffers do not fit beside it, and
-    without clusters."""
+    without clusters (on a GPU without cooperative launch)."""
     upstream = random_upstream(rng, cell, 6, 5, 40)
     p = cast(make_problem(rng, cell, 6, 5, 3, 40), np.float32)
     auto = backward(monkeypatch, "auto", cell, p, upstream)
@@ -267,6 +267,7 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
     for k in auto:
         np.testing.assert_array_equal(auto[k], persistent[k])
     big = 290 if cell == "gru" else 340
+    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")  # else auto runs the cooperative backward (test_persistent_coop)
     for sm_major, H, forward_kernel, why in (("9", big, "persistent", f"at H={big} a 16-CTA cluster's CTA needs"),
                                              ("8", 6, "step", "thread-block clusters need sm_90")):
         monkeypatch.setenv("EMU_SM_MAJOR", sm_major)

@@ -3,8 +3,8 @@ MASKRNN_CUDA_KERNEL=cooperative and, so that small shapes use many CTAs, MASKRNN
 tests only), against the float64 reference and the forced step kernels, for every cell, mask kind and dtype:
 several CTAs with the last one short, one unit per CTA, several row blocks per CTA and several staged chunks of h
 (H not a multiple of either), B=1, T=1, long T, rows finishing at different steps, NaN in padding, go_backwards;
-its tape under the step kernels' backward; the cooperative LSTM backward against the float64 step kernels' and
-finite differences; the choice (auto, the forced names, their errors).
+its tape under the step kernels' backward; the cooperative backwards against the float64 step kernels' and finite
+differences; the choice (auto, the forced names, their errors).
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import sys
@@ -79,8 +79,7 @@ def test_cooperative_shapes(monkeypatch, rng, cell, shape):
     check_cooperative(monkeypatch, cell, nan_in_padding(p, mask), "float32", units, mask=mask, go_backwards=True)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("mask_kind", ["post", "holes"])
+@pytest.mark.parametrize("dtype, mask_kind", [("float32", "post"), ("float16", "holes")])
 @pytest.mark.parametrize("cell", CELLS)
 def test_step_backward_on_the_cooperative_tape(monkeypatch, rng, cell, mask_kind, dtype):
     """The cooperative forward's tape (gx's activations, hs, cs or hr) is the step kernels' own: the step
@@ -162,16 +161,6 @@ def test_bad_units_override_raises(monkeypatch, rng, value):
         forward(monkeypatch, "cooperative", "lstm", p)
 
 
-@pytest.mark.parametrize("cell", ["gru", "gru_v1"])
-def test_forced_cooperative_gru_backward_raises(monkeypatch, rng, cell):
-    p = make_problem(rng, cell, 2, 3, 2, 5, "float32")
-    upstream = random_upstream(rng, cell, 2, 3, 5)
-    with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: there is no "
-                                           "cooperative GRU backward"):
-        backward(monkeypatch, "cooperative", "gru" if cell == "gru" else "gru_v1", p, upstream,
-                 forward_kernel="cooperative")
-
-
 def test_without_clusters_auto_runs_the_cooperative_kernel(monkeypatch, rng):
     """An sm_80 GPU has no clusters but has cooperative launch: unforced, the cooperative kernel runs."""
     monkeypatch.setenv("EMU_SM_MAJOR", "8")
@@ -182,17 +171,16 @@ def test_without_clusters_auto_runs_the_cooperative_kernel(monkeypatch, rng):
         assert rel_err(a, w) < TOLERANCE["float32"]
 
 
-def check_lstm_backward(monkeypatch, rng, p, dtype, units, **kw):
-    """The LSTM forward and backward forced cooperative (at most `units` units a CTA), in dtype, against the
-    float64 step kernels' gradients (checked against finite differences by test_grad.py) on the inputs rounded
-    to dtype."""
+def check_backward(monkeypatch, rng, cell, p, dtype, units, **kw):
+    """The forward and backward forced cooperative (at most `units` units a CTA), in dtype, against the float64
+    step kernels' gradients (checked against finite differences by test_grad.py) on the inputs rounded to dtype."""
     allow_half(monkeypatch)
     monkeypatch.setenv("MASKRNN_CUDA_COOP_UNITS", str(units))
     (B, T, _), H = p["x"].shape, p["recurrent_kernel"].shape[0]
-    upstream = [u.astype(DTYPES[dtype]).astype(np.float64) for u in random_upstream(rng, "lstm", B, T, H)]
+    upstream = [u.astype(DTYPES[dtype]).astype(np.float64) for u in random_upstream(rng, cell, B, T, H)]
     low = cast(p, DTYPES[dtype])
-    want = backward(monkeypatch, "step", "lstm", cast(low, np.float64), upstream, forward_kernel="step", **kw)
-    coop = backward(monkeypatch, "cooperative", "lstm", low, upstream, forward_kernel="cooperative", **kw)
+    want = backward(monkeypatch, "step", cell, cast(low, np.float64), upstream, forward_kernel="step", **kw)
+    coop = backward(monkeypatch, "cooperative", cell, low, upstream, forward_kernel="cooperative", **kw)
     assert coop.keys() == want.keys()
     for name, w in want.items():
         assert coop[name].dtype == np.dtype(DTYPES[dtype]), name
@@ -200,42 +188,47 @@ def check_lstm_backward(monkeypatch, rng, p, dtype, units, **kw):
         assert rel_err(coop[name], w) < TOLERANCE[dtype], name
 
 
-@pytest.mark.parametrize("dtype, mask_kind", [(d, m) for d in ("float32", "float64")
-                                              for m in ("none", "post", "pre", "holes", "post_holes", "empty")]
-                         + [(d, m) for d in ("float16", "bfloat16") for m in ("post", "holes")])
-def test_cooperative_lstm_backward(monkeypatch, rng, dtype, mask_kind):
+@pytest.mark.parametrize("dtype, mask_kind", [("float32", m) for m in ("none", "post", "pre", "holes", "post_holes",
+                                                                        "empty")]
+                         + [(d, m) for d in ("float64", "float16", "bfloat16") for m in ("post", "holes")])
+@pytest.mark.parametrize("cell", CELLS)
+def test_cooperative_backward(monkeypatch, rng, cell, dtype, mask_kind):
     B, T, I, H = 11, 9, 4, 22
-    p = make_problem(rng, "lstm", B, T, I, H, initial_state=True)
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
     mask = make_mask(rng, mask_kind, B, T)
-    check_lstm_backward(monkeypatch, rng, nan_in_padding(p, mask), dtype, 3, mask=mask,
-                        zero_output_for_mask=mask_kind == "holes")
+    check_backward(monkeypatch, rng, cell, nan_in_padding(p, mask), dtype, 3, mask=mask,
+                   zero_output_for_mask=mask_kind == "holes")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_cooperative_lstm_backward_shapes(monkeypatch, rng, shape):
+@pytest.mark.parametrize("cell", CELLS)
+def test_cooperative_backward_shapes(monkeypatch, rng, cell, shape):
     B, T, I, H, units = shape
-    p = make_problem(rng, "lstm", B, T, I, H, initial_state=True)
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
     lengths = rng.permutation(np.arange(T + 1))[:B] if B <= T + 1 else rng.integers(0, T + 1, B)
-    check_lstm_backward(monkeypatch, rng, p, "float32", units, lengths=lengths)
+    check_backward(monkeypatch, rng, cell, p, "float32", units, lengths=lengths)
     mask = make_mask(rng, "holes", B, T)
-    check_lstm_backward(monkeypatch, rng, nan_in_padding(p, mask), "float32", units, mask=mask, go_backwards=True)
+    check_backward(monkeypatch, rng, cell, nan_in_padding(p, mask), "float32", units, mask=mask, go_backwards=True)
 
 
 # B = 9: one row block; H = 5 at 2 units a CTA: 3 CTAs, the last with 1; rows finishing at different steps.
-@pytest.mark.parametrize("mask_kind, go_backwards, zero_output", [("post", False, False), ("holes", True, True)])
-def test_cooperative_lstm_gradients_match_finite_differences(monkeypatch, rng, mask_kind, go_backwards, zero_output):
+@pytest.mark.parametrize("cell, mask_kind, go_backwards, zero_output", [
+    ("lstm", "post", False, False), ("lstm", "holes", True, True), ("gru", "post_holes", False, True),
+    ("gru_v1", "pre", True, False)])
+def test_cooperative_gradients_match_finite_differences(monkeypatch, rng, cell, mask_kind, go_backwards,
+                                                        zero_output):
     monkeypatch.setenv("MASKRNN_CUDA_KERNEL", "cooperative")
     monkeypatch.setenv("MASKRNN_CUDA_COOP_UNITS", "2")
     B, T, I, H = 9, 5, 2, 5
     mask = make_mask(rng, mask_kind, B, T)
-    p = nan_in_padding(make_problem(rng, "lstm", B, T, I, H, initial_state=True), mask)
+    p = nan_in_padding(make_problem(rng, cell, B, T, I, H, initial_state=True), mask)
     kw = dict(mask=mask, go_backwards=go_backwards, zero_output_for_mask=zero_output)
-    upstream = random_upstream(rng, "lstm", B, T, H)
-    g = grads("cpu", "lstm", p, upstream, **kw)[1]
+    upstream = random_upstream(rng, cell, B, T, H)
+    g = grads("cpu", cell, p, upstream, **kw)[1]
     clean = dict(p, x=np.where(np.isnan(p["x"]), 0.0, p["x"]))  # the reference's x: padding never read
-    for name in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"):
+    for name in ("x", "kernel", "recurrent_kernel", "bias", "h0") + (("c0",) if cell == "lstm" else ()):
         shape = (B, H) if name in ("h0", "c0") else p[name].shape
         fd = np.zeros(shape)
         for index in np.ndindex(*shape):
-            fd[index] = finite_difference("lstm", clean, upstream, name, index, **kw)
+            fd[index] = finite_difference(cell, clean, upstream, name, index, **kw)
         np.testing.assert_allclose(g[name], fd, rtol=1e-6, atol=1e-7, err_msg=name)
