@@ -1,28 +1,33 @@
 #pragma once
 // The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh, persistent_gru_bwd.cuh) and
 // the step kernels, in one place:
-// MASKRNN_CUDA_KERNEL=persistent|step forces one (read at every call); unset (or "auto"), the persistent kernel
-// runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16 CTAs in shared
-// memory, and at least one such cluster able to be resident. Forced where it cannot run, it raises why.
+// MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
+// persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
+// CTAs in shared memory, and at least one such cluster able to be resident; else the cooperative kernel
+// (persistent_coop.cuh, persistent_coop_bwd.cuh) where all its CTAs can be resident; else the step kernels.
+// Forced where it cannot run, a kernel raises why.
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 #include "persistent_bwd.cuh"
+#include "persistent_coop_bwd.cuh"
 #include "persistent_fwd.cuh"
 #include "persistent_gru_bwd.cuh"
 
 namespace maskrnn {
 
-enum class KernelChoice { kAuto, kPersistent, kStep };
+enum class KernelChoice { kAuto, kPersistent, kCooperative, kStep };
 
 inline KernelChoice kernel_choice() {
   const char* v = std::getenv("MASKRNN_CUDA_KERNEL");
   const std::string s = v ? v : "";
   if (s.empty() || s == "auto") return KernelChoice::kAuto;
   if (s == "persistent") return KernelChoice::kPersistent;
+  if (s == "cooperative") return KernelChoice::kCooperative;
   if (s == "step") return KernelChoice::kStep;
-  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, step, auto or unset; got '" + s + "'");
+  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, cooperative, step, auto or unset; got '" + s +
+                              "'");
 }
 
 struct PersistPlan {
@@ -98,25 +103,63 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   return true;
 }
 
+// The one-cluster kernel (`one`, a call of run_persistent), else (unforced, or forced cooperative) the cooperative
+// one (`coop(forced)`, a call of run_cooperative); false: the step kernels.
+template <class One, class Coop>
+bool one_cluster_or_cooperative(One one, Coop coop) {
+  const KernelChoice choice = kernel_choice();
+  if (choice == KernelChoice::kStep) return false;
+  if (choice != KernelChoice::kCooperative && one()) return true;  // forced persistent, it ran or raised
+  return coop(choice == KernelChoice::kCooperative);
+}
+
 template <typename T, Cell kCell>
 bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
-  return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out, hs,
-                                        tape);
+  return one_cluster_or_cooperative(
+      [&] {
+        return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out,
+                                              hs, tape);
+      },
+      [&](bool forced) {
+        return run_cooperative(p, forced, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>, gx, U, b_rec, out, hs,
+                               tape, static_cast<acc_t<T>*>(p.scratch));
+      });
 }
 
 template <typename T>
 bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh,
                               T* dc, T* dgx) {
-  return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
+  return one_cluster_or_cooperative(
+      [&] { return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx); },
+      [&](bool forced) {
+        return run_cooperative(p, forced, coop_smem<T, Cell::kLstm>, persistent_coop_lstm_bwd<T>, gx, U, cs, d_out,
+                               dh, dc, dgx, static_cast<acc_t<T>*>(p.scratch));
+      });
 }
 
 template <typename T>
 bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr,
                              const T* d_out, T* dh, T* dgx, T* dgr) {
-  return p.reset_after ? run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr,
-                                        d_out, dh, dgx, dgr)
-                       : run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs,
-                                        hr, d_out, dh, dgx, dgr);
+  acc_t<T>* scratch = static_cast<acc_t<T>*>(p.scratch);
+  if (p.reset_after)
+    return one_cluster_or_cooperative(
+        [&] {
+          return run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr, d_out,
+                                dh, dgx, dgr);
+        },
+        [&](bool forced) {
+          return run_cooperative(p, forced, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, true>, gx, U, hs,
+                                 hr, d_out, dh, dgx, dgr, scratch);
+        });
+  return one_cluster_or_cooperative(
+      [&] {
+        return run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs, hr, d_out,
+                              dh, dgx, dgr);
+      },
+      [&](bool forced) {
+        return run_cooperative(p, forced, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, false>, gx, U, hs,
+                               hr, d_out, dh, dgx, dgr, scratch);
+      });
 }
 
 }  // namespace maskrnn

@@ -47,15 +47,15 @@ constexpr size_t persist_smem(int H, int HC) {
          (mma ? sizeof(float) * kPersistRows * NP : 0);
 }
 
-// acc[i][g] += sum over k < H of hT[k][r0 + i] * U[k][g][jj], for the gates g in [g0, g1).
+// acc[i][g] += sum over k < H of hT[k][r0 + i] * U[k][g][jj], for the gates g in [g0, g1); ld: hT's row stride.
 template <int G, typename Acc, typename T>
 __device__ inline void persist_dot(const Acc* hT, const T* Us, int H, int HC, int jj, int r0, int g0, int g1,
-                                   Acc (&acc)[kRowsPerThread][G]) {
+                                   Acc (&acc)[kRowsPerThread][G], int ld = kPersistRows) {
 #pragma unroll 2
   for (int k = 0; k < H; ++k) {
     Acc hv[kRowsPerThread];
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) hv[i] = hT[k * kPersistRows + r0 + i];
+    for (int i = 0; i < kRowsPerThread; ++i) hv[i] = hT[k * ld + r0 + i];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g < g0 || g >= g1) continue;
@@ -64,6 +64,61 @@ __device__ inline void persist_dot(const Acc* hT, const T* Us, int H, int HC, in
       for (int i = 0; i < kRowsPerThread; ++i) acc[i][g] += hv[i] * u;
     }
   }
+}
+
+// GRU without reset_after, first half at one row: z and r from their pre-activations (gv: gx's, acc: h U's),
+// stored in the row's gx (g_row); returns r * h_{t-1}.
+template <typename T, typename Acc>
+__device__ inline Acc persist_gru_gates(const Acc (&gv)[3], const Acc (&acc)[3], Acc h, int H, T* g_row, Acc& z) {
+  z = sigmoid(gv[0] + acc[0]);
+  const Acc r_gate = sigmoid(gv[1] + acc[1]);
+  g_row[0] = from_acc<T>(z);
+  g_row[H] = from_acc<T>(r_gate);
+  return r_gate * h;
+}
+
+// One row at unit j after step t's product, for the persistent kernels: the cell where the row is real, else
+// the carry, then out, hs and the tape at o = t * BH + b * H + j. gv: gx's pre-activations, acc: h U's (the
+// candidate's (r * h) U_h for GRU without reset_after, whose z comes in); h, c: the states (in: after t - 1,
+// out: after t); y: the output carried into padded steps. g_row: the row's gx at gate 0 of unit j.
+template <typename T, Cell kCell, typename Acc, int G = kGates<kCell>>
+__device__ inline void persist_cell(bool real, bool zero_output, const Acc (&gv)[G], const Acc (&acc)[G],
+                                    const Acc (&bias)[G], Acc z, int H, int64_t BH, int64_t o, T* g_row, Acc& h,
+                                    Acc& c, T& y, T* out, T* hs, T* tape) {
+  if (real) {
+    if constexpr (kCell == Cell::kLstm) {
+      Acc a[4];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) a[g] = gv[g] + acc[g];
+      Acc c_new, h_new;
+      lstm_cell_fwd(a, c, c_new, h_new);
+#pragma unroll
+      for (int g = 0; g < 4; ++g) g_row[g * H] = from_acc<T>(a[g]);
+      c = c_new;
+      h = h_new;
+    } else if constexpr (kCell == Cell::kGru) {
+      Acc hh;
+      h = gru_cell_fwd(z, gv[2], acc[2], h, hh);
+      g_row[2 * H] = from_acc<T>(hh);
+    } else {
+      const Acc zg = sigmoid(gv[0] + acc[0] + bias[0]);
+      const Acc r_gate = sigmoid(gv[1] + acc[1] + bias[1]);
+      const Acc rh = acc[2] + bias[2];
+      Acc hh;
+      h = gru_cell_fwd(zg, gv[2], r_gate * rh, h, hh);
+      g_row[0] = from_acc<T>(zg);
+      g_row[H] = from_acc<T>(r_gate);
+      g_row[2 * H] = from_acc<T>(hh);
+      tape[o] = from_acc<T>(rh);
+    }
+    y = from_acc<T>(h);
+  } else {
+    if (kCell == Cell::kGruResetAfter) tape[o] = from_acc<T>(Acc(0));
+    if (zero_output) y = from_acc<T>(Acc(0));  // else the previous output (0 before the first step)
+  }
+  out[o] = y;
+  hs[o + BH] = from_acc<T>(h);
+  if constexpr (kCell == Cell::kLstm) tape[o + BH] = from_acc<T>(c);
 }
 
 // v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster, rounded to the
@@ -161,15 +216,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
     if constexpr (kSplit) {  // z, r and r * h_{t-1} first; the candidate after the exchange
       Acc rh[RT];
 #pragma unroll
-      for (int i = 0; i < RT; ++i) {
-        rh[i] = Acc(0);
-        if (!real[i]) continue;
-        z[i] = sigmoid(gv[i][0] + acc[i][0]);
-        const Acc r_gate = sigmoid(gv[i][1] + acc[i][1]);
-        g_row[i][0] = from_acc<T>(z[i]);
-        g_row[i][H] = from_acc<T>(r_gate);
-        rh[i] = r_gate * h[i];
-      }
+      for (int i = 0; i < RT; ++i)
+        rh[i] = real[i] ? persist_gru_gates(gv[i], acc[i], h[i], H, g_row[i], z[i]) : Acc(0);
       if (active) {
         if (unit) persist_push<T>(cluster, rhbuf, j, r0, rh);
         cluster.sync();
@@ -180,44 +228,10 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
         if (ok[i]) tape[t * BH + int64_t(row0 + r0 + i) * H + j] = from_acc<T>(rh[i]);
     }
 #pragma unroll
-    for (int i = 0; i < RT; ++i) {
-      if (!ok[i]) continue;
-      const int64_t o = t * BH + int64_t(row0 + r0 + i) * H + j;
-      if (real[i]) {
-        if constexpr (kLstm) {
-          Acc a[4];
-#pragma unroll
-          for (int g = 0; g < 4; ++g) a[g] = gv[i][g] + acc[i][g];
-          Acc c_new, h_new;
-          lstm_cell_fwd(a, c[i], c_new, h_new);
-#pragma unroll
-          for (int g = 0; g < 4; ++g) g_row[i][g * H] = from_acc<T>(a[g]);
-          c[i] = c_new;
-          h[i] = h_new;
-        } else if constexpr (kSplit) {
-          Acc hh;
-          h[i] = gru_cell_fwd(z[i], gv[i][2], acc[i][2], h[i], hh);
-          g_row[i][2 * H] = from_acc<T>(hh);
-        } else {
-          const Acc zg = sigmoid(gv[i][0] + acc[i][0] + bias[0]);
-          const Acc r_gate = sigmoid(gv[i][1] + acc[i][1] + bias[1]);
-          const Acc rh = acc[i][2] + bias[2];
-          Acc hh;
-          h[i] = gru_cell_fwd(zg, gv[i][2], r_gate * rh, h[i], hh);
-          g_row[i][0] = from_acc<T>(zg);
-          g_row[i][H] = from_acc<T>(r_gate);
-          g_row[i][2 * H] = from_acc<T>(hh);
-          tape[o] = from_acc<T>(rh);
-        }
-        y[i] = from_acc<T>(h[i]);
-      } else {
-        if (kCell == Cell::kGruResetAfter) tape[o] = from_acc<T>(Acc(0));
-        if (zero_output) y[i] = from_acc<T>(Acc(0));  // else the previous output (0 before the first step)
-      }
-      out[o] = y[i];
-      hs[o + BH] = from_acc<T>(h[i]);
-      if constexpr (kLstm) tape[o + BH] = from_acc<T>(c[i]);
-    }
+    for (int i = 0; i < RT; ++i)
+      if (ok[i])
+        persist_cell<T, kCell>(real[i], zero_output, gv[i], acc[i], bias, z[i], H, BH,
+                               t * BH + int64_t(row0 + r0 + i) * H + j, g_row[i], h[i], c[i], y[i], out, hs, tape);
     if (active) {
       if (unit) persist_push<T>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, j, r0, h);
       cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done

@@ -201,7 +201,8 @@ def test_persistent_gru_backward_shapes(monkeypatch, rng, cell, shape):
 
 def test_unknown_kernel_choice_raises(monkeypatch, rng):
     p = make_problem(rng, "lstm", 2, 3, 2, 4, "float32")
-    with pytest.raises(ValueError, match="MASKRNN_CUDA_KERNEL must be persistent, step, auto or unset; got 'fast'"):
+    with pytest.raises(ValueError,
+                       match="MASKRNN_CUDA_KERNEL must be persistent, cooperative, step, auto or unset; got 'fast'"):
         forward(monkeypatch, "fast", "lstm", p)
 
 
@@ -213,7 +214,9 @@ def test_forced_persistent_raises_where_it_cannot_run(monkeypatch, rng, cell):
 
 
 def test_auto_falls_back_to_the_step_kernels(monkeypatch, rng):
-    """float64 LSTM at H=400: U's slice does not fit even a 16-CTA cluster; unforced, the step kernels run."""
+    """float64 LSTM at H=400: U's slice does not fit even a 16-CTA cluster; unforced on a GPU without cooperative
+    launch (else the cooperative kernel runs: test_persistent_coop.py), the step kernels run."""
+    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")
     B, T, I, H = 1, 2, 2, 400
     p = make_problem(rng, "lstm", B, T, I, H)
     with pytest.raises(RuntimeError, match="shared memory"):
@@ -239,6 +242,7 @@ def test_auto_runs_the_persistent_kernel_where_it_fits(monkeypatch, rng):
 
 def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernels(monkeypatch, rng):
     monkeypatch.setenv("EMU_SM_MAJOR", "8")  # the emulated GPU reports sm_80: no thread-block clusters
+    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")  # and no cooperative launch (test_persistent_coop.py: with it)
     p = make_problem(rng, "lstm", 3, 4, 2, 6, "float32")
     with pytest.raises(RuntimeError, match="thread-block clusters need sm_90 or newer, this GPU is sm_8x"):
         forward(monkeypatch, "persistent", "lstm", p)
@@ -253,7 +257,7 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
     (float32 at H=40: they differ from the step kernels' in the last bits); forced where it cannot run, a clear
     error, and unforced there the step kernels' results: float64 at H=290 (reset_after) or H=340, where the
     forward's U slice fits a 16-CTA cluster but the backward's exchange buffers do not fit beside it, and
-    without clusters."""
+    without clusters (on a GPU without cooperative launch)."""
     upstream = random_upstream(rng, cell, 6, 5, 40)
     p = cast(make_problem(rng, cell, 6, 5, 3, 40), np.float32)
     auto = backward(monkeypatch, "auto", cell, p, upstream)
@@ -263,6 +267,7 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
     for k in auto:
         np.testing.assert_array_equal(auto[k], persistent[k])
     big = 290 if cell == "gru" else 340
+    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")  # else auto runs the cooperative backward (test_persistent_coop)
     for sm_major, H, forward_kernel, why in (("9", big, "persistent", f"at H={big} a 16-CTA cluster's CTA needs"),
                                              ("8", 6, "step", "thread-block clusters need sm_90")):
         monkeypatch.setenv("EMU_SM_MAJOR", sm_major)

@@ -7,9 +7,9 @@ Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then ru
     PYTHONPATH=tests/cuda_emulation pytest -p plugin tests/test_scan.py tests/test_grad.py tests/test_fuzz.py
 
 ``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
-see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th barrier (``__syncthreads();`` or
-``cluster.sync();``; 0-based, negative from the end) of csrc/FILE in the float32 kernels: a mutant the TSan
-build must report.
+see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th barrier (``__syncthreads();``,
+``cluster.sync();`` or ``grid.sync();``; 0-based, negative from the end) of csrc/FILE in the float32 kernels: a
+mutant the TSan build must report.
 Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
@@ -114,7 +114,7 @@ def rewrite(text):
 
 
 def drop_barrier(text, index, where):
-    spots = list(re.finditer(r"__syncthreads\(\);|cluster\.sync\(\);", text))
+    spots = list(re.finditer(r"__syncthreads\(\);|cluster\.sync\(\);|grid\.sync\(\);", text))
     if not spots or not -len(spots) <= index < len(spots):
         raise SystemExit(f"{where}: no barrier number {index} (it has {len(spots)})")
     at = spots[index]

@@ -64,7 +64,9 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
     case cudaDevAttrMaxGridDimY: *value = 65535; break;
     case cudaDevAttrComputeCapabilityMajor: *value = emu::sm_major(); break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
-    case cudaDevAttrCooperativeLaunch: *value = 1; break;
+    case cudaDevAttrCooperativeLaunch:  // EMU_NO_COOPERATIVE set: a GPU without cooperative launch
+      *value = !std::getenv("EMU_NO_COOPERATIVE");
+      break;
     case cudaDevAttrClusterLaunch: *value = emu::sm_major() >= 9; break;
     case cudaDevAttrWarpSize: *value = 32; break;
     default: return set_error(cudaErrorInvalidValue, "device attribute not emulated");

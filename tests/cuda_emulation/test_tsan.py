@@ -1,8 +1,8 @@
 """ThreadSanitizer over the emulated kernels: the scans are race-free (tsan_case.py on build.py --tsan), and
-mutants without tile_dot's trailing __syncthreads, the persistent forward's end-of-step cluster barrier or the
-persistent GRU (reset_after=False) backward's end-of-step one are reported as data races (hazards that the
-plain emulation catches only by luck). Runs with the CUDA-emulation suite (``-p plugin``); it builds what it
-needs (about a minute a build, the plain build's objects reused)."""
+mutants without tile_dot's trailing __syncthreads, the persistent forward's end-of-step cluster barrier, the
+cooperative forward's grid barrier or the persistent GRU (reset_after=False) backward's end-of-step one are
+reported as data races (hazards that the plain emulation catches only by luck). Runs with the CUDA-emulation
+suite (``-p plugin``); it builds what it needs (about a minute a build, the plain build's objects reused)."""
 
 import os
 import subprocess
@@ -41,16 +41,18 @@ def test_scans_are_race_free_under_tsan():
     r = run_case(BUILD / "cuda_emulation_tsan")
     assert "ThreadSanitizer" not in r.stderr, r.stderr[-4000:]
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "12 cases ok" in r.stdout
+    assert "18 cases ok" in r.stdout
 
 
 # A barrier each mutant deletes, the kernel and cell that run it, where the race must be reported. tile_dot's last
 # barrier: the next tile's fill overwrites what slow threads still read. The persistent forward's end-of-step
-# cluster barrier: a CTA reads h_t while its peers still push it. The GRU v1 backward's last barrier: a CTA reads
-# (dz, dr) of step t while its peers still push them. (Without its mid-step barrier the race was reported in 5
-# runs of 8 here, the results' check failing in the others: not a mutant to rely on.)
+# cluster barrier: a CTA reads h_t while its peers still push it. The cooperative forward's grid barrier (its third
+# barrier, after coop_product's two): a CTA reads hs[t] while other CTAs still write it. The GRU v1 backward's
+# last barrier: a CTA reads (dz, dr) of step t while its peers still push them. (Without its mid-step barrier the
+# race was reported in 5 runs of 8 here, the results' check failing in the others: not a mutant to rely on.)
 MUTANTS = [("tile.cuh:-1", "step", "lstm", "tile.cuh"),
            ("persistent_fwd.cuh:-1", "persistent", "lstm", "persistent_fwd.cuh"),
+           ("persistent_coop.cuh:2", "cooperative", "lstm", "persistent_coop.cuh"),
            ("persistent_gru_bwd.cuh:-1", "persistent", "gru_v1", "persistent_gru_bwd<float, false>")]
 
 

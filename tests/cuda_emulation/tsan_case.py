@@ -3,8 +3,9 @@ a TSan build): every cell, masked (holes) and packed (post-padded), forward and 
 build instruments the float32 kernels), each checked against the float64 reference. Sizes give every launch
 two column tiles (blocks) and products over more than one 32-wide tile, so each barrier of tile_dot matters;
 one row tile keeps the thread count (TSan's cost) low. Each case runs with the persistent kernels (forward and
-backward, every cell) and with the step kernels (MASKRNN_CUDA_KERNEL). ``--one KERNEL [CELL]`` (a mutant's): only
-the LSTM's masked forward by that kernel, or CELL's masked forward and backward.
+backward, every cell) and with the step kernels (MASKRNN_CUDA_KERNEL), and with the cooperative kernels (37
+CTAs of one unit). ``--one KERNEL [CELL]`` (a mutant's): only the LSTM's
+masked forward by that kernel, or CELL's masked forward and backward.
 """
 
 import os
@@ -43,7 +44,8 @@ def main():
     one = sys.argv[2:] + ["lstm"]
     cases = [(one[1], "mask", one[1] != "lstm", one[0])] if "--one" in sys.argv else [
         (cell, steps, True, kernel) for cell in CELLS for steps in ("mask", "lengths")
-        for kernel in ("persistent", "step")]
+        for kernel in ("persistent", "step")] + [
+        (cell, steps, True, "cooperative") for cell in CELLS for steps in ("mask", "lengths")]
     for case in cases:
         run(*case)
     print(f"{len(cases)} cases ok")
