@@ -1,4 +1,4 @@
-// The CPU engine's per-step product (cpu_gemm.h): cpu_gemm_kernel.inc compiled once per instruction set, chosen
+// The CPU engine's per-step product (cpu_gemm.h): cpu_gemm_kernel.h compiled once per instruction set, chosen
 // at run time. Numba calls it from the scan kernels: OpenBLAS repacked the recurrent weights on every step's
 // call and ran the skinny per-step shapes at about half this machine's peak.
 #include "cpu_gemm.h"
@@ -57,7 +57,7 @@ struct Ops {
 };
 template <class S>
 constexpr int MR = 1;
-#include "cpu_gemm_kernel.inc"
+#include "cpu_gemm_kernel.h"
 }  // namespace portable
 
 #ifdef MASKRNN_X86
@@ -92,7 +92,7 @@ struct Ops<double> {
 };
 template <class S>
 constexpr int MR = 3;  // 3 x 4 accumulators + 4 panel registers of the 16
-#include "cpu_gemm_kernel.inc"
+#include "cpu_gemm_kernel.h"
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -127,7 +127,7 @@ struct Ops<double> {
 };
 template <class S>
 constexpr int MR = 8;  // 8 x 2 accumulators of the 32 registers
-#include "cpu_gemm_kernel.inc"
+#include "cpu_gemm_kernel.h"
 }  // namespace avx512
 #if defined(__clang__)
 #pragma clang attribute pop

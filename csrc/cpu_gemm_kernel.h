@@ -1,3 +1,4 @@
+// No include guard: included once per instruction set.
 // The packed product of cpu_gemm.h, written once and included by cpu_gemm.cpp inside one namespace per
 // instruction set, after that namespace's Ops<S> (vector type V of L lanes: load, store, set1, fma, zero) and
 // MR<S> (rows per register tile). A register tile holds MR rows x one panel (W columns) of C: every element of
