@@ -205,3 +205,26 @@ def test_blas_threads_stop_when_a_cpu_call_returns(rng, op):
         _cpu.matmul(a, a)
         res[1](rng.standard_normal((64, 20, 128)).astype("float32"))
         assert _threads_back_to(baseline) == baseline
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_no_cpu_thread_stays_busy_after_a_call(rng, cell):
+    """The threads a CPU call uses (OpenBLAS's, the batch split's: maskrnn/_cpu/rows.py) neither spin nor stay:
+    while the caller sleeps, the process uses no CPU time, and the thread count is back where it was."""
+    from maskrnn import _cpu, _dispatch
+
+    if _dispatch._engine("cpu")[1] is not _cpu:
+        pytest.skip("another engine runs device 'cpu' (CUDA emulation)")
+    B, T, I, H = 64, 30, 32, 128  # the batch splits across threads (rows.threads_for) where there are several
+    _, vjp, _, extra = cell_fns(cell)
+    p = make_problem(rng, cell, B, T, I, H, "float32")
+    args = (p["x"], p["kernel"], p["recurrent_kernel"], p["bias"])
+    ups = [u.astype("float32") for u in random_upstream(rng, cell, B, T, H)]
+    vjp(*args, **extra)[1](*ups)  # compiles or loads the kernels
+    baseline = _threads()
+    vjp(*args, **extra)[1](*ups)
+    start = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - start < 0.05
+    if os.path.isdir("/proc/self/task"):
+        assert _threads_back_to(baseline) == baseline

@@ -111,8 +111,8 @@ def _call(typingctx, address, m, k, n, a, lda, p, c, ldc):
 def product(op, a, out):
     """out = a @ b for op = operand(b); a (m, k) and out (m, n) may have any row stride (unit column stride)."""
     address, panels, matrix = op
-    if address == 0:
-        np.dot(a, matrix, out)
+    if address == 0:  # rows split across threads never come here (rows.threads_for): no copy of a
+        np.dot(np.ascontiguousarray(a), matrix, out)
         return
     m, k = a.shape
     _call(address, m, k, out.shape[1], a.ctypes.data, a.strides[0] // a.itemsize, panels.ctypes.data,
