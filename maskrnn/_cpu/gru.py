@@ -8,14 +8,15 @@ import numpy as np
 from .. import _scan
 from . import gemm, rows
 from .cache import njit
-from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr
+from .cells import JIT, carry_row, carry_row_grad, gru_cell_bwd, gru_cell_fwd, gru_gates_zr, unit
 from .gemm import product
 
 
 @njit(**JIT)
 def _gru_fwd(gx, Ustep, Uh, b_rec, mask, batch_sizes, zero_output, reset_after, out, hs, hr):
     """gemm.operand of the recurrent weights: reset_after, Ustep of U (u = h U, all three gates; Uh unused);
-    else Ustep of U_zr and Uh of U_h (the candidate's product comes after the reset gate)."""
+    else Ustep of U_zr and Uh of U_h (the candidate's product comes after the reset gate). Rows as in
+    lstm._lstm_fwd (a thread's strided rows, each taken as contiguous)."""
     T, B, G = gx.shape
     H = G // 3
     u = np.empty((B, G if reset_after else 2 * H), gx.dtype)
@@ -28,29 +29,32 @@ def _gru_fwd(gx, Ustep, Uh, b_rec, mask, batch_sizes, zero_output, reset_after, 
             real = b < n and (mask is None or mask[t, b])
             if not real:
                 carry_row(t, b, zero_output, out, hs, None)
-                hr[t, b] = 0
+                unit(hr[t, b])[:] = 0
                 continue
-            g = gx[t, b]
+            g, hrb = unit(gx[t, b]), unit(hr[t, b])
             gru_gates_zr(g, u[b], b_rec, H)
             if reset_after:
                 for j in range(H):
-                    hr[t, b, j] = u[b, 2 * H + j] + b_rec[2 * H + j]
-                    term[b, j] = g[H + j] * hr[t, b, j]
+                    hrb[j] = u[b, 2 * H + j] + b_rec[2 * H + j]
+                    term[b, j] = g[H + j] * hrb[j]
             else:
+                h = unit(hs[t, b])
                 for j in range(H):
-                    hr[t, b, j] = g[H + j] * hs[t, b, j]
+                    hrb[j] = g[H + j] * h[j]
         if not reset_after and n > 0:
             product(Uh, hr[t, :n], term[:n])
         for b in range(n):
             if mask is None or mask[t, b]:
-                gru_cell_fwd(gx[t, b], term[b], hs[t, b], hs[t + 1, b], H)
-                out[t, b] = hs[t + 1, b]
+                h = unit(hs[t + 1, b])
+                gru_cell_fwd(unit(gx[t, b]), term[b], unit(hs[t, b]), h, H)
+                unit(out[t, b])[:] = h
 
 
 @njit(**JIT)
 def _gru_bwd(gx, Ut, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, hs, hr, d_out, dh, dgx, dgr, d_carry):
     """Steps [t_base, t_base + T) of the backward scan, in reverse (dh and d_carry as in lstm._lstm_bwd).
-    gemm.operand of the transposed weights: reset_after, Ut of U^T (Uh_t unused); else Ut of U_zr^T, Uh_t of U_h^T."""
+    gemm.operand of the transposed weights: reset_after, Ut of U^T (Uh_t unused); else Ut of U_zr^T, Uh_t of U_h^T.
+    Rows as in _gru_fwd."""
     T, B, G = gx.shape
     H = G // 3
     dht = np.empty((B, H), gx.dtype)
@@ -61,16 +65,18 @@ def _gru_bwd(gx, Ut, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, 
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         for b in range(B):
+            dg = unit(dgx[t, b])
             if b < n and (mask is None or mask[t, b]):
+                dhb, dob, dcb = unit(dh[b]), unit(d_out[t, b]), unit(d_carry[b])
                 for j in range(H):
-                    dht[b, j] = dh[b, j] + d_out[t, b, j] + d_carry[b, j]
-                    d_carry[b, j] = 0
-                gru_cell_bwd(gx[t, b], hs[t, b], dht[b], dgx[t, b], H)
-                d_ah[b] = dgx[t, b, 2 * H :]
+                    dht[b, j] = dhb[j] + dob[j] + dcb[j]
+                    dcb[j] = 0
+                gru_cell_bwd(unit(gx[t, b]), unit(hs[t, b]), dht[b], dg, H)
+                d_ah[b] = dg[2 * H :]
             else:
-                dgx[t, b] = 0
+                dg[:] = 0
                 if reset_after:
-                    dgr[t, b] = 0
+                    unit(dgr[t, b])[:] = 0
                 d_ah[b] = 0
                 carry_row_grad(t, b, zero_output, d_out, d_carry, t_base)
         if n == 0:
@@ -81,24 +87,26 @@ def _gru_bwd(gx, Ut, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, 
             if not (mask is None or mask[t, b]):
                 d_zr[b] = 0
                 continue
-            a = gx[t, b]
+            a, dg, h, hrb = unit(gx[t, b]), unit(dgx[t, b]), unit(hs[t, b]), unit(hr[t, b])
             for j in range(H):
                 r = a[H + j]
-                dr = d_rh[b, j] * hs[t, b, j] if not reset_after else d_ah[b, j] * hr[t, b, j]
-                dgx[t, b, H + j] = dr * r * (1 - r)
+                dr = d_rh[b, j] * h[j] if not reset_after else d_ah[b, j] * hrb[j]
+                dg[H + j] = dr * r * (1 - r)
                 if not reset_after:
                     dht[b, j] += d_rh[b, j] * r
             if reset_after:
-                dgr[t, b, : 2 * H] = dgx[t, b, : 2 * H]
+                dgrb = unit(dgr[t, b])
+                dgrb[: 2 * H] = dg[: 2 * H]
                 for j in range(H):
-                    dgr[t, b, 2 * H + j] = d_ah[b, j] * a[H + j]
+                    dgrb[2 * H + j] = d_ah[b, j] * a[H + j]
             else:
-                d_zr[b] = dgx[t, b, : 2 * H]
+                d_zr[b] = dg[: 2 * H]
         product(Ut, dgr[t, :n] if reset_after else d_zr[:n], dh_prev[:n])
         for b in range(n):
             if mask is None or mask[t, b]:
+                dhb = unit(dh[b])
                 for j in range(H):
-                    dh[b, j] = dht[b, j] + dh_prev[b, j]
+                    dhb[j] = dht[b, j] + dh_prev[b, j]
 
 
 def _operands(U, reset_after, transposed):

@@ -11,13 +11,14 @@ import numpy as np
 from .. import _scan
 from . import gemm, rows
 from .cache import njit
-from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd
+from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd, unit
 from .gemm import product
 
 
 @njit(**JIT)
 def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
-    """U: gemm.operand of the recurrent weights (H, 4H)."""
+    """U: gemm.operand of the recurrent weights (H, 4H). The arrays may be a thread's strided rows (rows.py):
+    each row is taken as contiguous (rows.unit)."""
     T, B, G = gx.shape
     H = G // 4
     u = np.empty((B, G), gx.dtype)
@@ -27,8 +28,9 @@ def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
             product(U, hs[t, :n], u[:n])
         for b in range(B):
             if b < n and (mask is None or mask[t, b]):
-                lstm_cell_fwd(gx[t, b], u[b], cs[t, b], cs[t + 1, b], hs[t + 1, b], H)
-                out[t, b] = hs[t + 1, b]
+                h = unit(hs[t + 1, b])
+                lstm_cell_fwd(unit(gx[t, b]), u[b], unit(cs[t, b]), unit(cs[t + 1, b]), h, H)
+                unit(out[t, b])[:] = h
             else:
                 carry_row(t, b, zero_output, out, hs, cs)
 
@@ -37,7 +39,7 @@ def _lstm_fwd(gx, U, mask, batch_sizes, zero_output, out, hs, cs):
 def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc, dgx, d_carry):
     """Steps [t_base, t_base + T) of the backward scan, in reverse: dh, dc and d_carry (the gradient of a carried
     output on its way to the previous real step) come in from the later steps and go out to the earlier ones.
-    Ut: gemm.operand of U^T."""
+    Ut: gemm.operand of U^T. Rows as in _lstm_fwd."""
     T, B, G = gx.shape
     H = G // 4
     dht = np.empty(H, gx.dtype)
@@ -46,18 +48,20 @@ def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc,
         n = batch_sizes[t]
         for b in range(B):
             if b < n and (mask is None or mask[t, b]):
+                dhb, dob, dcb = unit(dh[b]), unit(d_out[t, b]), unit(d_carry[b])
                 for j in range(H):
-                    dht[j] = dh[b, j] + d_out[t, b, j] + d_carry[b, j]
-                    d_carry[b, j] = 0
-                lstm_cell_bwd(gx[t, b], cs[t, b], cs[t + 1, b], dht, dc[b], dgx[t, b], H)
+                    dht[j] = dhb[j] + dob[j] + dcb[j]
+                    dcb[j] = 0
+                lstm_cell_bwd(unit(gx[t, b]), unit(cs[t, b]), unit(cs[t + 1, b]), dht, unit(dc[b]),
+                              unit(dgx[t, b]), H)
             else:
-                dgx[t, b] = 0
+                unit(dgx[t, b])[:] = 0
                 carry_row_grad(t, b, zero_output, d_out, d_carry, t_base)
         if n > 0:
             product(Ut, dgx[t, :n], dh_prev[:n])
         for b in range(n):
             if mask is None or mask[t, b]:
-                dh[b] = dh_prev[b]
+                unit(dh[b])[:] = dh_prev[b]
 
 
 def _fwd(gx, U, mask, sizes, zero_output, out, hs, cs):
