@@ -11,6 +11,7 @@ from cells import CELLS, cell_fns, make_problem, random_upstream
 from conftest import TOLERANCE, make_mask, rel_err
 from test_grad import finite_difference
 
+import maskrnn
 from maskrnn._cpu import gemm, rows
 
 NATIVE = ["auto", "avx2", "portable"]
@@ -97,3 +98,27 @@ def test_kernels_run_the_native_product_when_the_extension_has_it(rng, monkeypat
     _run(cell, p, random_upstream(rng, cell, B, T, H, "float32"), lengths=rng.integers(1, T + 1, B))
     assert made and all(address != 0 and panels.size for address, panels, _ in made if panels.shape[1])
     assert rows.threads_for(B, H, 4 * H) == min(2, numba.get_num_threads())
+
+
+def test_weights_are_packed_once_per_call_and_forgotten_after_it(rng, monkeypatch):
+    """Inference runs the kernels on chunks of a few steps: one packing of U per call. The caller may change the
+    weights in place between calls: the next call sees the new ones."""
+    monkeypatch.setattr(gemm, "_native", gemm.addresses("auto"))
+    if not gemm.level():
+        pytest.skip("no native product")
+    packed = []
+    pack = gemm.pack
+    monkeypatch.setattr(gemm, "pack", lambda b, where=None: packed.append(b.shape) or pack(b, where))
+    B, T, I, H = 16, 40, 8, 32
+    p = make_problem(rng, "lstm", B, T, I, H, "float64")
+    args = [p["x"], p["kernel"], p["recurrent_kernel"], p["bias"]]
+    lengths = rng.integers(1, T + 1, B)
+    monkeypatch.setattr(maskrnn._scan, "INFER_WORKSPACE", 1)  # one step per chunk
+    for _ in range(2):
+        packed.clear()
+        got = maskrnn.lstm(*args, lengths=lengths)
+        assert packed == [(H, 4 * H)]
+        for g, want in zip(got, _reference("lstm", p, lengths=lengths)):
+            assert rel_err(g, want) < TOLERANCE["float64"]
+        args[2] *= 0.5  # in place: the caller's recurrent kernel
+        assert p["recurrent_kernel"] is args[2]

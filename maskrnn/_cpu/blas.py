@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import gemm
 from .cache import njit
 from .cells import JIT
 
@@ -56,14 +57,17 @@ _active = 0
 @contextmanager
 def session():
     """Wraps one maskrnn call; the BLAS threads stop when no call is left running (threads of this process
-    running maskrnn at once keep the pool until the last one returns)."""
+    running maskrnn at once keep the pool until the last one returns), and the packed weights (gemm.operand)
+    are forgotten."""
     global _active
     with _lock:
         _active += 1
+        gemm.hold()
     try:
         yield
     finally:
         with _lock:
             _active -= 1
+            gemm.release()
             if _active == 0 and _shutdown is not None:
                 _shutdown()
