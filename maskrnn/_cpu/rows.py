@@ -5,11 +5,13 @@ nogil Numba kernel whose per-step products run on that thread only (gemm.py). Th
 so thread p takes the ranks p, p + N, ... (strided views): every thread gets a share of the long rows and the
 rows it computes at step t are still a prefix of its own, of length ceil((n_t - p) / N).
 
-The helper threads are started per kernel call and joined before it returns (a thread start costs tens of
-microseconds against milliseconds of work): nothing is left to spin on the cores the caller's next operation
-needs, the problem OpenBLAS's idle threads caused (blas.py).
+The helper threads (``parallel``) are kept and block on a queue between calls: nothing spins on the cores the
+caller's next operation needs (the problem OpenBLAS's idle threads caused, blas.py), and inference, which runs
+the kernels on chunks of ~6 steps, starts no thread per chunk.
 """
 
+import os
+import queue
 import threading
 
 import numba
@@ -37,27 +39,56 @@ def share(sizes, p, n):
     return (np.maximum(sizes - p + n - 1, 0) // n).astype(np.int32)
 
 
-def split(run, sizes, n):
-    """run(rows, sizes_p) on n threads, rows the slice p::n of the batch; returns when all have finished and
-    re-raises the first failure."""
-    if n == 1:
-        run(slice(None), sizes)
-        return
+_helpers = []  # one task queue per helper thread
+_helpers_lock = threading.Lock()
+
+
+def _helper(tasks):
+    while True:
+        task, done = tasks.get()
+        task()
+        done.put(None)
+
+
+def _forget_helpers():
+    _helpers.clear()  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
+
+
+def parallel(tasks):
+    """Runs the callables: the first on this thread, the others on helper threads; returns when all have
+    finished and re-raises the first failure."""
     errors = []
 
-    def part(p):
-        try:
-            run(slice(p, None, n), share(sizes, p, n))
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
-            errors.append(exc)
+    def guarded(task):
+        def run():
+            try:
+                task()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
+                errors.append(exc)
 
-    helpers = [threading.Thread(target=part, args=(p,), daemon=True) for p in range(1, n)]
-    for t in helpers:
-        t.start()
+        return run
+
+    with _helpers_lock:
+        while len(_helpers) < len(tasks) - 1:
+            q = queue.SimpleQueue()
+            threading.Thread(target=_helper, args=(q,), daemon=True, name="maskrnn-cpu").start()
+            _helpers.append(q)
+        helpers = _helpers[: len(tasks) - 1]
+    done = queue.SimpleQueue()
+    for q, task in zip(helpers, tasks[1:]):
+        q.put((guarded(task), done))
     try:
-        part(0)
+        guarded(tasks[0])()
     finally:
-        for t in helpers:
-            t.join()
+        for _ in helpers:
+            done.get()
     if errors:
         raise errors[0]
+
+
+def split(run, sizes, n):
+    """run(rows, sizes_p) on n threads, rows the slice p::n of the batch."""
+    parallel([lambda p=p: run(slice(p, None, n), share(sizes, p, n) if n > 1 else sizes) for p in range(n)])
