@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+#ifdef MASKRNN_CPU_GEMM
+#include "cpu_gemm.h"
+#endif
+
 #ifdef MASKRNN_WITH_CUDA
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -112,5 +116,18 @@ PYBIND11_MODULE(_ext, m) {
   m.attr("cuda_built") = false;
   m.attr("cuda_archs") = std::string();
   m.def("gpu_names", []() { return std::vector<std::string>(); });
+#endif
+#ifdef MASKRNN_CPU_GEMM
+  m.def(
+      "cpu_gemm_addresses",
+      [](const std::string& level) {
+        const maskrnn::CpuGemm g = maskrnn::cpu_gemm(level);
+        return py::dict(py::arg("level") = g.level, py::arg("gemm_float32") = g.gemm_f32,
+                        py::arg("gemm_float64") = g.gemm_f64, py::arg("pack_float32") = g.pack_f32,
+                        py::arg("pack_float64") = g.pack_f64);
+      },
+      py::arg("level") = "auto",
+      "Addresses of the CPU engine's packed per-step product (csrc/cpu_gemm.h) at an instruction-set level: auto, "
+      "avx512, avx2, portable; level '' and addresses 0 when this CPU or build cannot run it");
 #endif
 }

@@ -10,6 +10,7 @@ with libm's exp/tanh against 4 ns in float32).
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 # No 'nnan'/'ninf'/'reassoc': NaN in a real step must still propagate, and the exp reduction needs
@@ -34,6 +35,20 @@ def _bits_to_float64(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def unit(typingctx, a):
+    """A row (a 1-D view with unit stride) typed as contiguous. A thread's rows of the batch are strided views
+    (rows.py), which Numba types as 'A' layout, and so are their rows, whose loops LLVM then left scalar: the
+    gate math ran 3x slower."""
+    if not isinstance(a, types.Array) or a.ndim != 1:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+
+    return a.copy(layout="C")(a), codegen
 
 
 @njit(**INLINE)
@@ -138,13 +153,13 @@ def _tanh(x):
 @njit(**INLINE)
 def carry_row(t, b, zero_output, out, hs, cs):
     """A padded step (b, t): states carried; output 0 or the previous step's output."""
-    hs[t + 1, b] = hs[t, b]
+    unit(hs[t + 1, b])[:] = unit(hs[t, b])
     if cs is not None:
-        cs[t + 1, b] = cs[t, b]
+        unit(cs[t + 1, b])[:] = unit(cs[t, b])
     if zero_output or t == 0:
-        out[t, b] = 0
+        unit(out[t, b])[:] = 0
     else:
-        out[t, b] = out[t - 1, b]
+        unit(out[t, b])[:] = unit(out[t - 1, b])
 
 
 @njit(**INLINE)
@@ -152,9 +167,9 @@ def carry_row_grad(t, b, zero_output, d_out, d_carry, t_base=0):
     """Backward of carry_row for the output: its gradient flows to out[t-1, b] unless out was 0. t_base: the
     global index of step 0 of a chunk of steps (the first step of the sequence has no previous output)."""
     if zero_output or t + t_base == 0:
-        d_carry[b] = 0
+        unit(d_carry[b])[:] = 0
     else:
-        d_carry[b] += d_out[t, b]
+        unit(d_carry[b])[:] += unit(d_out[t, b])
 
 
 # Each loop below writes one array and indexes from 0: LLVM vectorises that shape, not loops that write
