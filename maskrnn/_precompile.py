@@ -4,7 +4,9 @@ setup.py runs this while building, so the machine code ships in the package and 
 ``pip install`` loads it instead of compiling (seconds). ``python -m maskrnn precompile`` does the same for an
 installed package, e.g. when building a container image; a read-only install caches in the first writable
 location. Common means float32 LSTM and GRU (both ``reset_after``), masked and packed kernels, forward and
-backward, called exactly as the public API calls them; other dtypes compile on first use.
+backward, called exactly as the public API calls them, on one thread's rows and, where the engine has several
+threads, on a thread's share of a split batch (strided rows: another compiled variant, maskrnn/_cpu/rows.py);
+other dtypes compile on first use.
 """
 
 import time
@@ -13,13 +15,21 @@ import numpy as np
 
 
 def main() -> str:
-    from . import gru_vjp, lstm_vjp
+    from ._cpu import rows
 
     start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    B, T, I, H = 3, 4, 2, 2
-    holes = np.array([[1, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 1]], bool)  # not post/pre-padded: masked kernels
-    lengths = [4, 2, 0]  # packed kernels
+    for B, H in ((3, 2), (2 * rows.MIN_ROWS, 128)):  # the second is large enough to split (rows.threads_for)
+        _run(np.random.default_rng(0), B, 4, 2, H)
+    return f"CPU kernels precompiled (float32 LSTM/GRU, forward and backward) in {time.perf_counter() - start:.0f} s"
+
+
+def _run(rng, B, T, I, H):
+    from . import gru_vjp, lstm_vjp
+
+    holes = rng.random((B, T)) < 0.7
+    holes[:, 1] = False
+    holes[0] = True  # a hole at step 1 in every row but the first, which is full: not post/pre-padded
+    lengths = np.arange(B) % (T + 1)  # packed kernels
     x = rng.standard_normal((B, T, I), dtype=np.float32)
     for steps in (dict(mask=holes), dict(lengths=lengths)):
         lstm = [rng.standard_normal(s, dtype=np.float32) for s in ((I, 4 * H), (H, 4 * H), (4 * H,))]
@@ -29,7 +39,6 @@ def main() -> str:
             gru = [rng.standard_normal(s, dtype=np.float32) for s in ((I, 3 * H), (H, 3 * H), bias)]
             (out, _), pullback = gru_vjp(x, *gru, reset_after=reset_after, **steps)
             pullback(np.ones_like(out))
-    return f"CPU kernels precompiled (float32 LSTM/GRU, forward and backward) in {time.perf_counter() - start:.0f} s"
 
 
 if __name__ == "__main__":
