@@ -21,7 +21,6 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-from setuptools.command.build_py import build_py
 
 CUDA_MODE = os.environ.get("MASKRNN_CUDA", "AUTO").upper()
 
@@ -40,6 +39,11 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    def run(self) -> None:
+        super().run()  # with or without the extension (_stop), then the kernels into the built package
+        if not (self.inplace or getattr(self, "editable_mode", False)):
+            precompile(self.build_lib)
+
     def build_extension(self, ext: CMakeExtension) -> None:
         if shutil.which("cmake") is None:
             return _stop("CMake was not found (pip install cmake)")
@@ -74,27 +78,26 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_temp, check=True)
 
 
-class BuildPy(build_py):
-    """Also compiles the common CPU kernels into build_lib's kernel cache, which the wheel ships: the first call
-    after `pip install` then loads machine code instead of compiling it (seconds). The code is for this
-    machine's CPU; elsewhere, or with another Numba, the kernels compile on first use as without it."""
+def precompile(build_lib: str) -> None:
+    """Compiles the common CPU kernels into build_lib's kernel cache, which the wheel ships: the first call after
+    `pip install` then loads machine code instead of compiling it (seconds). It runs after the native extension
+    is built (CMakeBuild.run): the kernels take another variant when its packed GEMM splits the batch across
+    threads (maskrnn/_cpu/rows.py), which a build_py-time run, before the extension existed, never compiled.
+    The code is for this machine's CPU; elsewhere, or with another Numba, the kernels compile on first use."""
+    if os.environ.get("MASKRNN_PRECOMPILE", "1") == "0":
+        return
+    build_lib = Path(build_lib).resolve()
+    for stale in (build_lib / "maskrnn" / "_cpu" / "__pycache__").glob("*.nb[ic]"):
+        stale.unlink()
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(build_lib), env.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, "-m", "maskrnn._precompile"], cwd=build_lib, env=env,
+                         capture_output=True, text=True)
+    if run.returncode == 0:
+        print(f"maskrnn: {run.stdout.strip()}", flush=True)
+    else:
+        why = (run.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"maskrnn: CPU kernels not precompiled ({why}): they compile on first use", flush=True)
 
-    def run(self) -> None:
-        super().run()
-        if self.editable_mode or os.environ.get("MASKRNN_PRECOMPILE", "1") == "0":
-            return
-        build_lib = Path(self.build_lib).resolve()
-        for stale in (build_lib / "maskrnn" / "_cpu" / "__pycache__").glob("*.nb[ic]"):
-            stale.unlink()
-        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(build_lib), env.get("PYTHONPATH")]))
-        run = subprocess.run([sys.executable, "-m", "maskrnn._precompile"], cwd=build_lib, env=env,
-                             capture_output=True, text=True)
-        if run.returncode == 0:
-            print(f"maskrnn: {run.stdout.strip()}", flush=True)
-        else:
-            why = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"maskrnn: CPU kernels not precompiled ({why}): they compile on first use", flush=True)
 
-
-setup(ext_modules=[CMakeExtension("maskrnn._ext")], cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy})
+setup(ext_modules=[CMakeExtension("maskrnn._ext")], cmdclass={"build_ext": CMakeBuild})
