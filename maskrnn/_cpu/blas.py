@@ -12,6 +12,7 @@ import ctypes
 import threading
 from contextlib import contextmanager
 
+import numba
 import numpy as np
 
 from . import gemm, rows
@@ -54,6 +55,45 @@ def _native(a, b, out):
 
 
 MIN_SPLIT_WORK = 1 << 22  # multiply-adds of an all-step product below which one thread runs it
+
+
+def gram_runs(dtype):
+    """Whether ``gram`` runs for dtype (the native product is there and not switched off)."""
+    return gemm.gemm_tn_function(dtype) is not None
+
+
+def gram(a, d, idx=None):
+    """a[idx]^T @ d[idx] (every row when idx is None) for a (N, m) and d (N, n) with unit column stride (d may
+    be a column slice), on the native product reading the rows in place: the weight gradients, where OpenBLAS
+    needed a gathered copy of every real row of x, h and dgx. idx: int64 row numbers. None where the native
+    product does not run (no extension, MASKRNN_CPU_GEMM=off, other dtypes or strides). The engine's threads
+    take whole panels of d's columns each: no partial sums to add, and each reads all of a (the narrower)."""
+    fn = gemm.gemm_tn_function(a.dtype) if a.dtype == d.dtype else None
+    if fn is None or a.ndim != 2 or d.ndim != 2 or a.shape[0] != d.shape[0]:
+        return None
+    if not a.size or not d.size:  # an empty array's strides may be anything
+        return np.zeros((a.shape[1], d.shape[1]), a.dtype)
+    if any(x.strides[1] != x.itemsize or x.strides[0] % x.itemsize for x in (a, d)):
+        return None
+    m, n = a.shape[1], d.shape[1]
+    out = np.empty((m, n), a.dtype)
+    if idx is not None:
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+    rows_ = a.shape[0] if idx is None else len(idx)
+    W = gemm.PANEL_BYTES // a.itemsize
+    panels = -(-n // W)
+    parts = min(numba.get_num_threads(), panels) if rows_ * m * n >= MIN_SPLIT_WORK else 1
+    per = -(-panels // max(parts, 1)) * W
+    lda, ldd = a.strides[0] // a.itemsize, d.strides[0] // d.itemsize
+    where = 0 if idx is None else idx.ctypes.data
+
+    def block(c0):
+        c1 = min(n, c0 + per)
+        fn(rows_, m, c1 - c0, where, a.ctypes.data, lda, d.ctypes.data + c0 * d.itemsize, ldd,
+           out.ctypes.data + c0 * out.itemsize, n)
+
+    rows.parallel([lambda c0=c0: block(c0) for c0 in range(0, max(n, 1), per)])
+    return out
 
 
 def matmul(a, b, out=None):
