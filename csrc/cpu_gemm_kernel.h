@@ -96,31 +96,37 @@ inline void rest_tn(int r, std::int64_t rows, const S* a, const S* d, S* C, std:
   if constexpr (R > 1) rest_tn<S, R - 1>(r, rows, a, d, C, ldc);
 }
 
-// C (m x n, row stride ldc) = sum over the rows of A^T D: A (rows x m), D (rows x n), both with unit column
-// stride; row r of each at idx[r] (all rows in order when idx is null). Blocks of KC rows: the block's A is
-// packed once, tile by tile (a tile's R columns of a row adjacent, 390 KiB at m = 385: stays in L2 across the
-// panels), and each panel's W columns of D (32 KiB: stays in L1 across the tiles) before its tiles run. Read in
-// place, the rows of D (often 4 KiB apart) fell into the same few L1 sets and were fetched again every tile.
-// C is summed in place (1.5 MiB at 385 x 1024, in L2).
+// C (m x n, row stride ldc) = sum over the rows of A^T D: A = [A1 | A2] (rows x (m1 + m2), the LSTM's x and
+// h_{t-1} side by side without a copy), D (rows x n), each with unit column stride; row r of each at idx[r]
+// (all rows in order when idx is null). Blocks of KC rows: the block's A is packed once, tile by tile (a
+// tile's R columns of a row adjacent; 390 KiB at m = 385: stays in L2 across the panels), and each panel's W
+// columns of D (32 KiB: stays in L1 across the tiles) before its tiles run. Read in place, the rows of D (often
+// 4 KiB apart) fell into the same few L1 sets and were fetched again every tile. C is summed in place (1.5 MiB
+// at 385 x 1024, in L2).
 template <class S>
-void gemm_tn(std::int64_t rows, std::int64_t m, std::int64_t n, const std::int64_t* idx, const S* A,
-             std::int64_t lda, const S* D, std::int64_t ldd, S* C, std::int64_t ldc) {
+void gemm_tn(std::int64_t rows, std::int64_t m1, std::int64_t m2, std::int64_t n, const std::int64_t* idx,
+             const S* A1, std::int64_t lda1, const S* A2, std::int64_t lda2, const S* D, std::int64_t ldd, S* C,
+             std::int64_t ldc) {
   constexpr int W = kPanel<S>, R = MR<S>;
   constexpr std::int64_t KC = 256;
-  const std::int64_t full = n / W, cols = n - full * W;  // whole panels; columns of the narrower last one
-  std::vector<S> a(static_cast<std::size_t>(KC * m)), d(static_cast<std::size_t>(KC * W));
+  const std::int64_t m = m1 + m2, full = n / W, cols = n - full * W;  // whole panels; the last one's columns
+  std::vector<S> a(static_cast<std::size_t>(KC * m)), d(static_cast<std::size_t>(KC * W)), row(m);
   std::vector<S> tail(static_cast<std::size_t>(cols ? m * W : 0));  // the last panel's sums (would pass C's rows)
   std::vector<std::int64_t> at(KC);
   for (std::int64_t i = 0; i < m; ++i)
     for (std::int64_t j = 0; j < n; ++j) C[i * ldc + j] = S(0);
   for (std::int64_t r0 = 0; r0 < rows; r0 += KC) {
     const std::int64_t kc = rows - r0 < KC ? rows - r0 : KC;
-    for (std::int64_t r = 0; r < kc; ++r) at[r] = idx ? idx[r0 + r] : r0 + r;
-    for (std::int64_t i0 = 0; i0 < m; i0 += R) {  // tile i0's columns: a[i0 * kc + r * w + i]
-      const std::int64_t w = m - i0 < R ? m - i0 : R;
-      S* dst = a.data() + i0 * kc;
-      for (std::int64_t r = 0; r < kc; ++r)
-        for (std::int64_t i = 0; i < w; ++i) dst[r * w + i] = A[at[r] * lda + i0 + i];
+    for (std::int64_t r = 0; r < kc; ++r) {
+      at[r] = idx ? idx[r0 + r] : r0 + r;
+      const S* a1 = A1 + at[r] * lda1;
+      const S* a2 = A2 + at[r] * lda2;
+      for (std::int64_t i = 0; i < m1; ++i) row[i] = a1[i];
+      for (std::int64_t i = 0; i < m2; ++i) row[m1 + i] = a2[i];
+      std::int64_t i0 = 0;  // tile i0's columns at a[i0 * kc + r * w + i]
+      for (; i0 + R <= m; i0 += R)
+        for (int i = 0; i < R; ++i) a[i0 * kc + r * R + i] = row[i0 + i];
+      for (std::int64_t i = i0; i < m; ++i) a[i0 * kc + r * (m - i0) + i - i0] = row[i];
     }
     for (std::int64_t p = 0; p * W < n; ++p) {
       const std::int64_t w = p < full ? W : cols;
@@ -143,12 +149,14 @@ void gemm_tn(std::int64_t rows, std::int64_t m, std::int64_t n, const std::int64
     for (std::int64_t j = 0; j < cols; ++j) C[i * ldc + full * W + j] = tail[i * W + j];
 }
 
-void gemm_tn_f32(std::int64_t rows, std::int64_t m, std::int64_t n, const std::int64_t* idx, const float* A,
-                 std::int64_t lda, const float* D, std::int64_t ldd, float* C, std::int64_t ldc) {
-  gemm_tn<float>(rows, m, n, idx, A, lda, D, ldd, C, ldc);
+void gemm_tn_f32(std::int64_t rows, std::int64_t m1, std::int64_t m2, std::int64_t n, const std::int64_t* idx,
+                 const float* A1, std::int64_t lda1, const float* A2, std::int64_t lda2, const float* D,
+                 std::int64_t ldd, float* C, std::int64_t ldc) {
+  gemm_tn<float>(rows, m1, m2, n, idx, A1, lda1, A2, lda2, D, ldd, C, ldc);
 }
 
-void gemm_tn_f64(std::int64_t rows, std::int64_t m, std::int64_t n, const std::int64_t* idx, const double* A,
-                 std::int64_t lda, const double* D, std::int64_t ldd, double* C, std::int64_t ldc) {
-  gemm_tn<double>(rows, m, n, idx, A, lda, D, ldd, C, ldc);
+void gemm_tn_f64(std::int64_t rows, std::int64_t m1, std::int64_t m2, std::int64_t n, const std::int64_t* idx,
+                 const double* A1, std::int64_t lda1, const double* A2, std::int64_t lda2, const double* D,
+                 std::int64_t ldd, double* C, std::int64_t ldc) {
+  gemm_tn<double>(rows, m1, m2, n, idx, A1, lda1, A2, lda2, D, ldd, C, ldc);
 }

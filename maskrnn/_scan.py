@@ -232,13 +232,25 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
 
 def _gram_sums(K, flat, n, idx, terms):
     """The weight gradients of ``_backward_gemms`` on the engine's ``gram`` (rows read in place, no gather):
-    a list, or None where the engine has none or it does not run (then the GEMMs gather the rows)."""
+    a list, or None where the engine has none or it does not run (then the GEMMs gather the rows). Two terms
+    with the same d and cols go into one call (the LSTM's [x | h_{t-1}]^T dgx: one pass over dgx)."""
     gram = getattr(K, "gram", None)
     if gram is None or not K.gram_runs(terms[0][0].dtype):
         return None
     sel = None if idx is None else np.concatenate([np.arange(n, dtype=np.int64), np.asarray(idx, np.int64)])
-    sums = [gram(flat(a), flat(d)[:, cols or slice(None)], sel) for a, d, cols in terms]
-    return None if any(g is None for g in sums) else sums
+    sums = [None] * len(terms)
+    for i, (a, d, cols) in enumerate(terms):
+        if sums[i] is not None:
+            continue
+        pair = next((j for j in range(i + 1, len(terms)) if terms[j][1] is d and terms[j][2] == cols), None)
+        a2 = None if pair is None else flat(terms[pair][0])
+        g = gram(flat(a), flat(d)[:, cols or slice(None)], sel, a2)
+        if g is None:
+            return None
+        sums[i] = g[: a.shape[2]]
+        if pair is not None:
+            sums[pair] = g[a.shape[2] :]
+    return sums
 
 
 def _split_bias(dWb, W):

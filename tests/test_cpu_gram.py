@@ -40,15 +40,17 @@ def test_native_gram_matches_float64(rng, level, dtype, m):
     for rows, n, select in [(0, 33, False), (1, 32, False), (5, 7, True), (257, 75, False), (300, 64, True),
                             (530, 16, True)]:
         N = rows + 11
-        lda, ldd, ldc = m + 3, n + 5, n + 2
-        a_buf = rng.standard_normal((N, lda)).astype(dtype)
+        m1 = int(rng.integers(m + 1))  # A's columns from two arrays: m1 from the first, m - m1 from the second
+        lda, lda2, ldd, ldc = m1 + 3, m - m1 + 1, n + 5, n + 2
+        a_buf, a2_buf = (rng.standard_normal((N, ld)).astype(dtype) for ld in (lda, lda2))
         d_buf = rng.standard_normal((N, ldd)).astype(dtype)
         idx = rng.permutation(N)[:rows].astype(np.int64) if select else None
         count = rows if select else N
         c_buf = np.full((m + 1, ldc), np.nan, dtype)  # one row and the columns past n: must stay untouched
-        fn(count, m, n, 0 if idx is None else idx.ctypes.data, a_buf.ctypes.data + a_buf.itemsize, lda,
-           d_buf.ctypes.data + 2 * d_buf.itemsize, ldd, c_buf.ctypes.data, ldc)
-        _close(c_buf[:m, :n], a_buf[:, 1 : 1 + m], d_buf[:, 2 : 2 + n], idx, dtype)
+        fn(count, m1, m - m1, n, 0 if idx is None else idx.ctypes.data, a_buf.ctypes.data + a_buf.itemsize, lda,
+           a2_buf.ctypes.data, lda2, d_buf.ctypes.data + 2 * d_buf.itemsize, ldd, c_buf.ctypes.data, ldc)
+        a = np.concatenate([a_buf[:, 1 : 1 + m1], a2_buf[:, : m - m1]], axis=1)
+        _close(c_buf[:m, :n], a, d_buf[:, 2 : 2 + n], idx, dtype)
         assert np.isnan(c_buf[:m, n:]).all() and np.isnan(c_buf[m]).all()
 
 
@@ -56,16 +58,19 @@ def test_native_gram_matches_float64(rng, level, dtype, m):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("level", ["auto", "portable"])
 def test_gram_split_over_threads_matches_float64(rng, monkeypatch, level, dtype, threads):
-    """Column panels split across threads (uneven shares, fewer panels than threads), strided views, selected
-    rows; the split itself forced at small sizes."""
+    """Rows split across threads, each summing its own result (uneven shares, fewer rows than threads), strided
+    views, a second left-hand array, selected rows; the split itself forced at small sizes."""
     monkeypatch.setattr(gemm, "_native", _level(level))
     monkeypatch.setattr(blas, "MIN_SPLIT_WORK", 0)
+    monkeypatch.setattr(blas, "GRAM_ROWS", 1)
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
     for N, m, n, k in [(0, 5, 40, 0), (2, 9, 100, 2), (401, 33, 129, 250), (64, 12, 3, 64), (1, 1, 1, 1)]:
         a = rng.standard_normal((N, m + 4)).astype(dtype)[:, 2 : 2 + m]
         d = rng.standard_normal((N, 2 * n)).astype(dtype)[:, n:]
+        a2 = rng.standard_normal((N, 7)).astype(dtype)
         for idx in (None, np.sort(rng.choice(N, k, replace=False)).astype(np.int64)):
             _close(blas.gram(a, d, idx), a, d, idx, dtype)
+            _close(blas.gram(a, d, idx, a2), np.concatenate([a, a2], axis=1), d, idx, dtype)
 
 
 def test_gram_refuses_what_it_cannot_read(rng, monkeypatch):
@@ -89,7 +94,9 @@ def test_weight_gradients_run_the_native_gram_when_the_extension_has_it(rng, mon
         pytest.skip("no native product")
     made, transposed = [], []
     gram, matmul = blas.gram, maskrnn._cpu.matmul
-    monkeypatch.setattr(maskrnn._cpu, "gram", lambda a, d, idx=None: made.append(a.shape) or gram(a, d, idx))
+    monkeypatch.setattr(maskrnn._cpu, "gram",
+                        lambda a, d, idx=None, a2=None: made.extend([a.shape, getattr(a2, "shape", None)])
+                        or gram(a, d, idx, a2))
     monkeypatch.setattr(maskrnn._cpu, "matmul",
                         lambda a, b, out=None: transposed.append(not a.flags.c_contiguous) or matmul(a, b, out))
     B, T, I, H = 32, 7, 5, 16

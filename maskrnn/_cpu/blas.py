@@ -62,38 +62,45 @@ def gram_runs(dtype):
     return gemm.gemm_tn_function(dtype) is not None
 
 
-def gram(a, d, idx=None):
-    """a[idx]^T @ d[idx] (every row when idx is None) for a (N, m) and d (N, n) with unit column stride (d may
-    be a column slice), on the native product reading the rows in place: the weight gradients, where OpenBLAS
-    needed a gathered copy of every real row of x, h and dgx. idx: int64 row numbers. None where the native
-    product does not run (no extension, MASKRNN_CPU_GEMM=off, other dtypes or strides). The engine's threads
-    take whole panels of d's columns each: no partial sums to add, and each reads all of a (the narrower)."""
+def gram(a, d, idx=None, a2=None):
+    """a[idx]^T @ d[idx] (every row when idx is None) for a (N, m) and d (N, n) with unit column stride (column
+    slices welcome), on the native product reading the rows in place: the weight gradients, where OpenBLAS
+    needed a gathered copy of every real row of x, h and dgx. a2 (N, m2): the result of [a | a2] instead,
+    without concatenating them (the LSTM's [x | h_{t-1}]: one pass over d). idx: int64 row numbers. None where
+    the native product does not run (no extension, MASKRNN_CPU_GEMM=off, other dtypes or strides). The
+    engine's threads split the rows, each summing into its own result: a split of the columns had each thread
+    pack all of a."""
     fn = gemm.gemm_tn_function(a.dtype) if a.dtype == d.dtype else None
-    if fn is None or a.ndim != 2 or d.ndim != 2 or a.shape[0] != d.shape[0]:
+    both = (a, d) if a2 is None else (a, d, a2)
+    if fn is None or any(v.ndim != 2 or v.shape[0] != a.shape[0] or v.dtype != a.dtype for v in both):
         return None
-    if not a.size or not d.size:  # an empty array's strides may be anything
-        return np.zeros((a.shape[1], d.shape[1]), a.dtype)
-    if any(x.strides[1] != x.itemsize or x.strides[0] % x.itemsize for x in (a, d)):
+    m1, m2, n = a.shape[1], 0 if a2 is None else a2.shape[1], d.shape[1]
+    N = a.shape[0] if idx is None else len(idx)
+    if not N or not d.size or not m1 + m2:  # an empty array's strides may be anything
+        return np.zeros((m1 + m2, n), a.dtype)
+    if any(v.strides[1] != v.itemsize and v.shape[1] > 1 or v.strides[0] % v.itemsize for v in both):
         return None
-    m, n = a.shape[1], d.shape[1]
-    out = np.empty((m, n), a.dtype)
     if idx is not None:
         idx = np.ascontiguousarray(idx, dtype=np.int64)
-    rows_ = a.shape[0] if idx is None else len(idx)
-    W = gemm.PANEL_BYTES // a.itemsize
-    panels = -(-n // W)
-    parts = min(numba.get_num_threads(), panels) if rows_ * m * n >= MIN_SPLIT_WORK else 1
-    per = -(-panels // max(parts, 1)) * W
-    lda, ldd = a.strides[0] // a.itemsize, d.strides[0] // d.itemsize
-    where = 0 if idx is None else idx.ctypes.data
+    a2 = a[:, :0] if a2 is None else a2
+    ld = [v.strides[0] // v.itemsize for v in (a, a2, d)]
+    parts = max(1, min(numba.get_num_threads(), N // GRAM_ROWS)) if N * (m1 + m2) * n >= MIN_SPLIT_WORK else 1
+    outs = [np.empty((m1 + m2, n), a.dtype) for _ in range(parts)]
+    step = -(-N // parts)
 
-    def block(c0):
-        c1 = min(n, c0 + per)
-        fn(rows_, m, c1 - c0, where, a.ctypes.data, lda, d.ctypes.data + c0 * d.itemsize, ldd,
-           out.ctypes.data + c0 * out.itemsize, n)
+    def block(p):
+        r0, r1 = p * step, min(N, (p + 1) * step)
+        at, base = (0, r0) if idx is None else (idx.ctypes.data + r0 * 8, 0)
+        fn(r1 - r0, m1, m2, n, at, a.ctypes.data + base * a.strides[0], ld[0], a2.ctypes.data + base * a2.strides[0],
+           ld[1], d.ctypes.data + base * d.strides[0], ld[2], outs[p].ctypes.data, n)
 
-    rows.parallel([lambda c0=c0: block(c0) for c0 in range(0, max(n, 1), per)])
-    return out
+    rows.parallel([lambda p=p: block(p) for p in range(parts)])
+    for o in outs[1:]:
+        np.add(outs[0], o, out=outs[0])
+    return outs[0]
+
+
+GRAM_ROWS = 256  # rows per thread at least (csrc/cpu_gemm_kernel.h's row block)
 
 
 def matmul(a, b, out=None):

@@ -30,8 +30,7 @@ _PACK = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, 
                          ctypes.c_void_p)
 _GEMM = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-_GEMM_TN = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
+_GEMM_TN = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 4, ctypes.c_void_p, *[ctypes.c_void_p, ctypes.c_int64] * 4)
 
 
 def addresses(level=None):
@@ -77,9 +76,9 @@ def gemm_function(dtype, where=None):
 
 
 def gemm_tn_function(dtype, where=None):
-    """The native sum over rows of A^T D for dtype as a ctypes function (rows, m, n, idx, A, lda, D, ldd, C,
-    ldc), or None: C (m x n) = sum over r < rows of the outer products of row idx[r] (r when idx is 0) of A
-    (m columns) and of D (n columns)."""
+    """The native sum over rows of A^T D for dtype as a ctypes function (rows, m1, m2, n, idx, A1, lda1, A2,
+    lda2, D, ldd, C, ldc), or None: C (m1 + m2 x n) = sum over r < rows of the outer products of row idx[r] (r
+    when idx is 0) of A = [A1 | A2] (m1 and m2 columns) and of D (n columns)."""
     address = (where or _native).get(f"gemm_tn_{np.dtype(dtype).name}", 0)
     return _GEMM_TN(address) if address else None
 
