@@ -124,7 +124,8 @@ PYBIND11_MODULE(_ext, m) {
         const maskrnn::CpuGemm g = maskrnn::cpu_gemm(level);
         return py::dict(py::arg("level") = g.level, py::arg("gemm_float32") = g.gemm_f32,
                         py::arg("gemm_float64") = g.gemm_f64, py::arg("pack_float32") = g.pack_f32,
-                        py::arg("pack_float64") = g.pack_f64);
+                        py::arg("pack_float64") = g.pack_f64, py::arg("gemm_tn_float32") = g.gemm_tn_f32,
+                        py::arg("gemm_tn_float64") = g.gemm_tn_f64);
       },
       py::arg("level") = "auto",
       "Addresses of the CPU engine's packed per-step product (csrc/cpu_gemm.h) at an instruction-set level: auto, "

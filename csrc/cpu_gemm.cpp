@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MASKRNN_X86 1
@@ -141,8 +142,9 @@ std::uintptr_t address(F* f) {
   return reinterpret_cast<std::uintptr_t>(f);
 }
 
-CpuGemm level_of(const char* name, decltype(&portable::gemm_f32) f32, decltype(&portable::gemm_f64) f64) {
-  return {name, address(f32), address(f64), address(&pack_f32), address(&pack_f64)};
+CpuGemm level_of(const char* name, decltype(&portable::gemm_f32) f32, decltype(&portable::gemm_f64) f64,
+                 decltype(&portable::gemm_tn_f32) tn32, decltype(&portable::gemm_tn_f64) tn64) {
+  return {name, address(f32), address(f64), address(&pack_f32), address(&pack_f64), address(tn32), address(tn64)};
 }
 
 }  // namespace
@@ -152,11 +154,17 @@ CpuGemm cpu_gemm(const std::string& level) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") &&
                                                                 __builtin_cpu_supports("fma");
-  if ((level == "auto" || level == "avx512") && avx512) return level_of("avx512", avx512::gemm_f32, avx512::gemm_f64);
-  if ((level == "auto" || level == "avx2") && avx2) return level_of("avx2", avx2::gemm_f32, avx2::gemm_f64);
+  if ((level == "auto" || level == "avx512") && avx512) {
+    return level_of("avx512", avx512::gemm_f32, avx512::gemm_f64, avx512::gemm_tn_f32, avx512::gemm_tn_f64);
+  }
+  if ((level == "auto" || level == "avx2") && avx2) {
+    return level_of("avx2", avx2::gemm_f32, avx2::gemm_f64, avx2::gemm_tn_f32, avx2::gemm_tn_f64);
+  }
 #endif
-  if (level == "auto" || level == "portable") return level_of("portable", portable::gemm_f32, portable::gemm_f64);
-  return {"", 0, 0, 0, 0};
+  if (level == "auto" || level == "portable") {
+    return level_of("portable", portable::gemm_f32, portable::gemm_f64, portable::gemm_tn_f32, portable::gemm_tn_f64);
+  }
+  return {"", 0, 0, 0, 0, 0, 0};
 }
 
 }  // namespace maskrnn

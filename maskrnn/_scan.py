@@ -181,8 +181,9 @@ def _backward_rows(xp, sizes, T, B):
 def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
     """dx = dgx W^T (T,B,I) (None unless need_dx) and, for each (a, d, cols) in terms ((T,B,F) arrays, cols a
     column slice of d or None), the weight gradient a^T d[..., cols] summed over steps, each over ``rows``
-    (``_backward_rows``) only. The gathered rows of the terms (a, dgx, None) (at least the input's) go side by
-    side into one GEMM (LSTM: [x | h_{t-1}]^T dgx, ~12% faster than two; the gather copies them anyway)."""
+    (``_backward_rows``) only. The engine's ``gram`` (the CPU's native product) reads the rows in place;
+    elsewhere the gathered rows of the terms (a, dgx, None) (at least the input's) go side by side into one GEMM
+    (LSTM: [x | h_{t-1}]^T dgx, ~12% faster than two; the gather copies them anyway)."""
     mm = _matmul(xp, K)
     T, B, _ = dgx.shape
     tf, idx = rows
@@ -191,18 +192,24 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
     def flat(a):
         return a.reshape(T * B, a.shape[2])
 
+    sums = _gram_sums(K, flat, n, idx, terms)
+    dx = xp.empty((T, B, W.shape[0]), dgx.dtype) if need_dx else None
+    if n and need_dx:
+        mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
+    if idx is not None and need_dx:
+        dx[tf:] = 0
+    if sums is not None:
+        if need_dx and idx is not None and len(idx):
+            flat(dx)[idx] = mm(flat(dgx)[idx], W.T)
+        return dx, sums
+    sums = [xp.zeros((a.shape[2], len(range(d.shape[2])[cols or slice(None)])), dgx.dtype) for a, d, cols in terms]
+
     def cut(d, cols):
         return d if cols is None else xp.ascontiguousarray(d[:, cols])
 
-    dx = xp.empty((T, B, W.shape[0]), dgx.dtype) if need_dx else None
-    sums = [xp.zeros((a.shape[2], len(range(d.shape[2])[cols or slice(None)])), dgx.dtype) for a, d, cols in terms]
-    if n:
-        if need_dx:
-            mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
-        for (a, d, cols), g in zip(terms, sums):
+    for (a, d, cols), g in zip(terms, sums):
+        if n:
             mm(flat(a)[:n].T, cut(flat(d)[:n], cols), out=g)
-    if idx is not None and need_dx:
-        dx[tf:] = 0
     if idx is None or len(idx) == 0:
         return dx, sums
     d2 = flat(dgx)[idx]
@@ -221,6 +228,29 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
             parts[i] = mm(flat(a)[idx].T, cut(gathered[id(d)], cols))
         xp.add(sums[i], parts[i], out=sums[i])
     return dx, sums
+
+
+def _gram_sums(K, flat, n, idx, terms):
+    """The weight gradients of ``_backward_gemms`` on the engine's ``gram`` (rows read in place, no gather):
+    a list, or None where the engine has none or it does not run (then the GEMMs gather the rows). Two terms
+    with the same d and cols go into one call (the LSTM's [x | h_{t-1}]^T dgx: one pass over dgx)."""
+    gram = getattr(K, "gram", None)
+    if gram is None or not K.gram_runs(terms[0][0].dtype):
+        return None
+    sel = None if idx is None else np.concatenate([np.arange(n, dtype=np.int64), np.asarray(idx, np.int64)])
+    sums = [None] * len(terms)
+    for i, (a, d, cols) in enumerate(terms):
+        if sums[i] is not None:
+            continue
+        pair = next((j for j in range(i + 1, len(terms)) if terms[j][1] is d and terms[j][2] == cols), None)
+        a2 = None if pair is None else flat(terms[pair][0])
+        g = gram(flat(a), flat(d)[:, cols or slice(None)], sel, a2)
+        if g is None:
+            return None
+        sums[i] = g[: a.shape[2]]
+        if pair is not None:
+            sums[pair] = g[a.shape[2] :]
+    return sums
 
 
 def _split_bias(dWb, W):

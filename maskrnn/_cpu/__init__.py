@@ -1,10 +1,12 @@
 """The CPU engine: Numba scan kernels with the contract of maskrnn/_scan.py."""
 
-from .blas import matmul, session
+from .blas import gram, gram_runs, matmul, session
 from .gru import gru_masked_bwd, gru_masked_fwd, gru_packed_bwd, gru_packed_fwd
 from .lstm import lstm_masked_bwd, lstm_masked_fwd, lstm_packed_bwd, lstm_packed_fwd
 
 __all__ = [
+    "gram",
+    "gram_runs",
     "gru_masked_bwd",
     "gru_masked_fwd",
     "gru_packed_bwd",

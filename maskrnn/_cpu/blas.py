@@ -12,6 +12,7 @@ import ctypes
 import threading
 from contextlib import contextmanager
 
+import numba
 import numpy as np
 
 from . import gemm, rows
@@ -54,6 +55,52 @@ def _native(a, b, out):
 
 
 MIN_SPLIT_WORK = 1 << 22  # multiply-adds of an all-step product below which one thread runs it
+
+
+def gram_runs(dtype):
+    """Whether ``gram`` runs for dtype (the native product is there and not switched off)."""
+    return gemm.gemm_tn_function(dtype) is not None
+
+
+def gram(a, d, idx=None, a2=None):
+    """a[idx]^T @ d[idx] (every row when idx is None) for a (N, m) and d (N, n) with unit column stride (column
+    slices welcome), on the native product reading the rows in place: the weight gradients, where OpenBLAS
+    needed a gathered copy of every real row of x, h and dgx. a2 (N, m2): the result of [a | a2] instead,
+    without concatenating them (the LSTM's [x | h_{t-1}]: one pass over d). idx: int64 row numbers. None where
+    the native product does not run (no extension, MASKRNN_CPU_GEMM=off, other dtypes or strides). The
+    engine's threads split the rows, each summing into its own result: a split of the columns had each thread
+    pack all of a."""
+    fn = gemm.gemm_tn_function(a.dtype) if a.dtype == d.dtype else None
+    both = (a, d) if a2 is None else (a, d, a2)
+    if fn is None or any(v.ndim != 2 or v.shape[0] != a.shape[0] or v.dtype != a.dtype for v in both):
+        return None
+    m1, m2, n = a.shape[1], 0 if a2 is None else a2.shape[1], d.shape[1]
+    N = a.shape[0] if idx is None else len(idx)
+    if not N or not d.size or not m1 + m2:  # an empty array's strides may be anything
+        return np.zeros((m1 + m2, n), a.dtype)
+    if any(v.strides[1] != v.itemsize and v.shape[1] > 1 or v.strides[0] % v.itemsize for v in both):
+        return None
+    if idx is not None:
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+    a2 = a[:, :0] if a2 is None else a2
+    ld = [v.strides[0] // v.itemsize for v in (a, a2, d)]
+    parts = max(1, min(numba.get_num_threads(), N // GRAM_ROWS)) if N * (m1 + m2) * n >= MIN_SPLIT_WORK else 1
+    outs = [np.empty((m1 + m2, n), a.dtype) for _ in range(parts)]
+    step = -(-N // parts)
+
+    def block(p):
+        r0, r1 = p * step, min(N, (p + 1) * step)
+        at, base = (0, r0) if idx is None else (idx.ctypes.data + r0 * 8, 0)
+        fn(r1 - r0, m1, m2, n, at, a.ctypes.data + base * a.strides[0], ld[0], a2.ctypes.data + base * a2.strides[0],
+           ld[1], d.ctypes.data + base * d.strides[0], ld[2], outs[p].ctypes.data, n)
+
+    rows.parallel([lambda p=p: block(p) for p in range(parts)])
+    for o in outs[1:]:
+        np.add(outs[0], o, out=outs[0])
+    return outs[0]
+
+
+GRAM_ROWS = 256  # rows per thread at least (csrc/cpu_gemm_kernel.h's row block)
 
 
 def matmul(a, b, out=None):

@@ -30,16 +30,19 @@ _PACK = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, 
                          ctypes.c_void_p)
 _GEMM = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+_GEMM_TN = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 4, ctypes.c_void_p, *[ctypes.c_void_p, ctypes.c_int64] * 4)
 
 
 def addresses(level=None):
-    """{'level', 'gemm_float32', 'gemm_float64', 'pack_float32', 'pack_float64'} of the native product at level
+    """{'level', 'gemm_float32', 'gemm_float64', 'pack_float32', 'pack_float64', 'gemm_tn_float32',
+    'gemm_tn_float64'} of the native products at level
     (default: MASKRNN_CPU_GEMM, else auto); level '' and addresses 0 where it cannot run (no extension, a level
     this CPU or build lacks, 'off')."""
     level = (level or os.environ.get("MASKRNN_CPU_GEMM") or "auto").lower()
     if level not in LEVELS:
         raise ValueError(f"MASKRNN_CPU_GEMM: expected one of {', '.join(LEVELS)}, got {level!r}")
-    none = dict(level="", gemm_float32=0, gemm_float64=0, pack_float32=0, pack_float64=0)
+    none = dict(level="", gemm_float32=0, gemm_float64=0, pack_float32=0, pack_float64=0, gemm_tn_float32=0,
+                gemm_tn_float64=0)
     if level == "off":
         return none
     try:
@@ -70,6 +73,14 @@ def gemm_function(dtype, where=None):
     """The native product for dtype as a ctypes function (m, k, n, A, lda, P, C, ldc), or None (tests)."""
     address = (where or _native)[f"gemm_{np.dtype(dtype).name}"]
     return _GEMM(address) if address else None
+
+
+def gemm_tn_function(dtype, where=None):
+    """The native sum over rows of A^T D for dtype as a ctypes function (rows, m1, m2, n, idx, A1, lda1, A2,
+    lda2, D, ldd, C, ldc), or None: C (m1 + m2 x n) = sum over r < rows of the outer products of row idx[r] (r
+    when idx is 0) of A = [A1 | A2] (m1 and m2 columns) and of D (n columns)."""
+    address = (where or _native).get(f"gemm_tn_{np.dtype(dtype).name}", 0)
+    return _GEMM_TN(address) if address else None
 
 
 def pack(b, where=None):
