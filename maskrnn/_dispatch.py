@@ -168,13 +168,12 @@ class _Layout:
 
 def _infer(cell, p, xp, K, lay):
     """The inference path: no tape, inputs read and outputs written chunk by chunk (``_scan._infer``), or by the
-    engine's own ``{cell}_infer`` where it has one and ``infers_in_place`` the problem (the CPU's,
-    maskrnn/_cpu/infer.py), on views of the caller's
+    engine's own ``{cell}_infer`` where it has one (the CPU's, maskrnn/_cpu/infer.py), on views of the caller's
     arrays in scan time order."""
     T, H = p.steps, p.units
     out = xp.empty((T, p.batch, H) if p.time_major else (p.batch, T, H), p.dtype)
     fused = getattr(K, f"{cell}_infer", None)
-    if fused is not None and K.infers_in_place(p.batch, p.x.shape[-1], H, p.recurrent_kernel.shape[1]):
+    if fused is not None:
         return _infer_in_place(cell, p, K, lay, fused, out)
     x_at = lambda t0, t1: lay.seq_chunk(p.x, t0, t1)  # noqa: E731
     put = lambda t0, t1, o: lay.put_seq(out, t0, t1, o)  # noqa: E731

@@ -3,7 +3,6 @@
 from .blas import matmul, session
 from .gru import gru_masked_bwd, gru_masked_fwd, gru_packed_bwd, gru_packed_fwd
 from .infer import gru_infer, lstm_infer
-from .infer import takes as infers_in_place
 from .lstm import lstm_masked_bwd, lstm_masked_fwd, lstm_packed_bwd, lstm_packed_fwd
 
 __all__ = [
@@ -12,7 +11,6 @@ __all__ = [
     "gru_masked_fwd",
     "gru_packed_bwd",
     "gru_packed_fwd",
-    "infers_in_place",
     "lstm_infer",
     "lstm_masked_bwd",
     "lstm_masked_fwd",
