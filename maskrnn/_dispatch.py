@@ -167,9 +167,14 @@ class _Layout:
 
 
 def _infer(cell, p, xp, K, lay):
-    """The inference path: no tape, inputs read and outputs written chunk by chunk (``_scan._infer``)."""
+    """The inference path: no tape, inputs read and outputs written chunk by chunk (``_scan._infer``), or by the
+    engine's own ``{cell}_infer`` where it has one (the CPU's, maskrnn/_cpu/infer.py), on views of the caller's
+    arrays in scan time order."""
     T, H = p.steps, p.units
     out = xp.empty((T, p.batch, H) if p.time_major else (p.batch, T, H), p.dtype)
+    fused = getattr(K, f"{cell}_infer", None)
+    if fused is not None:
+        return _infer_in_place(cell, p, K, lay, fused, out)
     x_at = lambda t0, t1: lay.seq_chunk(p.x, t0, t1)  # noqa: E731
     put = lambda t0, t1, o: lay.put_seq(out, t0, t1, o)  # noqa: E731
     h0 = lay.rows(p.h0)
@@ -180,6 +185,22 @@ def _infer(cell, p, xp, K, lay):
     b_in, b_rec = p.bias_in_rec(xp)
     h = _scan.gru_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan,
                         p.zero_output_for_mask, put)
+    return out, lay.unrows(h)
+
+
+def _infer_in_place(cell, p, K, lay, fused, out):
+    x = p.x if p.time_major else p.x.transpose(1, 0, 2)
+    x = x[::-1] if p.go_backwards else x
+    o = out if p.time_major else out.transpose(1, 0, 2)  # outputs in processing order, as put_seq
+    h0 = lay.rows(p.h0)
+    with K.session():
+        if cell == "lstm":
+            h, c = fused(x, p.kernel, p.recurrent_kernel, p.bias, h0, lay.rows(p.c0), lay.plan,
+                         p.zero_output_for_mask, o)
+            return out, lay.unrows(h), lay.unrows(c)
+        b_in, b_rec = p.bias_in_rec(np)
+        h = fused(x, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan, p.zero_output_for_mask,
+                  o)
     return out, lay.unrows(h)
 
 

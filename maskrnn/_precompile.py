@@ -3,8 +3,8 @@
 setup.py runs this while building, so the machine code ships in the package and the first call after
 ``pip install`` loads it instead of compiling (seconds). ``python -m maskrnn precompile`` does the same for an
 installed package, e.g. when building a container image; a read-only install caches in the first writable
-location. Common means float32 LSTM and GRU (both ``reset_after``), masked and packed kernels, forward and
-backward, called exactly as the public API calls them, on one thread's rows and, where the engine has several
+location. Common means float32 LSTM and GRU (both ``reset_after``), masked and packed kernels, forward, backward and
+inference, called exactly as the public API calls them, on one thread's rows and, where the engine has several
 threads, on a thread's share of a split batch (strided rows: another compiled variant, maskrnn/_cpu/rows.py);
 other dtypes compile on first use.
 """
@@ -24,7 +24,7 @@ def main() -> str:
 
 
 def _run(rng, B, T, I, H):
-    from . import gru_vjp, lstm_vjp
+    from . import gru, gru_vjp, lstm, lstm_vjp
 
     holes = rng.random((B, T)) < 0.7
     holes[:, 1] = False
@@ -32,13 +32,15 @@ def _run(rng, B, T, I, H):
     lengths = np.arange(B) % (T + 1)  # packed kernels
     x = rng.standard_normal((B, T, I), dtype=np.float32)
     for steps in (dict(mask=holes), dict(lengths=lengths)):
-        lstm = [rng.standard_normal(s, dtype=np.float32) for s in ((I, 4 * H), (H, 4 * H), (4 * H,))]
-        (out, _, _), pullback = lstm_vjp(x, *lstm, **steps)
+        weights = [rng.standard_normal(s, dtype=np.float32) for s in ((I, 4 * H), (H, 4 * H), (4 * H,))]
+        (out, _, _), pullback = lstm_vjp(x, *weights, **steps)
         pullback(np.ones_like(out))
+        lstm(x, *weights, **steps)  # inference: the fused kernels (maskrnn/_cpu/infer.py)
         for reset_after, bias in ((True, (2, 3 * H)), (False, (3 * H,))):
-            gru = [rng.standard_normal(s, dtype=np.float32) for s in ((I, 3 * H), (H, 3 * H), bias)]
-            (out, _), pullback = gru_vjp(x, *gru, reset_after=reset_after, **steps)
+            weights = [rng.standard_normal(s, dtype=np.float32) for s in ((I, 3 * H), (H, 3 * H), bias)]
+            (out, _), pullback = gru_vjp(x, *weights, reset_after=reset_after, **steps)
             pullback(np.ones_like(out))
+            gru(x, *weights, reset_after=reset_after, **steps)
 
 
 if __name__ == "__main__":

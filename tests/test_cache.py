@@ -29,7 +29,7 @@ import json, warnings
 import numpy as np
 import maskrnn
 from maskrnn import reference
-from maskrnn._cpu import lstm
+from maskrnn._cpu import infer
 rng = np.random.default_rng(int(__import__("sys").argv[1]))
 B, T, I, H = 3, 5, 4, 6
 x = rng.standard_normal((B, T, I), dtype=np.float32)
@@ -40,7 +40,7 @@ with warnings.catch_warnings(record=True) as caught:
     ours = maskrnn.lstm(x, *w, mask=mask)
 ref = reference.lstm(x.astype(np.float64), *[a.astype(np.float64) for a in w], mask=mask)
 err = max(float(np.max(np.abs(o - r)) / np.max(np.abs(r))) for o, r in zip(ours, ref))
-kernel = lstm._lstm_fwd
+kernel = infer._lstm_steps  # the inference kernel (maskrnn/_cpu/infer.py)
 print(json.dumps(dict(err=err, warnings=[str(w.message) for w in caught],
                       hits=sum(kernel._cache_hits.values()), misses=sum(kernel._cache_misses.values()))))
 """
@@ -70,8 +70,8 @@ def test_damaged_cache_files_are_recompiled(tmp_path):
     first = _run(tmp_path, 0)
     assert first["err"] < TOLERANCE["float32"] and first["misses"] == 1 and not first["warnings"]
     cached = tmp_path / "cache"
-    index = sorted(cached.rglob("lstm._lstm_fwd-*.nbi"))
-    data = sorted(cached.rglob("lstm._lstm_fwd-*.nbc"))
+    index = sorted(cached.rglob("infer._lstm_steps-*.nbi"))
+    data = sorted(cached.rglob("infer._lstm_steps-*.nbc"))
     assert len(index) == 1 and data
 
     _truncate(index)  # EOFError / UnpicklingError inside Numba's index reader
@@ -79,7 +79,7 @@ def test_damaged_cache_files_are_recompiled(tmp_path):
     assert second["err"] < TOLERANCE["float32"] and second["misses"] == 1
     assert any("discarding an unreadable kernel cache entry" in w for w in second["warnings"]), second
 
-    _truncate(sorted(cached.rglob("lstm._lstm_fwd-*.nbc")))  # the index is sound, the machine code is not
+    _truncate(sorted(cached.rglob("infer._lstm_steps-*.nbc")))  # the index is sound, the machine code is not
     third = _run(tmp_path, 2)
     assert third["err"] < TOLERANCE["float32"] and third["misses"] == 1
     assert any("discarding an unreadable kernel cache entry" in w for w in third["warnings"]), third

@@ -80,9 +80,12 @@ def test_inference_peak_memory_at_most_twice_the_minimum(rng, cell):
 
 def test_inference_chunks_use_the_workspace_floor(rng, monkeypatch):
     """Where a quarter of the inputs and outputs is small, inference chunks still fill INFER_WORKSPACE (a few
-    chunks, not 34 of 3 steps at this shape) and stay within it."""
+    chunks, not 34 of 3 steps at this shape) and stay within it. The generic driver: the CPU engine's fused
+    inference (tests/test_cpu_infer.py checks that one) is taken away."""
     from maskrnn import _cpu
     from maskrnn._cpu import gemm
+
+    monkeypatch.delattr(_cpu, "lstm_infer")
 
     B, T, I, H = 64, 100, 128, 256
     p = make_problem(rng, "lstm", B, T, I, H, "float32", scale=H**-0.5)  # not saturated: float32 stays close

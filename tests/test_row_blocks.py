@@ -24,10 +24,14 @@ def test_blocks_cover_the_computed_rows_and_are_not_tiny(rng, T, B):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_short_inference_chunks_with_finishing_rows_match_the_reference(rng, monkeypatch, cell):
-    """Chunks of 6 steps in which rows finish (one row block per chunk now) at a width where BLAS blocks."""
+    """Chunks of 6 steps in which rows finish (one row block per chunk now) at a width where BLAS blocks. The
+    generic driver: the CPU engine's fused inference (no row blocks: tests/test_cpu_infer.py) is taken away."""
+    from maskrnn import _cpu
+
     B, T, I, H = 64, 40, 16, 32
     p = make_problem(rng, cell, B, T, I, H, "float64", scale=H**-0.5)
     monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 6)
+    monkeypatch.delattr(_cpu, f"{cell}_infer")
     op, _, ref, extra = cell_fns(cell)
     lengths = rng.integers(1, T + 1, B)
     got = op(p["x"], p["kernel"], p["recurrent_kernel"], p["bias"], lengths=lengths, **extra)
