@@ -39,6 +39,20 @@ def to_host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
+# The native product's instruction-set levels (maskrnn/_cpu/gemm.py), best first.
+GEMM_LEVELS = ["avx512", "avx2", "portable"]
+
+
+def gemm_level(name):
+    """The native product's addresses at level name, or a skip where that level does not run here."""
+    from maskrnn._cpu import gemm
+
+    where = gemm.addresses(name)
+    if not where["level"]:
+        pytest.skip(f"the native product at level {name} does not run here (no extension, or not this CPU)")
+    return where
+
+
 def rel_err(ours, ref):
     ours, ref = to_host(ours).astype(np.float64), np.asarray(ref, np.float64)
     assert ours.shape == ref.shape

@@ -5,25 +5,16 @@ packs, and nothing written outside the result."""
 
 import numpy as np
 import pytest
-from conftest import TOLERANCE
+from conftest import GEMM_LEVELS, TOLERANCE, gemm_level
 
 from maskrnn._cpu import gemm
 
-LEVELS = ["avx512", "avx2", "portable"]
-
-
-def _level(name):
-    where = gemm.addresses(name)
-    if not where["level"]:
-        pytest.skip(f"the native product at level {name} does not run here (no extension, or not this CPU)")
-    return where
-
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", GEMM_LEVELS)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64])
 def test_native_product_matches_float64(rng, level, dtype, m):
-    where = _level(level)
+    where = gemm_level(level)
     fn = gemm.gemm_function(dtype, where)
     for k, n, transposed in [(37, 75, False), (130, 33, True), (5, 3, False), (256, 1024, False), (1, 40, True)]:
         b = rng.standard_normal((n, k) if transposed else (k, n)).astype(dtype)
@@ -42,7 +33,7 @@ def test_native_product_matches_float64(rng, level, dtype, m):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packing_zero_pads_the_last_panel(rng, dtype):
-    where = _level("portable")
+    where = gemm_level("portable")
     b = rng.standard_normal((7, 45)).astype(dtype)
     panels = gemm.pack(b, where)
     W = gemm.PANEL_BYTES // b.itemsize
@@ -61,4 +52,4 @@ def test_auto_level_is_the_best_listed_one():
     auto = gemm.addresses("auto")["level"]
     if not auto:
         pytest.skip("no native extension")
-    assert auto == next(name for name in LEVELS if gemm.addresses(name)["level"])
+    assert auto == next(name for name in GEMM_LEVELS if gemm.addresses(name)["level"])

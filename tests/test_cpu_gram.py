@@ -9,19 +9,10 @@ import numba
 import numpy as np
 import pytest
 from cells import CELLS, cell_fns, make_problem, random_upstream
-from conftest import TOLERANCE
+from conftest import GEMM_LEVELS, TOLERANCE, gemm_level
 
 import maskrnn
 from maskrnn._cpu import blas, gemm
-
-LEVELS = ["avx512", "avx2", "portable"]
-
-
-def _level(name):
-    where = gemm.addresses(name)
-    if not where["level"]:
-        pytest.skip(f"the native product at level {name} does not run here (no extension, or not this CPU)")
-    return where
 
 
 def _close(got, a, d, idx, dtype):
@@ -33,10 +24,10 @@ def _close(got, a, d, idx, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", GEMM_LEVELS)
 @pytest.mark.parametrize("m", [1, 3, 7, 8, 9, 17, 40])
 def test_native_gram_matches_float64(rng, level, dtype, m):
-    fn = gemm.gemm_tn_function(dtype, _level(level))
+    fn = gemm.gemm_tn_function(dtype, gemm_level(level))
     for rows, n, select in [(0, 33, False), (1, 32, False), (5, 7, True), (257, 75, False), (300, 64, True),
                             (530, 16, True)]:
         N = rows + 11
@@ -60,7 +51,7 @@ def test_native_gram_matches_float64(rng, level, dtype, m):
 def test_gram_split_over_threads_matches_float64(rng, monkeypatch, level, dtype, threads):
     """Rows split across threads, each summing its own result (uneven shares, fewer rows than threads), strided
     views, a second left-hand array, selected rows; the split itself forced at small sizes."""
-    monkeypatch.setattr(gemm, "_native", _level(level))
+    monkeypatch.setattr(gemm, "_native", gemm_level(level))
     monkeypatch.setattr(blas, "MIN_SPLIT_WORK", 0)
     monkeypatch.setattr(blas, "GRAM_ROWS", 1)
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
