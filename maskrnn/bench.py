@@ -436,10 +436,10 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
 
         rows += stack_rows(configs, devices, repeats, measure, progress, gpu_only=GPU_ONLY)
         loads.append(os.getloadavg()[0])
-    if "cpu" in devices and "lstm" in cells:  # Keras train_on_batch rows: maskrnn.keras.LSTM vs keras.layers.LSTM
+    if "lstm" in cells:  # Keras train_on_batch rows: maskrnn.keras.LSTM vs keras.layers.LSTM
         from . import bench_keras
 
-        rows += bench_keras.stack_rows([c for c in configs if c not in GPU_ONLY], repeats, skipped, progress)
+        rows += bench_keras.stack_rows([c for c in configs if c not in GPU_ONLY], devices, repeats, skipped, progress)
         loads.append(os.getloadavg()[0])
     other = other_work(clock0, cpu_clock(), time.perf_counter() - wall0)
     busy = max(loads) > busy_threshold() if other is None else other > OTHER_WORK_LIMIT

@@ -114,3 +114,26 @@ def test_other_work_counts_other_processes_not_this_one():
     assert end[1] - start[1] >= 0.7  # counted as this process's own, and not as other work:
     assert bench.other_work(start, end, wall) * wall * os.cpu_count() < child_s - 0.4
     assert bench.other_work(None, end, 1.0) is None and bench.other_work(start, end, 0) is None
+
+
+def test_keras_rows_run_where_their_device_says(device):
+    """bench_keras's models, batches and steps run on the row's device (Keras's torch backend would put a CPU
+    row on a visible GPU), and each device gets both layers' rows."""
+    pytest.importorskip("keras")
+    from maskrnn import bench_keras
+
+    if bench_keras._unsupported(device):
+        pytest.skip(bench_keras._unsupported(device))
+    import keras
+
+    fns = bench_keras.runners((4, 5, 3, 8), "holes", seed=0, device=device)
+    losses = [float(keras.ops.convert_to_numpy(fns[impl](0))) for impl in bench_keras.IMPLS]
+    assert abs(losses[0] - losses[1]) <= 1e-4 * max(1.0, abs(losses[1]))  # same weights, same batch: same loss
+    for fn in fns.values():
+        for w in fn.model.weights:
+            assert device in str(w.value.device).lower(), (w.path, w.value.device)
+    skipped = []
+    rows = bench_keras.stack_rows([(4, 5, 3, 8)], [device], 1, skipped)
+    assert not skipped
+    assert sorted((r["device"], r["mask"], r["impl"]) for r in rows) == [
+        (device, m, i) for m in ("holes", "post") for i in ("keras", "maskrnn")]
