@@ -51,7 +51,7 @@ as_user() {
   ! grep -q "no locator available" "$work/ro.log"
 }
 as_user
-ls "$tmpcache"/*/lstm._lstm_fwd-*.nbi > /dev/null  # the float64 kernel was cached in the private temp dir
+ls "$tmpcache"/*/infer._lstm_steps-*.nbi > /dev/null  # the float64 (inference) kernel was cached in the private temp dir
 rm -rf "$tmpcache" && mkdir -m 755 "$tmpcache"  # owned by root: refused, so nothing is writable for the user
 as_user
 rmdir "$tmpcache"
