@@ -198,9 +198,11 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
         mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
     if idx is not None and need_dx:
         dx[tf:] = 0
+    # The gathered rows of dgx: for dx's later steps, and for the weight gradients where gram does not run.
+    d2 = flat(dgx)[idx] if idx is not None and len(idx) and (need_dx or sums is None) else None
+    if need_dx and d2 is not None:
+        flat(dx)[idx] = mm(d2, W.T)
     if sums is not None:
-        if need_dx and idx is not None and len(idx):
-            flat(dx)[idx] = mm(flat(dgx)[idx], W.T)
         return dx, sums
     sums = [xp.zeros((a.shape[2], len(range(d.shape[2])[cols or slice(None)])), dgx.dtype) for a, d, cols in terms]
 
@@ -210,11 +212,8 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
     for (a, d, cols), g in zip(terms, sums):
         if n:
             mm(flat(a)[:n].T, cut(flat(d)[:n], cols), out=g)
-    if idx is None or len(idx) == 0:
+    if d2 is None:
         return dx, sums
-    d2 = flat(dgx)[idx]
-    if need_dx:
-        flat(dx)[idx] = mm(d2, W.T)
     shared = [i for i, (_, d, cols) in enumerate(terms) if d is dgx and cols is None]
     stack = [flat(terms[i][0])[idx] for i in shared]
     g = mm((stack[0] if len(stack) == 1 else xp.concatenate(stack, axis=1)).T, d2)
