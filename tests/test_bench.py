@@ -137,3 +137,6 @@ def test_keras_rows_run_where_their_device_says(device):
     assert not skipped
     assert sorted((r["device"], r["mask"], r["impl"]) for r in rows) == [
         (device, m, i) for m in ("holes", "post") for i in ("keras", "maskrnn")]
+    assert [(r["mask"], r["impl"]) for r in rows] == [(m, i) for m in ("post", "holes") for i in bench_keras.IMPLS]
+    assert all(r["pass_"] == "train_on_batch" and r["median_ms"] > 0 for r in rows)
+    assert all(r["ratio"] > 0 for r in rows if r["impl"] == "keras")

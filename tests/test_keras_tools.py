@@ -51,14 +51,3 @@ def test_plaid_example_learns():
     majority = np.bincount(y_test).max() / len(y_test)
     assert result["accuracy"] > majority  # better than always naming the commonest class
     assert result["seconds_per_epoch"] > 0
-
-
-def test_bench_keras_training_rows():
-    from maskrnn import bench_keras
-
-    skipped = []
-    rows = bench_keras.stack_rows([(4, 8, 8, 8)], ["cpu"], 1, skipped)
-    assert not skipped
-    assert [(r["mask"], r["impl"]) for r in rows] == [(m, i) for m in ("post", "holes") for i in bench_keras.IMPLS]
-    assert all(r["pass_"] == "train_on_batch" and r["median_ms"] > 0 for r in rows)
-    assert all(r["ratio"] > 0 for r in rows if r["impl"] == "keras")

@@ -1,6 +1,6 @@
 #pragma once
-// Host emulation of CUDA launches (see build.py): every CUDA thread of every block of a launch is a std::thread,
-// all started at once, so blocks run concurrently as on a GPU. Barriers (__syncthreads, cluster and grid sync)
+// Host emulation of CUDA launches (see build.py): every CUDA thread of every block of a launch runs on its own
+// host thread, all started at once (emu_workers.h), so blocks run concurrently as on a GPU. Barriers (__syncthreads, cluster and grid sync)
 // are mutex/condition-variable barriers: ThreadSanitizer sees exactly the happens-before order a GPU
 // guarantees, so a missing barrier is a reported data race. Each block has its own shared memory (dynamic part
 // first, then the static __shared__ variables), filled with 0xFF bytes (NaN) at launch so that reading it
@@ -22,6 +22,8 @@
 #include <thread>
 #include <tuple>
 #include <vector>
+
+#include "emu_workers.h"
 
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
@@ -121,12 +123,20 @@ struct Launch {
   void fail(cudaError_t code, const std::string& why);
 };
 
-// The calling CUDA thread.
+struct AsyncCopy {  // a cp.async (cuda_pipeline_primitives.h)
+  void* dst;
+  const void* src;
+  size_t size, zfill;
+};
+
+// The calling CUDA thread (set anew for each one: host threads are reused from launch to launch).
 struct Thread {
   Launch* launch;
   Block* block;
   unsigned block_rank, rank;  // linear block index in the grid, linear thread index in the block
   unsigned votes = 0;         // __syncthreads_count calls so far
+  // cp.async groups (cuda_pipeline_primitives.h): the committed ones first, the open one last.
+  std::vector<std::vector<AsyncCopy>> pipeline = std::vector<std::vector<AsyncCopy>>(1);
 };
 inline thread_local Thread self;
 
@@ -335,11 +345,8 @@ inline cudaError_t execute(const Config& cfg, const void* kernel, const std::fun
   L.clusters = std::vector<Barrier>(nblocks / L.cluster_size);
   for (auto& c : L.clusters) c.init(&L, L.cluster_size * L.nthreads, "cluster.sync");
   L.grid.init(&L, nblocks * L.nthreads, "grid.sync");
-  std::vector<std::thread> pool;
-  pool.reserve(size_t(nblocks) * L.nthreads);
-  for (unsigned blk = 0; blk < nblocks; ++blk)
-    for (unsigned t = 0; t < L.nthreads; ++t) pool.emplace_back([&, blk, t] { run(L, body, blk, t); });
-  for (auto& t : pool) t.join();
+  run_at_once(size_t(nblocks) * L.nthreads,
+              [&](size_t i) { run(L, body, unsigned(i / L.nthreads), unsigned(i % L.nthreads)); });
   {
     std::lock_guard lock(funcs_mutex);
     funcs[kernel].static_smem = std::max(funcs[kernel].static_smem, L.static_top);
