@@ -29,6 +29,8 @@ step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 
   weight-gradient GEMMs read every entry).
 - ``matmul(a, b, out=None)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step
   products.
+- ``scratch(shape, dtype)`` (optional; default ``xp.empty``): an uninitialised array a driver uses only within
+  its call (the backward's dgx, dgr), which the CPU engine keeps for the next call (maskrnn/_cpu/pool.py).
 - ``session()`` (optional): a context manager around each driver call below (the CPU engine stops its BLAS
   threads when the last call ends, so they do not spin on the cores the caller's next operations need).
 - ``gru_{masked,packed}_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)``
@@ -257,6 +259,12 @@ def _split_bias(dWb, W):
     return (dWb, None) if dWb.shape[0] == W.shape[0] else (dWb[:-1], dWb[-1])
 
 
+def _scratch(xp, K, like):
+    """An uninitialised array like ``like``, used only within the driver's call (the engine's ``scratch``)."""
+    take = getattr(K, "scratch", None)
+    return xp.empty_like(like) if take is None else take(like.shape, like.dtype)
+
+
 def _states(xp, T, B, H, dtype, init):
     s = xp.empty((T + 1, B, H), dtype=dtype)
     s[0] = init
@@ -384,7 +392,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c, need_dx=True)
     W, U, hs, cs = tape["W"], tape["U"], tape["hs"], tape["cs"]
     T, B = tape["gx"].shape[:2]
     d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
-    dgx = xp.empty_like(tape["gx"])
+    dgx = _scratch(xp, K, tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
     dx, (dWb, dU) = _backward_gemms(xp, K, _backward_rows(xp, plan.host_sizes(), T, B), dgx, W,
@@ -431,8 +439,8 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h, need_d
     W, U, hs, hr = tape["W"], tape["U"], tape["hs"], tape["hr"]
     T, B, H = tape["gx"].shape[0], tape["gx"].shape[1], U.shape[0]
     d_out, dh = _upstream(xp, tape, d_out, d_h)
-    dgx = xp.empty_like(tape["gx"])
-    dgr = xp.empty_like(tape["gx"]) if reset_after else dgx
+    dgx = _scratch(xp, K, tape["gx"])
+    dgr = _scratch(xp, K, tape["gx"]) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")
     kernel(tape["gx"], U, plan.steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from . import gemm, rows
+from . import gemm, pool, rows
 from .cache import njit
 from .cells import JIT
 
@@ -135,15 +135,17 @@ _active = 0
 @contextmanager
 def session():
     """Wraps one maskrnn call; the BLAS threads stop when no call is left running (threads of this process
-    running maskrnn at once keep the pool until the last one returns), and the packed weights (gemm.operand)
-    are forgotten."""
+    running maskrnn at once keep the pool until the last one returns), the packed weights (gemm.operand)
+    are forgotten and the call's scratch arrays (pool.take) go back to their pool."""
     global _active
     with _lock:
         _active += 1
         gemm.hold()
+    pool.enter()
     try:
         yield
     finally:
+        pool.leave()
         with _lock:
             _active -= 1
             gemm.release()
