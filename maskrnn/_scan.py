@@ -200,12 +200,16 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
         mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
     if idx is not None and need_dx:
         dx[tf:] = 0
-    # The gathered rows of dgx: for dx's later steps, and for the weight gradients where gram does not run.
-    d2 = flat(dgx)[idx] if idx is not None and len(idx) and (need_dx or sums is None) else None
+    if sums is not None:  # dx's later steps only: their rows gathered a piece at a time (GATHER_BYTES)
+        rows_ = max(1, GATHER_BYTES // (dgx.shape[2] * dgx.itemsize))
+        for r0 in range(0, len(idx) if need_dx and idx is not None else 0, rows_):
+            part = idx[r0 : r0 + rows_]
+            flat(dx)[part] = mm(flat(dgx)[part], W.T)
+        return dx, sums
+    # The gathered rows of dgx: for dx's later steps and for the weight gradients.
+    d2 = flat(dgx)[idx] if idx is not None and len(idx) else None
     if need_dx and d2 is not None:
         flat(dx)[idx] = mm(d2, W.T)
-    if sums is not None:
-        return dx, sums
     sums = [xp.zeros((a.shape[2], len(range(d.shape[2])[cols or slice(None)])), dgx.dtype) for a, d, cols in terms]
 
     def cut(d, cols):
@@ -229,6 +233,11 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
             parts[i] = mm(flat(a)[idx].T, cut(gathered[id(d)], cols))
         xp.add(sums[i], parts[i], out=sums[i])
     return dx, sums
+
+
+# Bytes of dgx's rows gathered at once for dx: all of them at once were a new block of up to 0.6 T B 4H
+# scalars (33 MB in float64 at (64,100,128,256)), which glibc maps afresh, page faults and all, on every call.
+GATHER_BYTES = 8 << 20
 
 
 def _gram_sums(K, flat, n, idx, terms):

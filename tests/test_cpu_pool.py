@@ -1,6 +1,7 @@
 """The backward's scratch arrays kept between calls (maskrnn/_cpu/pool.py): every gradient identical to the
 same call with the pool off, with pullbacks interleaved (a later call's blocks never alias a live one's), shapes
-changing between calls, and calls on 1-3 threads at once; the blocks are reused by the next call."""
+changing between calls, and calls on 1-3 threads at once; the blocks are reused by the next call. And dx's rows
+of finished steps gathered in pieces (_scan.GATHER_BYTES)."""
 
 import threading
 
@@ -108,3 +109,28 @@ def test_next_call_reuses_the_blocks_and_outside_a_call_nothing_is_kept(rng, mon
     assert len(taken) == 4 and len(first) == 2 and first == second
     a = pool.take((4, 4), np.float64)  # no call open: a plain array
     assert a.base is None and len(pool._free) == 2
+
+
+@pytest.mark.parametrize("piece_rows", [1, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_dx_of_finished_rows_gathered_in_pieces(rng, monkeypatch, cell, piece_rows):
+    """_scan._backward_gemms gathers dgx's rows for dx's later steps GATHER_BYTES at a time: pieces of 1 and 3
+    rows give the gradients of one piece, and dx matches central differences of the float64 reference."""
+    from test_grad import finite_difference
+
+    from maskrnn import _scan
+
+    B, T = 7, 9
+    p = make_problem(rng, cell, B, T, 5, 9, "float64")
+    lengths = np.concatenate([[T, 0, 1], rng.integers(1, T, B - 3)])  # finished rows: dx's rows gathered
+    mask = np.arange(T)[None] < lengths[:, None]
+    upstream = random_upstream(rng, cell, B, T, 9)
+    whole = _grads(_forward(cell, p, mask)[1], upstream)
+    monkeypatch.setattr(_scan, "GATHER_BYTES", piece_rows * p["kernel"].shape[1] * 8)
+    pieces = _grads(_forward(cell, p, mask)[1], upstream)
+    for g, w in zip(pieces, whole):
+        if w is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-13)
+    for b, t in [(0, T - 1), (3, int(lengths[3]) - 1), (B - 1, 0)]:
+        want = finite_difference(cell, p, upstream, "x", (b, t, 2), mask=mask)
+        assert abs(pieces[0][b, t, 2] - want) < 1e-6 * max(1.0, abs(want))
