@@ -29,6 +29,8 @@ step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 
   weight-gradient GEMMs read every entry).
 - ``matmul(a, b, out=None)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step
   products.
+- ``scratch(shape, dtype)`` (optional; default ``xp.empty``): an uninitialised array a driver uses only within
+  its call (the backward's dgx, dgr), which the CPU engine keeps for the next call (maskrnn/_cpu/pool.py).
 - ``session()`` (optional): a context manager around each driver call below (the CPU engine stops its BLAS
   threads when the last call ends, so they do not spin on the cores the caller's next operations need).
 - ``gru_{masked,packed}_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)``
@@ -198,12 +200,16 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
         mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
     if idx is not None and need_dx:
         dx[tf:] = 0
-    # The gathered rows of dgx: for dx's later steps, and for the weight gradients where gram does not run.
-    d2 = flat(dgx)[idx] if idx is not None and len(idx) and (need_dx or sums is None) else None
+    if sums is not None:  # dx's later steps only: their rows gathered a piece at a time (GATHER_BYTES)
+        rows_ = max(1, GATHER_BYTES // (dgx.shape[2] * dgx.itemsize))
+        for r0 in range(0, len(idx) if need_dx and idx is not None else 0, rows_):
+            part = idx[r0 : r0 + rows_]
+            flat(dx)[part] = mm(flat(dgx)[part], W.T)
+        return dx, sums
+    # The gathered rows of dgx: for dx's later steps and for the weight gradients.
+    d2 = flat(dgx)[idx] if idx is not None and len(idx) else None
     if need_dx and d2 is not None:
         flat(dx)[idx] = mm(d2, W.T)
-    if sums is not None:
-        return dx, sums
     sums = [xp.zeros((a.shape[2], len(range(d.shape[2])[cols or slice(None)])), dgx.dtype) for a, d, cols in terms]
 
     def cut(d, cols):
@@ -227,6 +233,11 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
             parts[i] = mm(flat(a)[idx].T, cut(gathered[id(d)], cols))
         xp.add(sums[i], parts[i], out=sums[i])
     return dx, sums
+
+
+# Bytes of dgx's rows gathered at once for dx: all of them at once were a new block of up to 0.6 T B 4H
+# scalars (33 MB in float64 at (64,100,128,256)), which glibc maps afresh, page faults and all, on every call.
+GATHER_BYTES = 8 << 20
 
 
 def _gram_sums(K, flat, n, idx, terms):
@@ -255,6 +266,12 @@ def _gram_sums(K, flat, n, idx, terms):
 def _split_bias(dWb, W):
     """The gradient of W[+b] -> (dW, db or None)."""
     return (dWb, None) if dWb.shape[0] == W.shape[0] else (dWb[:-1], dWb[-1])
+
+
+def _scratch(xp, K, like):
+    """An uninitialised array like ``like``, used only within the driver's call (the engine's ``scratch``)."""
+    take = getattr(K, "scratch", None)
+    return xp.empty_like(like) if take is None else take(like.shape, like.dtype)
 
 
 def _states(xp, T, B, H, dtype, init):
@@ -384,7 +401,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c, need_dx=True)
     W, U, hs, cs = tape["W"], tape["U"], tape["hs"], tape["cs"]
     T, B = tape["gx"].shape[:2]
     d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
-    dgx = xp.empty_like(tape["gx"])
+    dgx = _scratch(xp, K, tape["gx"])
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
     dx, (dWb, dU) = _backward_gemms(xp, K, _backward_rows(xp, plan.host_sizes(), T, B), dgx, W,
@@ -431,8 +448,8 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h, need_d
     W, U, hs, hr = tape["W"], tape["U"], tape["hs"], tape["hr"]
     T, B, H = tape["gx"].shape[0], tape["gx"].shape[1], U.shape[0]
     d_out, dh = _upstream(xp, tape, d_out, d_h)
-    dgx = xp.empty_like(tape["gx"])
-    dgr = xp.empty_like(tape["gx"]) if reset_after else dgx
+    dgx = _scratch(xp, K, tape["gx"])
+    dgr = _scratch(xp, K, tape["gx"]) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")
     kernel(tape["gx"], U, plan.steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])

@@ -53,3 +53,31 @@ def test_auto_level_is_the_best_listed_one():
     if not auto:
         pytest.skip("no native extension")
     assert auto == next(name for name in GEMM_LEVELS if gemm.addresses(name)["level"])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_step_product_in_row_blocks_matches_float64(rng, monkeypatch, dtype, threads):
+    """blas.matmul's native path gives the product a's rows a block at a time (A_BLOCK_BYTES): blocks of 8 and
+    16 rows with rows left over, fewer rows than a block, one row and none, rows split over 1-3 threads, strided
+    rows and a result with a row stride; nothing written outside the result."""
+    import numba
+
+    from maskrnn._cpu import blas
+
+    monkeypatch.setattr(gemm, "_native", gemm.addresses("auto"))
+    if not gemm.level():
+        pytest.skip("no native product")
+    monkeypatch.setattr(blas, "MIN_SPLIT_WORK", 0)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
+    for m, k, n, rows_per_block in [(45, 33, 70, 8), (130, 17, 40, 16), (5, 9, 33, 8), (1, 4, 3, 8), (0, 6, 5, 8),
+                                    (77, 129, 20, 1)]:
+        monkeypatch.setattr(blas, "A_BLOCK_BYTES", rows_per_block * k * np.dtype(dtype).itemsize)
+        a = rng.standard_normal((m, k + 3)).astype(dtype)[:, 1 : 1 + k]
+        b = rng.standard_normal((k, n)).astype(dtype)
+        out = np.full((m + 1, n + 4), np.nan, dtype)
+        got = blas.matmul(a, b, out[:m, :n])
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        assert got.shape == (m, n) and np.shares_memory(got, out) or m == 0
+        assert np.all(np.abs(got - want) <= TOLERANCE[dtype] * (np.abs(a).astype(np.float64) @ np.abs(b) + 1))
+        assert np.isnan(out[:m, n:]).all() and np.isnan(out[m]).all()

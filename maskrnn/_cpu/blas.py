@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from . import gemm, rows
+from . import gemm, pool, rows
 from .cache import njit
 from .cells import JIT
 
@@ -44,17 +44,25 @@ def _native(a, b, out):
     lda, ldc = a.strides[0] // a.itemsize, out.strides[0] // out.itemsize
     parts = rows.threads_for(m, k, n) if m * k * n >= MIN_SPLIT_WORK else 1
     step = max(1, -(-m // parts))
+    piece = max(8, A_BLOCK_BYTES // (max(k, 1) * a.itemsize) // 8 * 8)
 
     def block(r0):
-        r1 = min(m, r0 + step)
-        fn(r1 - r0, k, n, a.ctypes.data + r0 * a.strides[0], lda, panels.ctypes.data,
-           out.ctypes.data + r0 * out.strides[0], ldc)
+        for p0 in range(r0, min(m, r0 + step), piece):
+            p1 = min(m, r0 + step, p0 + piece)
+            fn(p1 - p0, k, n, a.ctypes.data + p0 * a.strides[0], lda, panels.ctypes.data,
+               out.ctypes.data + p0 * out.strides[0], ldc)
 
     rows.parallel([lambda r0=r0: block(r0) for r0 in range(0, max(m, 1), step)])
     return out
 
 
 MIN_SPLIT_WORK = 1 << 22  # multiply-adds of an all-step product below which one thread runs it
+# Bytes of a's rows per native call (a multiple of the 8-row register tile): the product passes over all of a
+# once per panel of b, so it gets a's rows a block that stays in L2 (2 MiB here) at a time. All 6400 rows at
+# once streamed a from L3 for every panel, which hurt float64 most (twice the bytes, twice the panels): the
+# LSTM projection at (64,100,128,256) (6400 x 129 by 129 x 1024) took 51-53 ms in float64, 43-46 in blocks
+# (one thread; float32 20-23 ms either way).
+A_BLOCK_BYTES = 1 << 20
 
 
 def gram_runs(dtype):
@@ -135,15 +143,17 @@ _active = 0
 @contextmanager
 def session():
     """Wraps one maskrnn call; the BLAS threads stop when no call is left running (threads of this process
-    running maskrnn at once keep the pool until the last one returns), and the packed weights (gemm.operand)
-    are forgotten."""
+    running maskrnn at once keep the pool until the last one returns), the packed weights (gemm.operand)
+    are forgotten and the call's scratch arrays (pool.take) go back to their pool."""
     global _active
     with _lock:
         _active += 1
         gemm.hold()
+    pool.enter()
     try:
         yield
     finally:
+        pool.leave()
         with _lock:
             _active -= 1
             gemm.release()
