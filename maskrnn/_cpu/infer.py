@@ -153,6 +153,9 @@ def _input_buffers(k, I, F, GH, dtype):
 def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
+    n = cols.threads_for(B, H, 4 * H)
+    if n > 1:  # a small batch: the hidden units split across threads (cols.py)
+        return cols.lstm_infer(_unit_rows(x), W, U, b, h0, c0, plan, zero_output, out, n)
     op_x, F = _input_operand(W, b)
 
     def buffers(r):
@@ -189,3 +192,6 @@ def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     for r, bufs in parts:
         h[r] = bufs[1]
     return h
+
+
+from . import cols  # noqa: E402 - cols builds on this module's _project and _input_buffers

@@ -1,0 +1,165 @@
+"""Both cores on a small batch: the hidden units split across threads, one spin barrier per step.
+
+The row split (rows.py) needs MIN_ROWS rows per thread, so a batch of 4 ran on one thread, and its step read
+all of U (4 MiB at H = 512, float32) from beyond the L2 every step. Here thread p of n owns a contiguous block of
+hidden units for the whole call: the gate columns of its units of W[; b] and U (half of U, 2 MiB at H = 512, n = 2:
+about one core's L2), their projections, products and gate math, and its units of c. A step needs all of
+h_{t-1}: h is double-buffered by the parity of the global step (each thread reads h[t % 2] and writes its units of
+h[(t + 1) % 2]), so one barrier after each step's writes is the only synchronisation.
+
+The barrier is a counter that only grows (``wait``): each thread adds 1 after a step and spins until it reaches
+n (k + 1) for its k-th step of the call, yielding the core after a while (a busy machine may have descheduled
+the other thread). The kernels allocate nothing and raise nothing, so no thread leaves a barrier unmatched.
+"""
+
+import platform
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .. import _scan
+from . import gemm, rows
+from .cache import njit
+from .cells import INLINE, JIT, lstm_cell_fwd, unit
+from .gemm import product
+from .infer import _input_buffers, _project
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+SPINS = 1 << 12  # spins between yields of the core (a step is ~10-100 us; the other thread is usually near)
+MIN_UNITS = 64  # hidden units per thread at least: fewer made each step's product too short for a barrier
+
+
+@intrinsic
+def _arrive(typingctx, counter):
+    """Atomically adds 1 to counter[0] (int64), with release and acquire ordering."""
+
+    def codegen(context, builder, signature, args):
+        ptr = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0]).data
+        builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "acq_rel")
+        return context.get_dummy_value()
+
+    return types.void(counter), codegen
+
+
+@intrinsic
+def _arrived(typingctx, counter):
+    """counter[0] (int64), read with acquire ordering."""
+
+    def codegen(context, builder, signature, args):
+        ptr = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0]).data
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return types.int64(counter), codegen
+
+
+@intrinsic
+def _relax(typingctx, spins):
+    """A spin loop's pause (x86 ``pause``), and every SPINS spins ``sched_yield``."""
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                   "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        due = builder.icmp_signed("==", builder.and_(args[0], ir.Constant(ir.IntType(64), SPINS - 1)),
+                                  ir.Constant(ir.IntType(64), SPINS - 1))
+        with builder.if_then(due, likely=False):
+            yield_ = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                    "sched_yield")
+            builder.call(yield_, [])
+        return context.get_dummy_value()
+
+    return types.void(types.int64), codegen
+
+
+@njit(**INLINE)
+def wait(counter, target):
+    """This thread's arrival at a barrier, then a spin until every thread's: target = n (k + 1) for the k-th
+    barrier of n threads since counter was 0."""
+    _arrive(counter)
+    spins = 0
+    while _arrived(counter) < target:
+        _relax(spins)
+        spins += 1
+
+
+def threads_for(B, H, GH):
+    """Threads of a unit split for B rows and recurrent weights (H, GH): where the row split cannot give two
+    threads MIN_ROWS rows each, the step's product is at least rows.MIN_STEP_WORK and each thread gets MIN_UNITS
+    units; else 1 (the caller splits the rows or runs one thread)."""
+    if B >= 2 * rows.MIN_ROWS or not gemm.level() or B * H * GH < rows.MIN_STEP_WORK:
+        return 1
+    return max(1, min(numba.get_num_threads(), H // MIN_UNITS))
+
+
+def units(H, n, dtype):
+    """[(j0, j1)] of n threads: blocks of whole vectors (16 float32 or 8 float64 units: the gate math's loops)."""
+    v = 64 // np.dtype(dtype).itemsize
+    edges = [min(H, -(-H * p // (n * v)) * v) for p in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def gate_columns(a, H, G, j0, j1):
+    """The columns of a (.., G H) of units [j0, j1) in each of the G gates, gate after gate (a copy)."""
+    return np.concatenate([a[..., g * H + j0 : g * H + j1] for g in range(G)], axis=-1)
+
+
+@njit(**JIT)
+def _lstm_steps(x, out, idx, mask, sizes, t0, t1, zero_output, j0, op_x, op_h, counter, n_threads, xb, hbuf,
+                cell, pre, rec):
+    """Steps [t0, t1) of units [j0, j0 + k) (k = cell's columns) of all B rows: plan row b is caller row idx[b];
+    hbuf (2,B,H) h by step parity (full rows: read whole, written in this thread's units); cell (B,H) c (this
+    thread's units only); pre (S B, 4k) and rec (B, 4k) this thread's gate columns (gate_columns) of x_s W + b
+    (infer._project into xb) and h_{t-1} U. The gate math is infer._lstm_steps'."""
+    B = hbuf.shape[1]
+    k = pre.shape[1] // 4
+    j1 = j0 + k
+    for t in range(t0, t1):
+        at = ((t - t0) % (xb.shape[0] // B)) * B
+        if at == 0:
+            _project(x, idx, mask, sizes, t, t1, op_x, xb, pre, B)
+        h_prev, h_next = hbuf[t % 2], hbuf[(t + 1) % 2]
+        n = sizes[t]
+        if n > 0:
+            product(op_h, h_prev[:n], rec[:n])
+        for b in range(B):
+            hb = unit(h_next[b, j0:j1])
+            o = unit(out[t, idx[b], j0:j1])
+            if b < n and (mask is None or mask[t, b]):
+                cb = unit(cell[b, j0:j1])
+                lstm_cell_fwd(unit(pre[at + b]), unit(rec[b]), cb, cb, hb, k)
+                o[:] = hb
+            else:
+                hb[:] = unit(h_prev[b, j0:j1])
+                if zero_output or t == 0:
+                    o[:] = 0
+                else:
+                    o[:] = unit(out[t - 1, idx[b], j0:j1])
+        wait(counter, n_threads * (t - t0 + 1))
+
+
+def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out, n):
+    """infer.lstm_infer's contract on n threads, each a block of units (x with unit-stride rows)."""
+    T, B, I = x.shape
+    H, dtype = U.shape[0], x.dtype
+    Wb = W if b is None else np.concatenate([W, b.reshape(1, -1)])
+    order = np.arange(B) if plan.order is None else np.asarray(plan.order)
+    idx, mask, sizes = order.astype(np.intp), None if plan.packed else plan.mask, plan.sizes
+    hbuf = np.empty((2, B, H), dtype)
+    hbuf[0] = h0
+    cell = c0.copy()
+    threads = []
+    for j0, j1 in units(H, n, dtype):
+        xb, pre = _input_buffers(B, I, Wb.shape[0], 4 * (j1 - j0), dtype)
+        threads.append((j0, gemm.operand(gate_columns(Wb, H, 4, j0, j1)), gemm.operand(gate_columns(U, H, 4, j0, j1)),
+                        xb, pre, np.empty((B, 4 * (j1 - j0)), dtype)))
+    for t0, t1 in _scan.chunks(T, B, H + I, 4 * H) if B else ():
+        counter = np.zeros(1, np.int64)
+        rows.parallel([lambda t0=t0, t1=t1, c=counter, a=a: _lstm_steps(
+            x, out, idx, mask, sizes, t0, t1, zero_output, a[0], a[1], a[2], c, len(threads), a[3], hbuf, cell, a[4],
+            a[5]) for a in threads])
+    return hbuf[T % 2].copy(), cell

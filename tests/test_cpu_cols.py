@@ -1,0 +1,79 @@
+"""The CPU engine's unit split for small batches (maskrnn/_cpu/cols.py): outputs and final states against the
+float64 reference on 1-3 threads with uneven blocks of units, every mask kind, go_backwards, initial states,
+zero_output_for_mask, float32 and float64, sequences crossing several kernel calls; and that a small batch with
+large steps does take the split."""
+
+import pytest
+from cells import make_problem
+from conftest import make_mask
+from test_cpu_infer import _check
+
+from maskrnn import _cpu, _dispatch, _scan
+from maskrnn._cpu import cols, gemm, rows
+
+pytestmark = [
+    pytest.mark.skipif(_dispatch._engine("cpu")[1] is not _cpu,
+                       reason="another engine runs device 'cpu' (CUDA emulation)"),
+    pytest.mark.skipif(not gemm.level(), reason="the unit split runs on the native product only"),
+]
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Records (kernel, t0, t1, first unit) of every unit-split kernel call."""
+    seen = []
+    for name in ("_lstm_steps",):
+        kernel = getattr(cols, name)
+        monkeypatch.setattr(cols, name, lambda *a, k=kernel, n=name: (seen.append((n, a[5], a[6], a[8])), k(*a))[1])
+    return seen
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("mask_kind", ["none", "post", "pre", "holes", "post_holes", "empty"])
+def test_unit_split_matches_reference(rng, monkeypatch, split, mask_kind, threads):
+    """H = 40 units: blocks of 32 + 8 (float32) or 24 + 16 (float64) on 2 threads, 16 + 16 + 8 (float32) or
+    16 + 8 + 16 (float64) on 3."""
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: threads)
+    monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)  # 9 steps: three kernel calls, states carried across
+    B = int(rng.integers(1, 6))
+    T, I, H = 9, 5, 40
+    dtype = ["float64", "float32"][int(rng.integers(2))]
+    p = make_problem(rng, "lstm", B, T, I, H, dtype, bias=bool(rng.integers(2)), initial_state=bool(rng.integers(2)))
+    kw = dict(zero_output_for_mask=bool(rng.integers(2)), go_backwards=bool(rng.integers(2)))
+    mask = make_mask(rng, mask_kind, B, T)
+    _check("lstm", p, dtype, mask=mask, **kw)
+    blocks = cols.units(H, threads, dtype)
+    assert sorted(split) == sorted(("_lstm_steps", t0, t1, j0) for t0, t1 in [(0, 4), (4, 8), (8, 9)]
+                                   for j0, _ in blocks)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 40), (2, 3, 1, 40)])
+def test_unit_split_edge_shapes(rng, monkeypatch, split, shape):
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 2)
+    B, T, I, H = shape
+    for dtype in ("float32", "float64"):
+        p = make_problem(rng, "lstm", B, T, I, H, dtype, initial_state=True)
+        for mask_kind in ("post", "holes"):
+            _check("lstm", p, dtype, mask=make_mask(rng, mask_kind, B, T), zero_output_for_mask=True)
+    assert split
+
+
+def test_units_cover_every_unit_in_whole_vectors():
+    for H in (1, 16, 40, 129, 512):
+        for n in (1, 2, 3):
+            for dtype, v in (("float32", 16), ("float64", 8)):
+                blocks = cols.units(H, n, dtype)
+                assert len(blocks) == n and blocks[0][0] == 0 and blocks[-1][1] == H
+                assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+                assert all((j0 % v == 0 or j0 == H) and j0 <= j1 for j0, j1 in blocks)
+
+
+def test_small_batch_takes_the_unit_split(rng, monkeypatch, split):
+    """(4, 20, 256, 512) on two threads: the rows cannot split (4 < 2 rows.MIN_ROWS), the units do; a silent
+    fall back to one thread fails here."""
+    monkeypatch.setattr(cols.numba, "get_num_threads", lambda: 2)
+    B, T, I, H = 4, 20, 256, 512
+    assert rows.threads_for(B, I + H, 4 * H) == 1 and cols.threads_for(B, H, 4 * H) == 2
+    p = make_problem(rng, "lstm", B, T, I, H, "float32", scale=H**-0.5)
+    _check("lstm", p, "float32", mask=make_mask(rng, "post_holes", B, T))
+    assert {c[3] for c in split} == {0, 256}
