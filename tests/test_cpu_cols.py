@@ -31,8 +31,7 @@ def split(monkeypatch):
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("mask_kind", ["none", "post", "pre", "holes", "post_holes", "empty"])
 def test_unit_split_matches_reference(rng, monkeypatch, split, mask_kind, threads):
-    """H = 40 units: blocks of 32 + 8 (float32) or 24 + 16 (float64) on 2 threads, 16 + 16 + 8 (float32) or
-    16 + 8 + 16 (float64) on 3."""
+    """H = 40 units: blocks of 32 + 8 (float32) or 24 + 16 (float64) on 2 threads, 16 + 16 + 8 on 3."""
     monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: threads)
     monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)  # 9 steps: three kernel calls, states carried across
     B = int(rng.integers(1, 6))
