@@ -1,12 +1,15 @@
-"""The CPU engine's unit split for small batches (maskrnn/_cpu/cols.py): outputs and final states against the
-float64 reference on 1-3 threads with uneven blocks of units, every mask kind, go_backwards, initial states,
-zero_output_for_mask, float32 and float64, sequences crossing several kernel calls; and that a small batch with
-large steps does take the split."""
+"""The CPU engine's unit split for small batches (maskrnn/_cpu/cols.py): inference outputs and final states
+against the float64 reference on 2-3 threads with uneven blocks of units, every mask kind, go_backwards, initial
+states, zero_output_for_mask, float32 and float64, sequences crossing several kernel calls; the training forward
+and backward against the reference and its finite differences; and that a small batch with large steps does take
+the split, in inference and in training."""
 
 import pytest
-from cells import make_problem
-from conftest import make_mask
+from cells import make_problem, random_upstream
+from conftest import TOLERANCE, make_mask, rel_err
 from test_cpu_infer import _check
+from test_cpu_rows import _reference, _run
+from test_grad import finite_difference
 
 from maskrnn import _cpu, _dispatch, _scan
 from maskrnn._cpu import cols, gemm, rows
@@ -18,13 +21,20 @@ pytestmark = [
 ]
 
 
+def _where(name, a):
+    """(steps, first unit) of a kernel call's arguments."""
+    if name == "_lstm_steps":
+        return (a[5], a[6]), a[8]
+    return len(a[0]), a[8 if name == "_lstm_fwd" else 12]
+
+
 @pytest.fixture
 def split(monkeypatch):
     """Records (kernel, t0, t1, first unit) of every unit-split kernel call."""
     seen = []
-    for name in ("_lstm_steps",):
+    for name in ("_lstm_steps", "_lstm_fwd", "_lstm_bwd"):
         kernel = getattr(cols, name)
-        monkeypatch.setattr(cols, name, lambda *a, k=kernel, n=name: (seen.append((n, a[5], a[6], a[8])), k(*a))[1])
+        monkeypatch.setattr(cols, name, lambda *a, k=kernel, n=name: (seen.append((n, *_where(n, a))), k(*a))[1])
     return seen
 
 
@@ -42,8 +52,7 @@ def test_unit_split_matches_reference(rng, monkeypatch, split, mask_kind, thread
     mask = make_mask(rng, mask_kind, B, T)
     _check("lstm", p, dtype, mask=mask, **kw)
     blocks = cols.units(H, threads, dtype)
-    assert sorted(split) == sorted(("_lstm_steps", t0, t1, j0) for t0, t1 in [(0, 4), (4, 8), (8, 9)]
-                                   for j0, _ in blocks)
+    assert sorted(split) == sorted(("_lstm_steps", t, j0) for t in [(0, 4), (4, 8), (8, 9)] for j0, _ in blocks)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 40), (2, 3, 1, 40)])
@@ -75,4 +84,49 @@ def test_small_batch_takes_the_unit_split(rng, monkeypatch, split):
     assert rows.threads_for(B, I + H, 4 * H) == 1 and cols.threads_for(B, H, 4 * H) == 2
     p = make_problem(rng, "lstm", B, T, I, H, "float32", scale=H**-0.5)
     _check("lstm", p, "float32", mask=make_mask(rng, "post_holes", B, T))
-    assert {c[3] for c in split} == {0, 256}
+    assert {c[2] for c in split} == {0, 256}
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("mask_kind", ["post", "pre", "holes", "post_holes"])
+def test_unit_split_training_matches_reference(rng, monkeypatch, split, mask_kind, threads):
+    """Float64 outputs against the reference and gradients against its finite differences; forward and backward in three
+    kernel calls each way (states and carried output gradients crossing them)."""
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: threads)
+    monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)
+    B, T, I, H = int(rng.integers(1, 6)), 9, 5, 40
+    p = make_problem(rng, "lstm", B, T, I, H, "float64", initial_state=True)
+    kw = dict(mask=make_mask(rng, mask_kind, B, T), zero_output_for_mask=bool(rng.integers(2)),
+              go_backwards=bool(rng.integers(2)))
+    upstream = random_upstream(rng, "lstm", B, T, H)
+    outs, grads = _run("lstm", p, upstream, **kw)
+    for got, want in zip(outs, _reference("lstm", p, **kw)):
+        assert rel_err(got, want) < TOLERANCE["float64"]
+    for name in ("kernel", "recurrent_kernel", "bias", "x", "h0", "c0"):
+        g = getattr(grads, name)
+        for _ in range(3):
+            index = tuple(int(rng.integers(s)) for s in g.shape)
+            fd = finite_difference("lstm", p, upstream, name, index, **kw)
+            assert abs(g[index] - fd) <= 1e-6 * max(1.0, abs(fd)), (name, index, g[index], fd)
+    blocks = [j0 for j0, _ in cols.units(H, threads, "float64")]
+    assert sorted(split) == sorted((k, t, j0) for k, ts in (("_lstm_fwd", [4, 4, 1]), ("_lstm_bwd", [4, 4, 1]))
+                                   for t in ts for j0 in blocks)
+
+
+def test_small_batch_trains_on_the_unit_split(rng, monkeypatch, split):
+    """Float32 at (3, 12, 64, 256) on two threads: gradients as the one-thread kernels' (tested against finite
+    differences in test_cpu_rows.py), and the split kernels ran."""
+    monkeypatch.setattr(cols.numba, "get_num_threads", lambda: 2)
+    B, T, I, H = 3, 12, 64, 256
+    assert cols.threads_for(B, H, 4 * H) == 2
+    p = make_problem(rng, "lstm", B, T, I, H, "float32", initial_state=True, scale=H**-0.5)
+    kw = dict(mask=make_mask(rng, "holes", B, T))
+    upstream = random_upstream(rng, "lstm", B, T, H, "float32")
+    outs, grads = _run("lstm", p, upstream, **kw)
+    assert {c[0] for c in split} == {"_lstm_fwd", "_lstm_bwd"}
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 1)
+    outs1, grads1 = _run("lstm", p, upstream, **kw)
+    for got, want in zip(outs, outs1):
+        assert rel_err(got, want) < TOLERANCE["float32"]
+    for name in ("kernel", "recurrent_kernel", "bias", "x", "h0", "c0"):
+        assert rel_err(getattr(grads, name), getattr(grads1, name)) < TOLERANCE["float32"], name

@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 from .. import _scan
 from . import gemm, rows
 from .cache import njit
-from .cells import INLINE, JIT, lstm_cell_fwd, unit
+from .cells import INLINE, JIT, lstm_cell_bwd, lstm_cell_fwd, unit
 from .gemm import product
 from .infer import _input_buffers, _project
 
@@ -163,3 +163,113 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out, n):
             x, out, idx, mask, sizes, t0, t1, zero_output, a[0], a[1], a[2], c, len(threads), a[3], hbuf, cell, a[4],
             a[5]) for a in threads])
     return hbuf[T % 2].copy(), cell
+
+
+@njit(**INLINE)
+def _gather(a, H, j0, k, dst):
+    """dst (4k,) = a's units [j0, j0 + k) of each of the 4 gates (a: a row (4H,) in the tape's layout)."""
+    for g in range(4):
+        unit(dst[g * k : (g + 1) * k])[:] = unit(a[g * H + j0 : g * H + j0 + k])
+
+
+@njit(**INLINE)
+def _scatter(src, H, j0, k, a):
+    """The inverse of _gather: a's units [j0, j0 + k) of each gate = src (4k,)."""
+    for g in range(4):
+        unit(a[g * H + j0 : g * H + j0 + k])[:] = unit(src[g * k : (g + 1) * k])
+
+
+@njit(**JIT)
+def _lstm_fwd(gx, op_h, mask, sizes, zero_output, out, hs, cs, j0, counter, n_threads, rec, g):
+    """lstm._lstm_fwd on this thread's units [j0, j0 + k) of a chunk of steps (k = rec's columns // 4): the
+    step's product on its gate columns (op_h: gate_columns of U), the tape's activations, states and outputs of its
+    units; g (4k,) scratch (the gate math runs on a row of this thread's gate columns)."""
+    T, B, G = gx.shape
+    H, k = G // 4, rec.shape[1] // 4
+    j1 = j0 + k
+    for t in range(T):
+        n = sizes[t]
+        if n > 0:
+            product(op_h, hs[t, :n], rec[:n])
+        for b in range(B):
+            h, o = unit(hs[t + 1, b, j0:j1]), unit(out[t, b, j0:j1])
+            if b < n and (mask is None or mask[t, b]):
+                gb = unit(gx[t, b])
+                _gather(gb, H, j0, k, g)
+                lstm_cell_fwd(g, unit(rec[b]), unit(cs[t, b, j0:j1]), unit(cs[t + 1, b, j0:j1]), h, k)
+                _scatter(g, H, j0, k, gb)
+                o[:] = h
+            else:
+                h[:] = unit(hs[t, b, j0:j1])
+                unit(cs[t + 1, b, j0:j1])[:] = unit(cs[t, b, j0:j1])
+                if zero_output or t == 0:
+                    o[:] = 0
+                else:
+                    o[:] = unit(out[t - 1, b, j0:j1])
+        wait(counter, n_threads * (t + 1))
+
+
+@njit(**JIT)
+def _lstm_bwd(gx, op_ut, mask, sizes, zero_output, t_base, cs, d_out, dh, dc, dgx, d_carry, j0, counter, n_threads,
+              dh_prev, dht, a, dg):
+    """lstm._lstm_bwd on this thread's units [j0, j0 + k) (k = dh_prev's columns): their gate gradients of each
+    step into dgx, a barrier (the step's product reads whole rows of dgx), then dh_prev = dgx_t U^T for its units
+    (op_ut: the operand of U[j0:j0 + k].T). dht (k,), a and dg (4k,) scratch."""
+    T, B, G = gx.shape
+    H, k = G // 4, dh_prev.shape[1]
+    j1 = j0 + k
+    for t in range(T - 1, -1, -1):
+        n = sizes[t]
+        for b in range(B):
+            dgb, dcb = unit(dgx[t, b]), unit(d_carry[b, j0:j1])
+            if b < n and (mask is None or mask[t, b]):
+                dhb, dob = unit(dh[b, j0:j1]), unit(d_out[t, b, j0:j1])
+                for j in range(k):
+                    dht[j] = dhb[j] + dob[j] + dcb[j]
+                    dcb[j] = 0
+                _gather(unit(gx[t, b]), H, j0, k, a)
+                lstm_cell_bwd(a, unit(cs[t, b, j0:j1]), unit(cs[t + 1, b, j0:j1]), dht, unit(dc[b, j0:j1]), dg, k)
+                _scatter(dg, H, j0, k, dgb)
+            else:
+                dg[:] = 0
+                _scatter(dg, H, j0, k, dgb)
+                if zero_output or t + t_base == 0:
+                    dcb[:] = 0
+                else:
+                    dcb[:] += unit(d_out[t, b, j0:j1])
+        wait(counter, n_threads * (T - t))
+        if n > 0:
+            product(op_ut, dgx[t, :n], dh_prev[:n])
+        for b in range(n):
+            if mask is None or mask[t, b]:
+                unit(dh[b, j0:j1])[:] = dh_prev[b]
+
+
+def _blocks(U, n, transpose):
+    """[(j0, k, operand)] of n threads: gate_columns of U, or U's rows of the units transposed (the backward)."""
+    H = U.shape[0]
+    return [(j0, j1 - j0, gemm.operand(np.ascontiguousarray(U[j0:j1].T) if transpose else
+                                       gate_columns(U, H, 4, j0, j1))) for j0, j1 in units(H, n, U.dtype)]
+
+
+def lstm_fwd(gx, U, mask, sizes, zero_output, out, hs, cs, n):
+    """lstm._fwd on n threads, each a block of units."""
+    B, dtype = gx.shape[1], gx.dtype
+    parts = [(j0, op, np.empty((B, 4 * k), dtype), np.empty(4 * k, dtype)) for j0, k, op in _blocks(U, n, False)]
+    counter = np.zeros(1, np.int64)
+    rows.parallel([lambda p=p: _lstm_fwd(gx, p[1], mask, sizes, zero_output, out, hs, cs, p[0], counter, n, p[2],
+                                         p[3]) for p in parts])
+
+
+def lstm_bwd(gx, U, mask, sizes, zero_output, cs, d_out, dh, dc, dgx, n):
+    """lstm._lstm_bwd_chunks on n threads, each a block of units."""
+    T, B, G = gx.shape
+    dtype, d_carry = gx.dtype, np.zeros((B, G // 4), gx.dtype)
+    parts = [(j0, op, np.empty((B, k), dtype), np.empty(k, dtype), np.empty(4 * k, dtype), np.empty(4 * k, dtype))
+             for j0, k, op in _blocks(U, n, True)]
+    for t0, t1 in reversed(_scan.chunks(T, B, G // 4, G)):
+        m = None if mask is None else mask[t0:t1]
+        counter = np.zeros(1, np.int64)
+        rows.parallel([lambda p=p, t0=t0, t1=t1, m=m, c=counter: _lstm_bwd(
+            gx[t0:t1], p[1], m, sizes[t0:t1], zero_output, t0, cs[t0:t1 + 1], d_out[t0:t1], dh, dc, dgx[t0:t1],
+            d_carry, p[0], c, n, *p[2:]) for p in parts])
