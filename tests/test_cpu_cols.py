@@ -4,6 +4,7 @@ states, zero_output_for_mask, float32 and float64, sequences crossing several ke
 and backward against the reference and its finite differences; and that a small batch with large steps does take
 the split, in inference and in training."""
 
+import numpy as np
 import pytest
 from cells import make_problem, random_upstream
 from conftest import TOLERANCE, make_mask, rel_err
@@ -12,7 +13,7 @@ from test_cpu_rows import _reference, _run
 from test_grad import finite_difference
 
 from maskrnn import _cpu, _dispatch, _scan
-from maskrnn._cpu import cols, gemm, rows
+from maskrnn._cpu import blas, cols, gemm, rows
 
 pytestmark = [
     pytest.mark.skipif(_dispatch._engine("cpu")[1] is not _cpu,
@@ -130,3 +131,26 @@ def test_small_batch_trains_on_the_unit_split(rng, monkeypatch, split):
         assert rel_err(got, want) < TOLERANCE["float32"]
     for name in ("kernel", "recurrent_kernel", "bias", "x", "h0", "c0"):
         assert rel_err(getattr(grads, name), getattr(grads1, name)) < TOLERANCE["float32"], name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weight_gradients_of_few_rows_split_the_columns(rng, monkeypatch, dtype):
+    """blas.gram on fewer rows than two threads' blocks: the columns split (2 and 3 threads, a last block of a
+    partial panel), rows gathered by idx or all, with and without a second left operand; against float64 NumPy."""
+    taken = []
+    columns = blas._gram_columns
+    monkeypatch.setattr(blas, "_gram_columns", lambda *a: (taken.append(a[-1]), columns(*a))[1])
+    monkeypatch.setattr(blas, "MIN_SPLIT_WORK", 0)
+    N, m1, m2, n = 40, 7, 5, 75
+    a, a2, d = (rng.standard_normal((N, k)).astype(dtype) for k in (m1, m2, n + 3))
+    d = d[:, 2 : n + 2]  # a column slice: its rows' stride is not n
+    idx = rng.choice(N, 25, replace=False)
+    for threads in (2, 3):
+        monkeypatch.setattr(blas.numba, "get_num_threads", lambda t=threads: t)
+        for rows_, second in ((None, None), (idx, a2)):
+            got = blas.gram(a, d, rows_, second)
+            sel = slice(None) if rows_ is None else rows_
+            left = a[sel] if second is None else np.concatenate([a[sel], second[sel]], axis=1)
+            want = left.astype(np.float64).T @ d[sel].astype(np.float64)
+            assert got.shape == want.shape and rel_err(got, want) < TOLERANCE[dtype]
+    assert [len(c) for c in taken] == [2, 2, 3, 3] and taken[-1][-1][1] == n
