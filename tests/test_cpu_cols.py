@@ -24,7 +24,7 @@ pytestmark = [
 
 def _where(name, a):
     """(steps, first unit) of a kernel call's arguments."""
-    if name == "_lstm_steps":
+    if name in ("_lstm_steps", "_gru_steps"):
         return (a[5], a[6]), a[8]
     return len(a[0]), a[8 if name == "_lstm_fwd" else 12]
 
@@ -33,7 +33,7 @@ def _where(name, a):
 def split(monkeypatch):
     """Records (kernel, t0, t1, first unit) of every unit-split kernel call."""
     seen = []
-    for name in ("_lstm_steps", "_lstm_fwd", "_lstm_bwd"):
+    for name in ("_lstm_steps", "_gru_steps", "_lstm_fwd", "_lstm_bwd"):
         kernel = getattr(cols, name)
         monkeypatch.setattr(cols, name, lambda *a, k=kernel, n=name: (seen.append((n, *_where(n, a))), k(*a))[1])
     return seen
@@ -41,29 +41,38 @@ def split(monkeypatch):
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("mask_kind", ["none", "post", "pre", "holes", "post_holes", "empty"])
-def test_unit_split_matches_reference(rng, monkeypatch, split, mask_kind, threads):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unit_split_matches_reference(rng, monkeypatch, split, cell, mask_kind, threads):
     """H = 40 units: blocks of 32 + 8 (float32) or 24 + 16 (float64) on 2 threads, 16 + 16 + 8 on 3."""
     monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: threads)
     monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)  # 9 steps: three kernel calls, states carried across
     B = int(rng.integers(1, 6))
     T, I, H = 9, 5, 40
     dtype = ["float64", "float32"][int(rng.integers(2))]
-    p = make_problem(rng, "lstm", B, T, I, H, dtype, bias=bool(rng.integers(2)), initial_state=bool(rng.integers(2)))
+    p = make_problem(rng, cell, B, T, I, H, dtype, bias=bool(rng.integers(2)), initial_state=bool(rng.integers(2)))
     kw = dict(zero_output_for_mask=bool(rng.integers(2)), go_backwards=bool(rng.integers(2)))
     mask = make_mask(rng, mask_kind, B, T)
-    _check("lstm", p, dtype, mask=mask, **kw)
+    _check(cell, p, dtype, mask=mask, **kw)
     blocks = cols.units(H, threads, dtype)
-    assert sorted(split) == sorted(("_lstm_steps", t, j0) for t in [(0, 4), (4, 8), (8, 9)] for j0, _ in blocks)
+    assert sorted(split) == sorted((f"_{cell}_steps", t, j0) for t in [(0, 4), (4, 8), (8, 9)] for j0, _ in blocks)
+
+
+def test_gru_without_reset_after_keeps_one_thread(rng, monkeypatch, split):
+    """Its candidate's product (r * h_{t-1}) U_h needs every unit's r: no unit split (and still right)."""
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 2)
+    p = make_problem(rng, "gru_v1", 3, 5, 4, 40, "float64", initial_state=True)
+    _check("gru_v1", p, "float64", mask=make_mask(rng, "holes", 3, 5))
+    assert not split
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 40), (2, 3, 1, 40)])
 def test_unit_split_edge_shapes(rng, monkeypatch, split, shape):
     monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 2)
     B, T, I, H = shape
-    for dtype in ("float32", "float64"):
-        p = make_problem(rng, "lstm", B, T, I, H, dtype, initial_state=True)
+    for cell, dtype in (("lstm", "float32"), ("gru", "float64")):
+        p = make_problem(rng, cell, B, T, I, H, dtype, initial_state=True)
         for mask_kind in ("post", "holes"):
-            _check("lstm", p, dtype, mask=make_mask(rng, mask_kind, B, T), zero_output_for_mask=True)
+            _check(cell, p, dtype, mask=make_mask(rng, mask_kind, B, T), zero_output_for_mask=True)
     assert split
 
 
@@ -77,15 +86,16 @@ def test_units_cover_every_unit_in_whole_vectors():
                 assert all((j0 % v == 0 or j0 == H) and j0 <= j1 for j0, j1 in blocks)
 
 
-def test_small_batch_takes_the_unit_split(rng, monkeypatch, split):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_small_batch_takes_the_unit_split(rng, monkeypatch, split, cell):
     """(4, 20, 256, 512) on two threads: the rows cannot split (4 < 2 rows.MIN_ROWS), the units do; a silent
     fall back to one thread fails here."""
     monkeypatch.setattr(cols.numba, "get_num_threads", lambda: 2)
     B, T, I, H = 4, 20, 256, 512
     assert rows.threads_for(B, I + H, 4 * H) == 1 and cols.threads_for(B, H, 4 * H) == 2
-    p = make_problem(rng, "lstm", B, T, I, H, "float32", scale=H**-0.5)
-    _check("lstm", p, "float32", mask=make_mask(rng, "post_holes", B, T))
-    assert {c[2] for c in split} == {0, 256}
+    p = make_problem(rng, cell, B, T, I, H, "float32", scale=H**-0.5)
+    _check(cell, p, "float32", mask=make_mask(rng, "post_holes", B, T))
+    assert {c[0] for c in split} == {f"_{cell}_steps"} and {c[2] for c in split} == {0, 256}
 
 
 @pytest.mark.parametrize("threads", [2, 3])

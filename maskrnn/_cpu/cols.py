@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 from .. import _scan
 from . import gemm, rows
 from .cache import njit
-from .cells import INLINE, JIT, lstm_cell_bwd, lstm_cell_fwd, unit
+from .cells import INLINE, JIT, gru_cell_fwd, gru_gates_zr, lstm_cell_bwd, lstm_cell_fwd, unit
 from .gemm import product
 from .infer import _input_buffers, _project
 
@@ -142,15 +142,77 @@ def _lstm_steps(x, out, idx, mask, sizes, t0, t1, zero_output, j0, op_x, op_h, c
         wait(counter, n_threads * (t - t0 + 1))
 
 
+@njit(**JIT)
+def _gru_steps(x, out, idx, mask, sizes, t0, t1, zero_output, j0, op_x, op_h, counter, n_threads, b_rec, xb, hbuf,
+               pre, rec, term):
+    """_lstm_steps for the GRU with reset_after (the candidate's product is of h_{t-1}, not of r * h_{t-1}, so
+    the step's one product needs no other thread's gates): pre (S B, 3k), rec (B, 3k) and b_rec (3k,) this
+    thread's gate columns; term (B, k) scratch. The gate math is infer._gru_steps'."""
+    B = hbuf.shape[1]
+    k = pre.shape[1] // 3
+    j1 = j0 + k
+    for t in range(t0, t1):
+        at = ((t - t0) % (xb.shape[0] // B)) * B
+        if at == 0:
+            _project(x, idx, mask, sizes, t, t1, op_x, xb, pre, B)
+        h_prev, h_next = hbuf[t % 2], hbuf[(t + 1) % 2]
+        n = sizes[t]
+        if n > 0:
+            product(op_h, h_prev[:n], rec[:n])
+        for b in range(B):
+            hb, hp = unit(h_next[b, j0:j1]), unit(h_prev[b, j0:j1])
+            o = unit(out[t, idx[b], j0:j1])
+            if b < n and (mask is None or mask[t, b]):
+                gb, ub, tb = unit(pre[at + b]), unit(rec[b]), unit(term[b])
+                gru_gates_zr(gb, ub, b_rec, k)
+                for j in range(k):
+                    tb[j] = gb[k + j] * (ub[2 * k + j] + b_rec[2 * k + j])
+                gru_cell_fwd(gb, tb, hp, hb, k)
+                o[:] = hb
+            else:
+                hb[:] = hp
+                if zero_output or t == 0:
+                    o[:] = 0
+                else:
+                    o[:] = unit(out[t - 1, idx[b], j0:j1])
+        wait(counter, n_threads * (t - t0 + 1))
+
+
+def _plan_rows(x, plan, h0):
+    """(idx, mask, sizes) of the plan for the kernels, and hbuf (2,B,H) with h0 at parity 0."""
+    B = x.shape[1]
+    order = np.arange(B) if plan.order is None else np.asarray(plan.order)
+    hbuf = np.empty((2, *h0.shape), x.dtype)
+    hbuf[0] = h0
+    return order.astype(np.intp), None if plan.packed else plan.mask, plan.sizes, hbuf
+
+
+def gru_infer(x, W, U, b_in, b_rec, h0, plan, zero_output, out, n):
+    """infer.gru_infer's contract (reset_after only) on n threads, each a block of units."""
+    T, B, I = x.shape
+    H, dtype = U.shape[0], x.dtype
+    Wb = W if b_in is None else np.concatenate([W, b_in.reshape(1, -1)])
+    idx, mask, sizes, hbuf = _plan_rows(x, plan, h0)
+    threads = []
+    for j0, j1 in units(H, n, dtype):
+        xb, pre = _input_buffers(B, I, Wb.shape[0], 3 * (j1 - j0), dtype)
+        threads.append((j0, gemm.operand(gate_columns(Wb, H, 3, j0, j1)), gemm.operand(gate_columns(U, H, 3, j0, j1)),
+                        gate_columns(b_rec, H, 3, j0, j1), xb, pre, np.empty((B, 3 * (j1 - j0)), dtype),
+                        np.empty((B, j1 - j0), dtype)))
+    for t0, t1 in _scan.chunks(T, B, H + I, 3 * H) if B else ():
+        counter = np.zeros(1, np.int64)
+        rows.parallel([lambda t0=t0, t1=t1, c=counter, a=a: _gru_steps(
+            x, out, idx, mask, sizes, t0, t1, zero_output, *a[:3], c, len(threads), a[3], a[4], hbuf, *a[5:])
+            for a in threads])
+    return hbuf[T % 2].copy()
+
+
 def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out, n):
     """infer.lstm_infer's contract on n threads, each a block of units (x with unit-stride rows)."""
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
     Wb = W if b is None else np.concatenate([W, b.reshape(1, -1)])
-    order = np.arange(B) if plan.order is None else np.asarray(plan.order)
-    idx, mask, sizes = order.astype(np.intp), None if plan.packed else plan.mask, plan.sizes
-    hbuf = np.empty((2, B, H), dtype)
-    hbuf[0] = h0
+    idx, mask, sizes, hbuf = _plan_rows(x, plan, h0)
     cell = c0.copy()
     threads = []
     for j0, j1 in units(H, n, dtype):
