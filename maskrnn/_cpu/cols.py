@@ -10,6 +10,9 @@ h[(t + 1) % 2]), so one barrier after each step's writes is the only synchronisa
 The barrier is a counter that only grows (``wait``): each thread adds 1 after a step and spins until it reaches
 n (k + 1) for its k-th step of the call, yielding the core after a while (a busy machine may have descheduled
 the other thread). The kernels allocate nothing and raise nothing, so no thread leaves a barrier unmatched.
+
+Measured at (4,200,256,512) float32 on this 2-core machine (interleaved, under ``chrt -f 10`` against the load):
+inference 1.7-1.9x (LSTM) and 1.9-2.0x (GRU) the one-thread kernels, LSTM forward+backward 1.3-1.6x.
 """
 
 import platform
@@ -30,7 +33,7 @@ from .infer import _input_buffers, _project
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 SPINS = 1 << 12  # spins between yields of the core (a step is ~10-100 us; the other thread is usually near)
-MIN_UNITS = 64  # hidden units per thread at least: fewer made each step's product too short for a barrier
+MIN_UNITS = 64  # hidden units per thread at least (a guess, not measured: a barrier per step of a tiny product)
 
 
 @intrinsic
