@@ -10,7 +10,7 @@ from conftest import TOLERANCE, make_mask, rel_err
 from test_resources import _peak_bytes
 
 from maskrnn import _cpu, _dispatch, _scan
-from maskrnn._cpu import infer, rows
+from maskrnn._cpu import cols, infer, rows
 
 pytestmark = pytest.mark.skipif(_dispatch._engine("cpu")[1] is not _cpu,
                                 reason="another engine runs device 'cpu' (CUDA emulation)")
@@ -39,11 +39,11 @@ def _check(cell, p, dtype, **kw):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Records (kernel, t0, t1) of every fused kernel call."""
+    """Records (kernel, t0, t1) of every fused kernel call (the unit split's of small batches included)."""
     seen = []
-    for name in ("_lstm_steps", "_gru_steps"):
-        kernel = getattr(infer, name)
-        monkeypatch.setattr(infer, name, lambda *a, k=kernel, n=name: (seen.append((n, a[5], a[6])), k(*a))[1])
+    for module, name in ((infer, "_lstm_steps"), (infer, "_gru_steps"), (cols, "_lstm_steps"), (cols, "_gru_steps")):
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, k=kernel, n=name: (seen.append((n, a[5], a[6])), k(*a))[1])
     return seen
 
 

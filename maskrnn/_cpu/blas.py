@@ -92,7 +92,12 @@ def gram(a, d, idx=None, a2=None):
         idx = np.ascontiguousarray(idx, dtype=np.int64)
     a2 = a[:, :0] if a2 is None else a2
     ld = [v.strides[0] // v.itemsize for v in (a, a2, d)]
-    parts = max(1, min(numba.get_num_threads(), N // GRAM_ROWS)) if N * (m1 + m2) * n >= MIN_SPLIT_WORK else 1
+    big = N * (m1 + m2) * n >= MIN_SPLIT_WORK
+    parts = max(1, min(numba.get_num_threads(), N // GRAM_ROWS)) if big else 1
+    if big and parts < numba.get_num_threads():
+        cols = _column_blocks(n, numba.get_num_threads(), gemm.PANEL_BYTES // a.itemsize)
+        if len(cols) > parts:
+            return _gram_columns(fn, N, m1, m2, idx, a, a2, d, ld, cols)
     outs = [np.empty((m1 + m2, n), a.dtype) for _ in range(parts)]
     step = -(-N // parts)
 
@@ -109,6 +114,29 @@ def gram(a, d, idx=None, a2=None):
 
 
 GRAM_ROWS = 256  # rows per thread at least (csrc/cpu_gemm_kernel.h's row block)
+
+
+def _column_blocks(n, parts, width):
+    """[(c0, c1)] of at most parts blocks of n columns, in whole panels of width columns."""
+    panels = -(-n // width)
+    edges = sorted({min(n, panels * p // parts * width) for p in range(parts + 1)})
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _gram_columns(fn, N, m1, m2, idx, a, a2, d, ld, cols):
+    """gram with the columns of d (and of the result) split across threads, each over every row: where the rows
+    are too few to split (a small batch's ~500 real rows at (4,200,256,512)), one thread ran the whole product.
+    Each thread packs all of a (N (m1 + m2), against its N (m1 + m2) n / parts multiply-adds)."""
+    out = np.empty((m1 + m2, d.shape[1]), a.dtype)
+    at = 0 if idx is None else idx.ctypes.data
+    item = a.itemsize
+
+    def block(c0, c1):
+        fn(N, m1, m2, c1 - c0, at, a.ctypes.data, ld[0], a2.ctypes.data, ld[1], d.ctypes.data + c0 * item, ld[2],
+           out.ctypes.data + c0 * item, out.shape[1])
+
+    rows.parallel([lambda c=c: block(*c) for c in cols])
+    return out
 
 
 def matmul(a, b, out=None):

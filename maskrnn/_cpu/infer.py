@@ -153,6 +153,9 @@ def _input_buffers(k, I, F, GH, dtype):
 def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
+    n = cols.threads_for(B, H, 4 * H)
+    if n > 1:  # a small batch: the hidden units split across threads (cols.py)
+        return cols.lstm_infer(_unit_rows(x), W, U, b, h0, c0, plan, zero_output, out, n)
     op_x, F = _input_operand(W, b)
 
     def buffers(r):
@@ -171,6 +174,9 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
 def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
+    n = cols.threads_for(B, H, 3 * H) if reset_after else 1
+    if n > 1:  # as lstm_infer (not reset_after: the candidate's product of r * h_{t-1} would need a second barrier)
+        return cols.gru_infer(_unit_rows(x), W, U, b_in, np.ascontiguousarray(b_rec), h0, plan, zero_output, out, n)
     op_x, F = _input_operand(W, b_in)
     if reset_after:
         op_h, op_c = gemm.operand(U), gemm.operand(U[:0, :0])
@@ -189,3 +195,6 @@ def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     for r, bufs in parts:
         h[r] = bufs[1]
     return h
+
+
+from . import cols  # noqa: E402 - cols builds on this module's _project and _input_buffers

@@ -9,7 +9,7 @@ the prefix ``[0, batch_sizes[t])``.
 import numpy as np
 
 from .. import _scan
-from . import gemm, rows
+from . import cols, gemm, rows
 from .cache import njit
 from .cells import JIT, carry_row, carry_row_grad, lstm_cell_bwd, lstm_cell_fwd, unit
 from .gemm import product
@@ -66,6 +66,9 @@ def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc,
 
 def _fwd(gx, U, mask, sizes, zero_output, out, hs, cs):
     T, B, G = gx.shape
+    n = cols.threads_for(B, G // 4, G)
+    if n > 1:  # a small batch: the hidden units split across threads (cols.py)
+        return cols.lstm_fwd(gx, U, mask, sizes, zero_output, out, hs, cs, n)
     op = gemm.operand(U)
 
     def run(r, n):
@@ -77,6 +80,9 @@ def _fwd(gx, U, mask, sizes, zero_output, out, hs, cs):
 def _lstm_bwd_chunks(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, dgx):
     """The backward scan in chunks of steps, last chunk first: Python regains control (Ctrl-C) between them."""
     T, B, G = gx.shape
+    n = cols.threads_for(B, G // 4, G)
+    if n > 1:
+        return cols.lstm_bwd(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, dgx, n)
     Ut = gemm.operand(U.T)
     d_carry = np.zeros((B, G // 4), gx.dtype)
     n_threads = rows.threads_for(B, G // 4, G)
