@@ -1,6 +1,6 @@
 #pragma once
 // Host emulation of CUDA launches (see build.py): every CUDA thread of every block of a launch runs on its own
-// host thread, all started at once (emu_workers.h), so blocks run concurrently as on a GPU. Barriers (__syncthreads, cluster and grid sync)
+// host thread (emu_workers.h), all at once, so blocks run concurrently as on a GPU. Barriers (__syncthreads, cluster and grid sync)
 // are mutex/condition-variable barriers: ThreadSanitizer sees exactly the happens-before order a GPU
 // guarantees, so a missing barrier is a reported data race. Each block has its own shared memory (dynamic part
 // first, then the static __shared__ variables), filled with 0xFF bytes (NaN) at launch so that reading it
@@ -19,7 +19,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -345,8 +344,8 @@ inline cudaError_t execute(const Config& cfg, const void* kernel, const std::fun
   L.clusters = std::vector<Barrier>(nblocks / L.cluster_size);
   for (auto& c : L.clusters) c.init(&L, L.cluster_size * L.nthreads, "cluster.sync");
   L.grid.init(&L, nblocks * L.nthreads, "grid.sync");
-  run_at_once(size_t(nblocks) * L.nthreads,
-              [&](size_t i) { run(L, body, unsigned(i / L.nthreads), unsigned(i % L.nthreads)); });
+  workers().run(size_t(nblocks) * L.nthreads,
+                [&](size_t i) { run(L, body, unsigned(i / L.nthreads), unsigned(i % L.nthreads)); });
   {
     std::lock_guard lock(funcs_mutex);
     funcs[kernel].static_smem = std::max(funcs[kernel].static_smem, L.static_top);
