@@ -30,7 +30,7 @@ def build(*args):
 
 
 def run_case(build_dir, *args):
-    env = dict(os.environ, LD_PRELOAD=libtsan(), EMU_BUILD=str(build_dir),
+    env = dict(os.environ, LD_PRELOAD=libtsan(), EMU_BUILD=str(build_dir), EMU_REUSE_THREADS="1",
                TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0")
     return subprocess.run([sys.executable, str(HERE / "tsan_case.py"), *args], env=env, capture_output=True,
                           text=True, timeout=600)

@@ -344,8 +344,8 @@ inline cudaError_t execute(const Config& cfg, const void* kernel, const std::fun
   L.clusters = std::vector<Barrier>(nblocks / L.cluster_size);
   for (auto& c : L.clusters) c.init(&L, L.cluster_size * L.nthreads, "cluster.sync");
   L.grid.init(&L, nblocks * L.nthreads, "grid.sync");
-  workers().run(size_t(nblocks) * L.nthreads,
-                [&](size_t i) { run(L, body, unsigned(i / L.nthreads), unsigned(i % L.nthreads)); });
+  run_at_once(size_t(nblocks) * L.nthreads,
+              [&](size_t i) { run(L, body, unsigned(i / L.nthreads), unsigned(i % L.nthreads)); });
   {
     std::lock_guard lock(funcs_mutex);
     funcs[kernel].static_smem = std::max(funcs[kernel].static_smem, L.static_top);

@@ -1,21 +1,24 @@
 #pragma once
-// The host threads that run the CUDA threads of launches (emu_core.h's execute), kept from launch to launch.
-// Starting a std::thread for every CUDA thread of every launch was most of the emulation's time, and nearly all
-// of a ThreadSanitizer run's, which sets up every new thread (a step kernel's TSan case took 15-35 s, 3-4 s
-// on kept workers). A launch takes as many idle workers as it has CUDA threads (starting more when there are too
-// few), so all its CUDA threads run at once, and launches from different host threads take different workers.
-// Workers run under SCHED_BATCH: woken by the thousand, at normal policy they preempted the running ones (ten
-// times the involuntary context switches, and slower than new threads on launches of thousands of threads).
-// Hand-offs go through each worker's mutex: the caller's writes before the launch happen before every CUDA
-// thread of it, and all of them before the launch returns, as with thread start and join; nothing else orders
-// the CUDA threads of one launch, so TSan still reports their races.
+// Runs the CUDA threads of a launch (emu_core.h's execute), all at once, each on its own host thread: by default a
+// new std::thread each; with EMU_REUSE_THREADS=1 (test_tsan.py) on workers kept from launch to launch.
+// ThreadSanitizer sets up every new thread, which made starting them nearly all of a TSan run's time (a step
+// kernel's case took 15-35 s, 3-4 s on kept workers). Not the default: the whole emulation suite ran slower on
+// kept workers in CI (801 s against 686 s; not yet explained: its largest launches leave thousands of idle
+// workers). A launch takes as many idle workers as it has CUDA threads (starting more when there are too
+// few), and launches from different host threads take different workers. Workers run under SCHED_BATCH: woken
+// by the thousand at normal policy, they preempted the running ones (ten times the involuntary context
+// switches). Hand-offs go through each worker's mutex: the caller's writes before the launch happen before every
+// CUDA thread of it, and all of them before the launch returns, as with thread start and join; nothing else
+// orders the CUDA threads of one launch, so TSan still reports their races.
 #include <pthread.h>
 #include <sched.h>
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -103,6 +106,17 @@ inline Workers*& workers_instance() {
   return instance;
 }
 
-inline Workers& workers() { return *workers_instance(); }
+// Runs task(i) for every i < n, each on its own host thread, all at once; returns when all have returned.
+inline void run_at_once(size_t n, const std::function<void(size_t)>& task) {
+  static const bool reuse = [] {
+    const char* v = std::getenv("EMU_REUSE_THREADS");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  if (reuse) return workers_instance()->run(n, task);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (size_t i = 0; i < n; ++i) threads.emplace_back(task, i);
+  for (auto& t : threads) t.join();
+}
 
 }  // namespace emu
