@@ -29,7 +29,7 @@ from . import gemm, rows
 from .cache import njit
 from .cells import INLINE, JIT, gru_cell_fwd, gru_gates_zr, lstm_cell_bwd, lstm_cell_fwd, unit
 from .gemm import product
-from .infer import _input_buffers, _project
+from .infer import _carry_output, _input_buffers, _project
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 SPINS = 1 << 12  # spins between yields of the core (a step is ~10-100 us; the other thread is usually near)
@@ -131,17 +131,13 @@ def _lstm_steps(x, out, idx, mask, sizes, t0, t1, zero_output, j0, op_x, op_h, c
             product(op_h, h_prev[:n], rec[:n])
         for b in range(B):
             hb = unit(h_next[b, j0:j1])
-            o = unit(out[t, idx[b], j0:j1])
             if b < n and (mask is None or mask[t, b]):
                 cb = unit(cell[b, j0:j1])
                 lstm_cell_fwd(unit(pre[at + b]), unit(rec[b]), cb, cb, hb, k)
-                o[:] = hb
+                unit(out[t, idx[b], j0:j1])[:] = hb
             else:
                 hb[:] = unit(h_prev[b, j0:j1])
-                if zero_output or t == 0:
-                    o[:] = 0
-                else:
-                    o[:] = unit(out[t - 1, idx[b], j0:j1])
+                _carry_output(out, t, idx[b], zero_output, j0, j1)
         wait(counter, n_threads * (t - t0 + 1))
 
 
@@ -164,20 +160,16 @@ def _gru_steps(x, out, idx, mask, sizes, t0, t1, zero_output, j0, op_x, op_h, co
             product(op_h, h_prev[:n], rec[:n])
         for b in range(B):
             hb, hp = unit(h_next[b, j0:j1]), unit(h_prev[b, j0:j1])
-            o = unit(out[t, idx[b], j0:j1])
             if b < n and (mask is None or mask[t, b]):
                 gb, ub, tb = unit(pre[at + b]), unit(rec[b]), unit(term[b])
                 gru_gates_zr(gb, ub, b_rec, k)
                 for j in range(k):
                     tb[j] = gb[k + j] * (ub[2 * k + j] + b_rec[2 * k + j])
                 gru_cell_fwd(gb, tb, hp, hb, k)
-                o[:] = hb
+                unit(out[t, idx[b], j0:j1])[:] = hb
             else:
                 hb[:] = hp
-                if zero_output or t == 0:
-                    o[:] = 0
-                else:
-                    o[:] = unit(out[t - 1, idx[b], j0:j1])
+                _carry_output(out, t, idx[b], zero_output, j0, j1)
         wait(counter, n_threads * (t - t0 + 1))
 
 

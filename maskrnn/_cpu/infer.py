@@ -27,13 +27,14 @@ from .gemm import product
 
 
 @njit(**JIT)
-def _carry_output(out, t, r, zero_output):
-    """A padded step of caller row r: output 0 or the previous step's (``carry_row``'s output rule)."""
-    o = unit(out[t, r])
+def _carry_output(out, t, r, zero_output, j0, j1):
+    """A padded step of caller row r, units [j0, j1): output 0 or the previous step's (``carry_row``'s output
+    rule)."""
+    o = unit(out[t, r, j0:j1])
     if zero_output or t == 0:
         o[:] = 0
     else:
-        o[:] = unit(out[t - 1, r])
+        o[:] = unit(out[t - 1, r, j0:j1])
 
 
 @njit(**INLINE)
@@ -73,7 +74,7 @@ def _lstm_steps(x, out, idx, mask, sizes, t0, t1, zero_output, op_x, op_h, xb, s
                 lstm_cell_fwd(unit(pre[at + b]), unit(rec[b]), cb, cb, hb, H)
                 unit(out[t, idx[b]])[:] = hb
             else:
-                _carry_output(out, t, idx[b], zero_output)
+                _carry_output(out, t, idx[b], zero_output, 0, H)
 
 
 @njit(**JIT)
@@ -108,7 +109,7 @@ def _gru_steps(x, out, idx, mask, sizes, t0, t1, zero_output, reset_after, op_x,
                 gru_cell_fwd(unit(pre[at + b]), unit(term[b]), hb, hb, H)
                 unit(out[t, idx[b]])[:] = hb
             else:
-                _carry_output(out, t, idx[b], zero_output)
+                _carry_output(out, t, idx[b], zero_output, 0, H)
 
 
 def _unit_rows(a):
