@@ -91,19 +91,21 @@ def test_table_warns_about_load_and_spread():
 
 
 def _spin(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    """Spins for seconds of this process's CPU time (not wall time: on a loaded machine a second of wall time
+    gave it as little as 0.67 s of CPU)."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
         pass
 
 
 @pytest.mark.skipif(bench.cpu_clock() is None, reason="no /proc/stat")
 def test_other_work_counts_other_processes_not_this_one():
     # The benchmark's own threads keep the load average near the core count, so the busy test must tell its
-    # own CPU time from other processes'. A child process spinning for 1 s is other work: at least ~1 core-second
-    # of it shows (more if the machine is shared); this process spinning for 1 s is not.
+    # own CPU time from other processes'. A child process spinning for 1 s of CPU is other work: at least ~1
+    # core-second of it shows (more if the machine is shared); this process spinning for 1 s of CPU is not.
     start, t0 = bench.cpu_clock(), time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.perf_counter() + 1.0\n"
-                              "while time.perf_counter() < end: pass"])
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 1.0\n"
+                              "while time.process_time() < end: pass"])
     child.wait()
     wall = time.perf_counter() - t0
     child_s = bench.other_work(start, bench.cpu_clock(), wall) * wall * os.cpu_count()
