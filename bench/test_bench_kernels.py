@@ -14,7 +14,8 @@ IDS = ["x".join(map(str, cfg)) + f"-{cell}-{mask}" for cfg, cell, mask in CASES]
 @pytest.mark.parametrize("device", bench.available_devices())
 def test_maskrnn(benchmark, device, cfg, cell, mask, backward):
     weights, batches = bench.workload(cfg, cell, mask, seed=0)
-    run = bench._runner("maskrnn", cell, mask, backward, weights, batches, device)
+    case = dict(cell=cell, mask=mask, device=device, pass_="fwd+bwd" if backward else "fwd")
+    run = bench.RUNNERS["maskrnn"](case, weights, batches)
     run(0)  # compile / load outside the timings
     calls = iter(range(10**9))
     if device == "cuda":

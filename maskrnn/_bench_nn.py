@@ -22,7 +22,7 @@ def _runner(impl, cfg, backward, device, seed):
     """A run(i) closure over N_BUFFERS packed batches; lengths uniform in [T/4, T], rows unsorted."""
     import torch
 
-    from . import bench
+    from ._bench_runners import N_BUFFERS
     from .torch import nn as mnn  # the drop-in module (maskrnn.torch binds no other name nn)
 
     B, T, I, H = cfg
@@ -33,7 +33,7 @@ def _runner(impl, cfg, backward, device, seed):
     m.to(device)
     rng = np.random.default_rng(seed)
     batches = []
-    for _ in range(bench.N_BUFFERS):
+    for _ in range(N_BUFFERS):
         lengths = torch.from_numpy(rng.integers(max(T // 4, 1), T + 1, B))
         x = torch.from_numpy(rng.standard_normal((B, T, I)).astype("float32"))
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
