@@ -5,8 +5,9 @@ setup.py runs this while building, so the machine code ships in the package and 
 installed package, e.g. when building a container image; a read-only install caches in the first writable
 location. Common means float32 LSTM and GRU (both ``reset_after``), masked and packed kernels, forward, backward and
 inference, called exactly as the public API calls them, on one thread's rows and, where the engine has several
-threads, on a thread's share of a split batch (strided rows: another compiled variant, maskrnn/_cpu/rows.py);
-other dtypes compile on first use.
+threads, on a thread's share of a split batch (strided rows: another compiled variant, maskrnn/_cpu/rows.py) and on
+a small batch's hidden units split across threads (maskrnn/_cpu/cols.py), and for a batch of one row; other dtypes
+compile on first use.
 """
 
 import time
@@ -18,7 +19,11 @@ def main() -> str:
     from ._cpu import rows
 
     start = time.perf_counter()
-    for B, H in ((3, 2), (2 * rows.MIN_ROWS, 128)):  # the second is large enough to split (rows.threads_for)
+    # (3, 2): one thread's rows; the second splits the rows across threads (rows.threads_for); B=1: inference
+    # views of a one-row batch are C-contiguous, another compiled variant (a first call compiled 4.4 s); the last
+    # splits the hidden units of a small batch (cols.threads_for, where the build machine has several threads:
+    # a first call at B=4 compiled 7.4 s).
+    for B, H in ((3, 2), (2 * rows.MIN_ROWS, 128), (1, 2), (4, 256)):
         _run(np.random.default_rng(0), B, 4, 2, H)
     return f"CPU kernels precompiled (float32 LSTM/GRU, forward and backward) in {time.perf_counter() - start:.0f} s"
 
