@@ -29,8 +29,9 @@ step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 
   weight-gradient GEMMs read every entry).
 - ``matmul(a, b, out=None)`` (optional; default ``xp.matmul``): the engine's GEMM for the all-step
   products.
-- ``scratch(shape, dtype)`` (optional; default ``xp.empty``): an uninitialised array a driver uses only within
-  its call (the backward's dgx, dgr), which the CPU engine keeps for the next call (maskrnn/_cpu/pool.py).
+- ``empty(shape, dtype)`` (optional; default ``xp.empty``): an uninitialised C-contiguous array for the large
+  ones (the tape, dgx, dgr, dx), which the CPU engine puts on memory it reuses once no array views it
+  (maskrnn/_cpu/pool.py).
 - ``session()`` (optional): a context manager around each driver call below (the CPU engine stops its BLAS
   threads when the last call ends, so they do not spin on the cores the caller's next operations need).
 - ``gru_{masked,packed}_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)``
@@ -112,14 +113,16 @@ def _matmul(xp, K):
     return getattr(K, "matmul", xp.matmul)
 
 
-def _with_bias(xp, x, W, b):
+def _with_bias(xp, K, x, W, b):
     """x (T,B,I) -> (T*B, I[+1]) input matrix and W[+b]. The bias rides in the GEMM as a column of ones appended
     to x (a separate pass over gx measured 2 ms of ~35 on the CPU), which also makes its gradient fall out of
     the weight-gradient GEMM."""
     T, B, In = x.shape
     x2 = x.reshape(T * B, In)
     if b is not None:
-        x2 = xp.concatenate([x2, xp.ones((T * B, 1), x.dtype)], axis=1)
+        x2 = _empty(xp, K, (T * B, In + 1), x.dtype)
+        x2[:, :In] = x.reshape(T * B, In)
+        x2[:, In] = 1
     return x2, _bias_row(xp, W, b)
 
 
@@ -195,7 +198,7 @@ def _backward_gemms(xp, K, rows, dgx, W, terms, need_dx=True):
         return a.reshape(T * B, a.shape[2])
 
     sums = _gram_sums(K, flat, n, idx, terms)
-    dx = xp.empty((T, B, W.shape[0]), dgx.dtype) if need_dx else None
+    dx = _empty(xp, K, (T, B, W.shape[0]), dgx.dtype) if need_dx else None
     if n and need_dx:
         mm(flat(dgx)[:n], W.T, out=flat(dx)[:n])
     if idx is not None and need_dx:
@@ -268,14 +271,13 @@ def _split_bias(dWb, W):
     return (dWb, None) if dWb.shape[0] == W.shape[0] else (dWb[:-1], dWb[-1])
 
 
-def _scratch(xp, K, like):
-    """An uninitialised array like ``like``, used only within the driver's call (the engine's ``scratch``)."""
-    take = getattr(K, "scratch", None)
-    return xp.empty_like(like) if take is None else take(like.shape, like.dtype)
+def _empty(xp, K, shape, dtype):
+    """An uninitialised array (the engine's ``empty``)."""
+    return getattr(K, "empty", xp.empty)(shape, dtype)
 
 
-def _states(xp, T, B, H, dtype, init):
-    s = xp.empty((T + 1, B, H), dtype=dtype)
+def _states(xp, K, T, B, H, dtype, init):
+    s = _empty(xp, K, (T + 1, B, H), dtype)
     s[0] = init
     return s
 
@@ -319,9 +321,9 @@ def _forward(xp, K, x, W, b, plan, zero_output, out, spans, call):
     """Training forward, chunk by chunk: each chunk's projection, then call(gx, t0, t1) runs the kernel on views
     of the tape's arrays. Returns gx (T,B,GH) and the input matrix for the weight gradients."""
     T, B, _ = x.shape
-    x2, Wb = _with_bias(xp, x, W, b)
+    x2, Wb = _with_bias(xp, K, x, W, b)
     x3 = x2.reshape(T, B, Wb.shape[0])
-    gx = xp.empty((T, B, Wb.shape[1]), x.dtype)
+    gx = _empty(xp, K, (T, B, Wb.shape[1]), x.dtype)
     for t0, t1 in spans:
         _project_rows(xp, K, x3[t0:t1], Wb, gx[t0:t1], plan.host_sizes(t0, t1))
         call(gx, t0, t1)
@@ -340,7 +342,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
     spans = chunks(T, B, H, GH, (per_step, max(T * B * (I + H) // 4, INFER_WORKSPACE // dtype.itemsize)))
     n = spans[0][1]
-    states = [_states(xp, n, B, H, dtype, s) for s in init]
+    states = [_states(xp, K, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
     out = xp.empty((n, B, H), dtype)
     # One input buffer, with the bias's column of ones (``_with_bias``), and one W[+b] for every chunk.
@@ -369,9 +371,9 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; h0, c0 (B,H). Returns out (T,B,H), h_T, c_T and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
-    out = xp.empty((T, B, H), dtype=x.dtype)
-    hs = _states(xp, T, B, H, x.dtype, h0)
-    cs = _states(xp, T, B, H, x.dtype, c0)
+    out = _empty(xp, K, (T, B, H), x.dtype)
+    hs = _states(xp, K, T, B, H, x.dtype, h0)
+    cs = _states(xp, K, T, B, H, x.dtype, c0)
     kernel = getattr(K, f"lstm_{plan.variant}_fwd")
 
     def call(gx, t0, t1):
@@ -401,7 +403,7 @@ def lstm_backward(xp, K, plan, zero_output, tape, d_out, d_h, d_c, need_dx=True)
     W, U, hs, cs = tape["W"], tape["U"], tape["hs"], tape["cs"]
     T, B = tape["gx"].shape[:2]
     d_out, dh, dc = _upstream(xp, tape, d_out, d_h, d_c)
-    dgx = _scratch(xp, K, tape["gx"])
+    dgx = _empty(xp, K, tape["gx"].shape, tape["gx"].dtype)
     getattr(K, f"lstm_{plan.variant}_bwd")(tape["gx"], U, plan.steps, zero_output, hs, cs, d_out, dh, dc, dgx)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])
     dx, (dWb, dU) = _backward_gemms(xp, K, _backward_rows(xp, plan.host_sizes(), T, B), dgx, W,
@@ -417,9 +419,9 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     Returns out (T,B,H), h_T and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
-    out = xp.empty((T, B, H), dtype=x.dtype)
-    hs = _states(xp, T, B, H, x.dtype, h0)
-    hr = xp.empty((T, B, H), dtype=x.dtype)
+    out = _empty(xp, K, (T, B, H), x.dtype)
+    hs = _states(xp, K, T, B, H, x.dtype, h0)
+    hr = _empty(xp, K, (T, B, H), x.dtype)
     kernel = getattr(K, f"gru_{plan.variant}_fwd")
 
     def call(gx, t0, t1):
@@ -448,8 +450,8 @@ def gru_backward(xp, K, plan, zero_output, reset_after, tape, d_out, d_h, need_d
     W, U, hs, hr = tape["W"], tape["U"], tape["hs"], tape["hr"]
     T, B, H = tape["gx"].shape[0], tape["gx"].shape[1], U.shape[0]
     d_out, dh = _upstream(xp, tape, d_out, d_h)
-    dgx = _scratch(xp, K, tape["gx"])
-    dgr = _scratch(xp, K, tape["gx"]) if reset_after else dgx
+    dgx = _empty(xp, K, tape["gx"].shape, tape["gx"].dtype)
+    dgr = _empty(xp, K, tape["gx"].shape, tape["gx"].dtype) if reset_after else dgx
     kernel = getattr(K, f"gru_{plan.variant}_bwd")
     kernel(tape["gx"], U, plan.steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr)
     x3 = tape["x2"].reshape(T, B, tape["x2"].shape[1])

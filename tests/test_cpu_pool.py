@@ -1,9 +1,11 @@
-"""The backward's scratch arrays kept between calls (maskrnn/_cpu/pool.py): every gradient identical to the
-same call with the pool off, with pullbacks interleaved (a later call's blocks never alias a live one's), shapes
-changing between calls, and calls on 1-3 threads at once; the blocks are reused by the next call. And dx's rows
-of finished steps gathered in pieces (_scan.GATHER_BYTES)."""
+"""The large arrays of a call on blocks reused between calls (maskrnn/_cpu/pool.py): every gradient identical to
+the same call with the pool off, with pullbacks interleaved and held (a later call's blocks never alias a live
+tape), through maskrnn.torch with retain_graph, shapes changing between calls, and calls on 1-3 threads at once;
+the blocks are reused by the next call and the kept ones bounded. And dx's rows of finished steps gathered in
+pieces (_scan.GATHER_BYTES)."""
 
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from maskrnn._cpu import pool
 
 @pytest.fixture
 def pooled(monkeypatch):
-    """Every scratch array of a call from the pool, however small."""
+    """Every array a driver asks the engine for (``empty``) from the pool, however small."""
     pool.clear()
     monkeypatch.setattr(pool, "MIN_BYTES", 0)
     yield
@@ -95,20 +97,70 @@ def test_pooled_gradients_equal_unpooled_on_threads_at_once(rng, monkeypatch, po
         _same(g, w)
 
 
-def test_next_call_reuses_the_blocks_and_outside_a_call_nothing_is_kept(rng, monkeypatch, pooled):
+def _recording(monkeypatch):
+    """(data address, bytes, a weak reference to its base) of every array pool.take hands out from now on."""
     taken = []
     take = pool.take
-    monkeypatch.setattr(pool, "take", lambda shape, dtype: taken.append(take(shape, dtype)) or taken[-1])
+
+    def record(shape, dtype):
+        a = take(shape, dtype)
+        if a.base is not None:  # not np.empty (_unpooled)
+            taken.append((a.ctypes.data, a.nbytes, weakref.ref(a.base)))
+        return a
+
     import maskrnn._cpu
 
-    monkeypatch.setattr(maskrnn._cpu, "scratch", pool.take)
-    p, mask, upstream = _problem(rng, "gru", 8, 6, "float64")
+    monkeypatch.setattr(maskrnn._cpu, "empty", record)
+    return taken
+
+
+def test_blocks_come_back_only_when_no_array_views_them(rng, monkeypatch, pooled):
+    """A held pullback's tape shares no memory with later calls; once it is gone the same shapes run on the same
+    blocks; the unused blocks kept stay within KEEP_BYTES."""
+    taken = _recording(monkeypatch)
+    p, mask, upstream = _problem(rng, "lstm", 8, 6, "float64")
+    held = _forward("lstm", p, mask)[1]
+    first = list(taken)
     for _ in range(2):
-        _grads(_forward("gru", p, mask)[1], upstream)
-    first, second = [{a.ctypes.data for a in taken[i : i + 2]} for i in (0, 2)]
-    assert len(taken) == 4 and len(first) == 2 and first == second
-    a = pool.take((4, 4), np.float64)  # no call open: a plain array
-    assert a.base is None and len(pool._free) == 2
+        _grads(_forward("lstm", p, mask)[1], upstream)
+    live = [(a, n) for a, n, base in first if base() is not None]  # the tape (the rest was the call's own)
+    later = taken[len(first):]
+    assert live and later
+    assert not any(a < b + m and b < a + n for a, n in live for b, m, _ in later)
+    want = _unpooled(monkeypatch, "lstm", p, mask, upstream)
+    _same(_grads(held, upstream), want)
+    del held
+    kept = pool.kept_bytes()
+    assert kept > 0
+    taken.clear()
+    _grads(_forward("lstm", p, mask)[1], upstream)
+    assert pool.kept_bytes() == kept and {a for a, *_ in taken} <= {a for a, *_ in first + later}
+    monkeypatch.setattr(pool, "KEEP_BYTES", kept // 3)
+    _grads(_forward("lstm", p, mask)[1], upstream)
+    assert 0 < pool.kept_bytes() <= kept // 3
+
+
+def test_torch_two_forwards_then_two_backwards(rng, pooled):
+    """maskrnn.torch with retain_graph: two forwards of one module, their backwards in reverse order and one
+    again; every gradient equals plain-torch autograd of the Keras rule (test_torch.keras_rnn)."""
+    torch = pytest.importorskip("torch")
+    from test_torch import keras_rnn, problem
+
+    import maskrnn.torch as mt
+
+    runs = []
+    for B, T in [(5, 6), (5, 6), (3, 8)]:
+        x, W, U, b, h0, c0, mask = problem(rng, "lstm", B, T, 3, 4, torch.float64, "holes")
+        leaves = [x, W, U, b, h0, c0]
+        out, h, c = mt.lstm(x, W, U, b, mask=mask, initial_state=(h0, c0))
+        ref = keras_rnn("lstm", x, W, U, b, mask, h0, c0, False, False)
+        ups = [torch.tensor(rng.standard_normal(v.shape)) for v in (out, h, c)]
+        want = torch.autograd.grad(ref, leaves, ups)
+        runs.append((out, h, c, ups, leaves, want))
+    for out, h, c, ups, leaves, want in reversed(runs + runs[:1]):
+        got = torch.autograd.grad((out, h, c), leaves, ups, retain_graph=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("piece_rows", [1, 3])

@@ -98,7 +98,7 @@ def gram(a, d, idx=None, a2=None):
         cols = _column_blocks(n, numba.get_num_threads(), gemm.PANEL_BYTES // a.itemsize)
         if len(cols) > parts:
             return _gram_columns(fn, N, m1, m2, idx, a, a2, d, ld, cols)
-    outs = [np.empty((m1 + m2, n), a.dtype) for _ in range(parts)]
+    outs = [pool.take((m1 + m2, n), a.dtype) for _ in range(parts)]
     step = -(-N // parts)
 
     def block(p):
@@ -127,7 +127,7 @@ def _gram_columns(fn, N, m1, m2, idx, a, a2, d, ld, cols):
     """gram with the columns of d (and of the result) split across threads, each over every row: where the rows
     are too few to split (a small batch's ~500 real rows at (4,200,256,512)), one thread ran the whole product.
     Each thread packs all of a (N (m1 + m2), against its N (m1 + m2) n / parts multiply-adds)."""
-    out = np.empty((m1 + m2, d.shape[1]), a.dtype)
+    out = pool.take((m1 + m2, d.shape[1]), a.dtype)
     at = 0 if idx is None else idx.ctypes.data
     item = a.itemsize
 
@@ -171,17 +171,15 @@ _active = 0
 @contextmanager
 def session():
     """Wraps one maskrnn call; the BLAS threads stop when no call is left running (threads of this process
-    running maskrnn at once keep the pool until the last one returns), the packed weights (gemm.operand)
-    are forgotten and the call's scratch arrays (pool.take) go back to their pool."""
+    running maskrnn at once keep the pool until the last one returns) and the packed weights (gemm.operand)
+    are forgotten."""
     global _active
     with _lock:
         _active += 1
         gemm.hold()
-    pool.enter()
     try:
         yield
     finally:
-        pool.leave()
         with _lock:
             _active -= 1
             gemm.release()
