@@ -42,7 +42,7 @@ class CMakeBuild(build_ext):
     def run(self) -> None:
         super().run()  # with or without the extension (_stop), then the kernels into the built package
         if not (self.inplace or getattr(self, "editable_mode", False)):
-            precompile(self.build_lib, Path(self.build_temp) / "precompiled")
+            precompile(self.build_lib)
 
     def build_extension(self, ext: CMakeExtension) -> None:
         if shutil.which("cmake") is None:
@@ -78,51 +78,26 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_temp, check=True)
 
 
-def precompile(build_lib: str, kept: Path) -> None:
+def precompile(build_lib: str) -> None:
     """Compiles the common CPU kernels into build_lib's kernel cache, which the wheel ships: the first call after
     `pip install` then loads machine code instead of compiling it (seconds). It runs after the native extension
     is built (CMakeBuild.run): the kernels take another variant when its packed GEMM splits the batch across
     threads (maskrnn/_cpu/rows.py), which a build_py-time run, before the extension existed, never compiled.
-    The code is for this machine's CPU; elsewhere, or with another Numba, the kernels compile on first use.
-
-    kept (in the build folder, which a second `pip install .` of the same tree reuses): this cache as the last
-    build left it, with the key of what it was compiled from. Under the same key the run loads it instead of
-    compiling again (about 2 minutes of CPU; Numba still checks each entry, the CPU included)."""
+    The code is for this machine's CPU; elsewhere, or with another Numba, the kernels compile on first use."""
     if os.environ.get("MASKRNN_PRECOMPILE", "1") == "0":
         return
     build_lib = Path(build_lib).resolve()
-    cache = build_lib / "maskrnn" / "_cpu" / "__pycache__"
-    for stale in cache.glob("*.nb[ic]"):
+    for stale in (build_lib / "maskrnn" / "_cpu" / "__pycache__").glob("*.nb[ic]"):
         stale.unlink()
-    key = _kernels_key(build_lib / "maskrnn" / "_cpu")
-    if (kept / "key.txt").is_file() and (kept / "key.txt").read_text() == key:
-        cache.mkdir(exist_ok=True)
-        for entry in kept.glob("*.nb[ic]"):
-            shutil.copy2(entry, cache)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(build_lib), env.get("PYTHONPATH")]))
     run = subprocess.run([sys.executable, "-m", "maskrnn._precompile"], cwd=build_lib, env=env,
                          capture_output=True, text=True)
-    if run.returncode != 0:
+    if run.returncode == 0:
+        print(f"maskrnn: {run.stdout.strip()}", flush=True)
+    else:
         why = (run.stderr.strip().splitlines() or ["no output"])[-1]
         print(f"maskrnn: CPU kernels not precompiled ({why}): they compile on first use", flush=True)
-        return
-    print(f"maskrnn: {run.stdout.strip()}", flush=True)
-    shutil.rmtree(kept, ignore_errors=True)
-    kept.mkdir(parents=True)
-    for entry in cache.glob("*.nb[ic]"):
-        shutil.copy2(entry, kept)
-    (kept / "key.txt").write_text(key)
-
-
-def _kernels_key(sources: Path) -> str:
-    """What the kernel cache was compiled from: the kernels' sources, Python, Numba and llvmlite."""
-    from importlib.metadata import version
-
-    digest = hashlib.sha256(f"{sys.version}|{version('numba')}|{version('llvmlite')}".encode())
-    for path in sorted(sources.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 setup(ext_modules=[CMakeExtension("maskrnn._ext")], cmdclass={"build_ext": CMakeBuild})
