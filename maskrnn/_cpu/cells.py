@@ -214,14 +214,17 @@ def lstm_cell_bwd(a, c_prev, c_new, dh, dc, dg, H):
     dg (4H,) written: gradient of the pre-activations."""
     i, f, cc, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
     di, df, dcc, do = dg[:H], dg[H : 2 * H], dg[2 * H : 3 * H], dg[3 * H :]
+    # 1 of the array's dtype: Numba types `1 - x` (an int literal and a float32) as float64, and the float32
+    # kernels converted every operand to double and back (vcvtps2pd in their machine code).
+    one = a.dtype.type(1)
     for j in range(H):
         tc = tanh(c_new[j])
-        do[j] = dh[j] * tc * o[j] * (1 - o[j])
-        dc[j] += dh[j] * o[j] * (1 - tc * tc)
+        do[j] = dh[j] * tc * o[j] * (one - o[j])
+        dc[j] += dh[j] * o[j] * (one - tc * tc)
     for j in range(H):
-        di[j] = dc[j] * cc[j] * i[j] * (1 - i[j])
-        df[j] = dc[j] * c_prev[j] * f[j] * (1 - f[j])
-        dcc[j] = dc[j] * i[j] * (1 - cc[j] * cc[j])
+        di[j] = dc[j] * cc[j] * i[j] * (one - i[j])
+        df[j] = dc[j] * c_prev[j] * f[j] * (one - f[j])
+        dcc[j] = dc[j] * i[j] * (one - cc[j] * cc[j])
     for j in range(H):
         dc[j] *= f[j]
 
@@ -239,9 +242,10 @@ def gru_cell_fwd(g, hr_term, h_prev, h_new, H):
     """g: (z, r, x_t W_h + b_h) -> (z, r, h~); hr_term: the reset-gated recurrent term of the candidate
     (r * (h U_h + b_rec_h) when reset_after, else (r*h) U_h)."""
     z, hh = g[:H], g[2 * H :]
+    one = g.dtype.type(1)
     _tanh_add(hh, hr_term)
     for j in range(H):
-        h_new[j] = z[j] * h_prev[j] + (1 - z[j]) * hh[j]
+        h_new[j] = z[j] * h_prev[j] + (one - z[j]) * hh[j]
 
 
 @njit(**INLINE)
@@ -251,9 +255,10 @@ def gru_cell_bwd(a, h_prev, dh, dg, H):
     direct part of the gradient of h_{t-1}."""
     z, hh = a[:H], a[2 * H :]
     dz, dhh = dg[:H], dg[2 * H :]
+    one = a.dtype.type(1)
     for j in range(H):
-        dz[j] = dh[j] * (h_prev[j] - hh[j]) * z[j] * (1 - z[j])
+        dz[j] = dh[j] * (h_prev[j] - hh[j]) * z[j] * (one - z[j])
     for j in range(H):
-        dhh[j] = dh[j] * (1 - z[j]) * (1 - hh[j] * hh[j])
+        dhh[j] = dh[j] * (one - z[j]) * (one - hh[j] * hh[j])
     for j in range(H):
         dh[j] *= z[j]

@@ -62,6 +62,7 @@ def _gru_bwd(gx, Ut, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, 
     d_rh = np.empty((B, H), gx.dtype)
     d_zr = np.empty((B, 2 * H), gx.dtype)
     dh_prev = np.empty((B, H), gx.dtype)
+    one = gx.dtype.type(1)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         for b in range(B):
@@ -91,7 +92,7 @@ def _gru_bwd(gx, Ut, Uh_t, mask, batch_sizes, zero_output, reset_after, t_base, 
             for j in range(H):
                 r = a[H + j]
                 dr = d_rh[b, j] * h[j] if not reset_after else d_ah[b, j] * hrb[j]
-                dg[H + j] = dr * r * (1 - r)
+                dg[H + j] = dr * r * (one - r)
                 if not reset_after:
                     dht[b, j] += d_rh[b, j] * r
             if reset_after:
