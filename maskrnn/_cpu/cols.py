@@ -15,6 +15,7 @@ Measured at (4,200,256,512) float32 on this 2-core machine (interleaved, under `
 inference 1.7-1.9x (LSTM) and 1.9-2.0x (GRU) the one-thread kernels, LSTM forward+backward 1.3-1.6x.
 """
 
+import os
 import platform
 
 import numba
@@ -33,6 +34,7 @@ from .infer import _carry_output, _input_buffers, _project
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 SPINS = 1 << 12  # spins between yields of the core (a step is ~10-100 us; the other thread is usually near)
+_POSIX = hasattr(os, "sched_yield")
 MIN_UNITS = 64  # hidden units per thread at least (a guess, not measured: a barrier per step of a tiny product)
 
 
@@ -93,8 +95,9 @@ def wait(counter, target):
 def threads_for(B, H, GH):
     """Threads of a unit split for B rows and recurrent weights (H, GH): where the row split cannot give two
     threads MIN_ROWS rows each, the step's product is at least rows.MIN_STEP_WORK and each thread gets MIN_UNITS
-    units; else 1 (the caller splits the rows or runs one thread)."""
-    if B >= 2 * rows.MIN_ROWS or not gemm.level() or B * H * GH < rows.MIN_STEP_WORK:
+    units; else 1 (the caller splits the rows or runs one thread). Not on Windows: the barrier's spin calls the
+    POSIX sched_yield (_relax)."""
+    if B >= 2 * rows.MIN_ROWS or not gemm.level() or B * H * GH < rows.MIN_STEP_WORK or not _POSIX:
         return 1
     return max(1, min(numba.get_num_threads(), H // MIN_UNITS))
 
