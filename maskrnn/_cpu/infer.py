@@ -26,10 +26,11 @@ from .cells import INLINE, JIT, gru_cell_fwd, gru_gates_zr, lstm_cell_fwd, unit
 from .gemm import product
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _carry_output(out, t, r, zero_output, j0, j1):
     """A padded step of caller row r, units [j0, j1): output 0 or the previous step's (``carry_row``'s output
-    rule)."""
+    rule). Inlined, not cached on its own: the LSTM and GRU kernels precompile in two processes at once
+    (_precompile.py), which would both write its cache index."""
     o = unit(out[t, r, j0:j1])
     if zero_output or t == 0:
         o[:] = 0
