@@ -191,8 +191,11 @@ def other_work(start, end, wall_s):
     return max(0.0, other / (wall_s * (os.cpu_count() or 1)))
 
 
-def run_benchmark(configs, cells, devices, repeats, progress=None):
-    """Measures every (device, config, cell, pass, mask) for maskrnn and each peer. Returns the report dict."""
+def run_benchmark(configs, cells, devices, repeats, progress=None, on_rows=None):
+    """Measures every (device, config, cell, pass, mask) for maskrnn and each peer. Returns the report dict.
+    on_rows(rows), if given, is called with each job's new rows as they are measured (so that a run cut short
+    still leaves what it measured)."""
+    on_rows = on_rows or (lambda new: None)
     # First, while this process is idle: nothing of it runs alongside the fresh one.
     import_s, first_call_s, first_call_cpu_s = first_call()
     rows, skipped, first_calls, loads = [], [], {}, [os.getloadavg()[0]]
@@ -222,16 +225,20 @@ def run_benchmark(configs, cells, devices, repeats, progress=None):
                 break
         worst, stats, attempts = best
         loads.append(os.getloadavg()[0])
-        rows += stat_rows(case, stats, "maskrnn", attempts=attempts, spread_ok=worst <= SPREAD_LIMIT)
+        rows += (new := stat_rows(case, stats, "maskrnn", attempts=attempts, spread_ok=worst <= SPREAD_LIMIT))
+        on_rows(new)
     if "lstm" in cells:  # the torch.nn drop-in on a 2-layer bidirectional LSTM (maskrnn/_bench_nn.py)
         from ._bench_nn import stack_rows
 
-        rows += stack_rows(configs, devices, repeats, measure, progress, gpu_only=GPU_ONLY)
+        rows += (new := stack_rows(configs, devices, repeats, measure, progress, gpu_only=GPU_ONLY))
+        on_rows(new)
         loads.append(os.getloadavg()[0])
     if "lstm" in cells:  # Keras train_on_batch rows: maskrnn.keras.LSTM vs keras.layers.LSTM
         from . import bench_keras
 
-        rows += bench_keras.stack_rows([c for c in configs if c not in GPU_ONLY], devices, repeats, skipped, progress)
+        rows += (new := bench_keras.stack_rows([c for c in configs if c not in GPU_ONLY], devices, repeats, skipped,
+                                               progress))
+        on_rows(new)
         loads.append(os.getloadavg()[0])
     other = other_work(clock0, cpu_clock(), time.perf_counter() - wall0)
     busy = max(loads) > busy_threshold() if other is None else other > OTHER_WORK_LIMIT
@@ -275,12 +282,7 @@ def format_table(report):
         f"{k}: {v}" for k, v in report["devices"].items()),
         f"maskrnn from {build['path']}  native extension: {'yes' if build['native_extension'] else 'no'}  "
         f"CUDA kernels: {'yes' if build['cuda_extension'] else 'no'}", head, "-" * len(head)]
-    for r in report["rows"]:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        cfg = ",".join(map(str, r["config"]))
-        iqr = f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}" if "q1_ms" in r else ""
-        lines.append(f"{r['device']:6} {r['cell']:10} {cfg:18} {r['pass_']:14} {r['mask']:6} {r['impl']:17} "
-                     f"{r['median_ms']:10.2f} {iqr:>17} {ratio:>7}")
+    lines += [format_row(r) for r in report["rows"]]
     reasons = sorted({(s["impl"], s["reason"]) for s in report["skipped"]})
     lines += ["", "skipped:"] + [f"  {impl}: {reason}" for impl, reason in reasons]
     lines += ["", f"fresh process: import maskrnn {report['import_s']:.2f} s, then first maskrnn.lstm call "
@@ -293,6 +295,14 @@ def format_table(report):
     if report.get("other_work", {}).get("cpu_share") is not None:
         lines.append(f"other processes during the run: {report['other_work']['cpu_share']:.0%} of the cores")
     return "\n".join(lines + warnings(report))
+
+
+def format_row(r):
+    ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+    cfg = ",".join(map(str, r["config"]))
+    iqr = f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}" if "q1_ms" in r else ""
+    return (f"{r['device']:6} {r['cell']:10} {cfg:18} {r['pass_']:14} {r['mask']:6} {r['impl']:17} "
+            f"{r['median_ms']:10.2f} {iqr:>17} {ratio:>7}")
 
 
 def plot(report, path):
@@ -344,6 +354,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, help="timed repeats per runner (default 5 quick, 15 full)")
     parser.add_argument("--json", help="write the report as JSON to this path")
     parser.add_argument("--plot", help="write a PNG chart of the ratios to this path")
+    parser.add_argument("--partial", action="store_true",
+                        help="also print each row as it is measured (the table comes at the end either way)")
 
 
 def main(args):
@@ -355,7 +367,17 @@ def main(args):
     cells = args.cells.split(",")
     repeats = args.repeats or (15 if args.full else 5)
     progress, bar = _progress_bar(len(_jobs(configs, cells, devices)))
-    report = run_benchmark(configs, cells, devices, repeats, progress)
+    measured = []
+
+    def on_rows(new):  # each row as it comes, and the JSON so far: a run cut short keeps what it measured
+        measured.extend(new)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(partial=True, rows=measured), f, indent=1)
+        if args.partial:
+            print("\n".join(map(format_row, new)), flush=True)
+
+    report = run_benchmark(configs, cells, devices, repeats, progress, on_rows)
     if bar is not None:
         bar.close()
     print(format_table(report))
