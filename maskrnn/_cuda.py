@@ -17,6 +17,8 @@ from ._info import _extension, cuda_ready
 
 _ready = False
 DEVICE_PLAN = True  # the dispatcher builds this engine's plans with array ops on the device, never reading them
+WHOLE_SCAN = True  # one launch per training scan, whatever T (maskrnn/_scan.py, chunks)
+INFER_WORKSPACE = 256 << 20  # bytes of an inference scan's buffers: its chunks' only bound (WHOLE_SCAN)
 
 
 def available():

@@ -300,13 +300,16 @@ CHUNK_WORK = 1 << 30  # multiply-adds per chunk of step products (~10 ms on the 
 INFER_WORKSPACE = 4 << 20
 
 
-def chunks(T, B, H, GH, workspace=None):
+def chunks(T, B, H, GH, workspace=None, whole=False):
     """[(t0, t1), ...] covering [0, T). workspace: (elements per step, elements allowed) bounds a chunk's
-    buffers as well as its work."""
-    n = CHUNK_WORK // max(B * GH * (H + 16), 1)  # + 16: the gate math when H is small
+    buffers as well as its work. whole: no bound on a chunk's work, only the workspace's (an engine with
+    WHOLE_SCAN, the GPU's: its persistent kernels keep U on chip across every step of a launch, and each chunk costs
+    a launch, a reload of U, a projection GEMM and the carried outputs; on an H100 at (256,100,512,1024), chunks
+    of one step made the forward 11x cuDNN's time)."""
+    n = T if whole else min(MAX_CHUNK_STEPS, CHUNK_WORK // max(B * GH * (H + 16), 1))  # + 16: the gate math
     if workspace is not None:
         n = min(n, workspace[1] // max(workspace[0], 1))
-    n = max(1, min(T, MAX_CHUNK_STEPS, n))
+    n = max(1, min(T, n))
     return [(t0, min(T, t0 + n)) for t0 in range(0, T, n)]
 
 
@@ -340,7 +343,9 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     I, GH = W.shape
     dtype = init[0].dtype
     per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
-    spans = chunks(T, B, H, GH, (per_step, max(T * B * (I + H) // 4, INFER_WORKSPACE // dtype.itemsize)))
+    whole = getattr(K, "WHOLE_SCAN", False)  # the GPU's: chunks bounded by its own workspace alone
+    room = getattr(K, "INFER_WORKSPACE", INFER_WORKSPACE) // dtype.itemsize
+    spans = chunks(T, B, H, GH, (per_step, room if whole else max(T * B * (I + H) // 4, room)), whole)
     n = spans[0][1]
     states = [_states(xp, K, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
@@ -379,7 +384,8 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     def call(gx, t0, t1):
         kernel(gx[t0:t1], U, plan.chunk(t0, t1), zero_output, out[t0:t1], hs[t0 : t1 + 1], cs[t0 : t1 + 1])
 
-    gx, x2 = _forward(xp, K, x, W, b, plan, zero_output, out, chunks(T, B, H, 4 * H), call)
+    spans = chunks(T, B, H, 4 * H, whole=getattr(K, "WHOLE_SCAN", False))
+    gx, x2 = _forward(xp, K, x, W, b, plan, zero_output, out, spans, call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, cs=cs)
     # Copies: the backward reads the tape, and a caller may change the returned states in place.
     return out, hs[T].copy(), cs[T].copy(), tape
@@ -428,7 +434,8 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
         kernel(gx[t0:t1], U, b_rec, plan.chunk(t0, t1), zero_output, reset_after, out[t0:t1], hs[t0 : t1 + 1],
                hr[t0:t1])
 
-    gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, chunks(T, B, H, 3 * H), call)
+    spans = chunks(T, B, H, 3 * H, whole=getattr(K, "WHOLE_SCAN", False))
+    gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, spans, call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, hr=hr)
     return out, hs[T].copy(), tape  # a copy, as in lstm_forward
 
