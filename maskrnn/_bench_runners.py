@@ -90,12 +90,12 @@ def _torch_runner(peer, case, weights, batches):
     import torch
 
     cell, mask_kind, device = case["cell"], case["mask"], case["device"]
-    if (peer in CUDNN) != (device == "cuda"):
-        raise _Skip("cuDNN runs on the GPU only" if peer in CUDNN else "CPU peer")
-    if case["pass_"] == "train":
+    if case["pass_"] == "train":  # torch.nn.LSTM on the dense batch, on the case's device (cuDNN on a GPU)
         if peer != "torch-unpacked":
             raise _Skip("the training step compares with torch.nn.LSTM on the dense batch only")
         return _train_runner(peer, case, weights, batches)
+    if (peer in CUDNN) != (device == "cuda"):
+        raise _Skip("cuDNN runs on the GPU only" if peer in CUDNN else "CPU peer")
     backward = case["pass_"] == "fwd+bwd"
     opts = CUDNN.get(peer, dict(packed=peer == "torch-packed", tf32=None))
     packed, tf32, half = opts["packed"], opts["tf32"], opts.get("half", False)

@@ -142,3 +142,22 @@ def test_keras_rows_run_where_their_device_says(device):
     assert [(r["mask"], r["impl"]) for r in rows] == [(m, i) for m in ("post", "holes") for i in bench_keras.IMPLS]
     assert all(r["pass_"] == "train_on_batch" and r["median_ms"] > 0 for r in rows)
     assert all(r["ratio"] > 0 for r in rows if r["impl"] == "keras")
+
+
+def test_train_rows_have_a_dense_torch_peer_on_each_device(device):
+    """The train row's peer, torch.nn.LSTM on the dense batch, is measured on the row's device too (cuDNN on a
+    GPU; the first H100 run had a GPU train row with no peer)."""
+    pytest.importorskip("torch")
+    from maskrnn import _bench_runners
+
+    case = dict(device=device, config=[4, 5, 3, 8], cell="lstm", pass_="train", mask="post")
+    weights, batches = _bench_runners.workload((4, 5, 3, 8), "lstm", "post", seed=0)
+    fns = {}
+    for impl, factory in bench.RUNNERS.items():
+        try:
+            fns[impl] = factory(case, weights, batches)
+        except bench._Skip:
+            pass
+    assert set(fns) == {"maskrnn", "torch-unpacked"}
+    for fn in fns.values():
+        fn(0), fn(1)
