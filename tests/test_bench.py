@@ -161,3 +161,28 @@ def test_train_rows_have_a_dense_torch_peer_on_each_device(device):
     assert set(fns) == {"maskrnn", "torch-unpacked"}
     for fn in fns.values():
         fn(0), fn(1)
+
+
+def test_partial_rows_reach_the_json_and_stdout_before_the_run_ends(tmp_path, monkeypatch, capsys):
+    """--partial: a run cut short (here at its second job, as a step cut at its budget in bench/gpu_verify.sh)
+    leaves the first job's rows, maskrnn and its peers, printed and in the JSON."""
+    out = tmp_path / "bench.json"
+    real, jobs = bench.stat_rows, []
+
+    def cut_at_the_second_job(case, *args, **kwargs):
+        if jobs:
+            raise KeyboardInterrupt
+        jobs.append(case)
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "stat_rows", cut_at_the_second_job)
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", "--configs", "4,8,8,8", "--cells", "lstm", "--devices", "cpu", "--repeats", "1", "--partial",
+              "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["partial"] is True
+    assert {r["impl"] for r in report["rows"]} >= {"maskrnn", "torch-unpacked"}
+    assert all(all(r[k] == v for k, v in jobs[0].items()) for r in report["rows"])
+    printed = capsys.readouterr().out
+    for r in report["rows"]:
+        assert bench.format_row(r) in printed
