@@ -11,7 +11,7 @@
 # summary (step 6) always comes. Output goes to $OUT when set, else bench/results/gpu-<device>-<date>/: at most
 # 8 files (the device machine returns no more): summary.txt, install.log, info.log, pytest.log, junit.xml,
 # sanitizers.log, bench.json, bench.log. Environment: PYTHON (default python3); wheels for missing packages
-# may be put in .whl/ (pip installs from there and from what is installed, never from the network).
+# may be put in .whl/ (installed first, without their dependencies; pip never uses the network).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -97,12 +97,10 @@ EOF
   [ "$fail" = 0 ] || { echo "dry run: FAILED" >&2; exit 1; }
 fi
 
-wheels=""
-[ -d .whl ] && wheels="--find-links .whl"
 PIP="$PY -m pip install --no-index --no-build-isolation"
 step "1 install" "$B_INSTALL" install.log "export MASKRNN_CUDA=ON MASKRNN_CUDA_ARCHS=$ARCH
   if [ -d .whl ]; then $PY -m pip install --no-index --no-deps .whl/*.whl; fi
-  $PIP $wheels -e '.[gpu,test]' ||
+  $PIP -e '.[gpu,test]' ||
     { echo 'some extras are not installed here: installing the package alone'; $PIP --no-deps -e .; } &&
   { $PY -c 'import maskrnn._ext' || $PY setup.py build_ext --inplace; } &&
   $PY -c 'from maskrnn._info import cuda_ready; ok, why = cuda_ready(); assert ok, why'"

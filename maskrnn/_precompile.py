@@ -29,7 +29,7 @@ def main() -> str:
         root = str(Path(__file__).resolve().parents[1])  # this package, whatever the child's sys.path holds
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         gru = subprocess.Popen([sys.executable, "-m", "maskrnn._precompile", "gru"], env=env)
-    _cells(("lstm",) if gru else ("lstm", "gru"))
+    _cells(("lstm",) if gru is not None else ("lstm", "gru"))
     if gru is not None and gru.wait() != 0:
         raise RuntimeError(f"precompiling the GRU kernels failed (exit status {gru.returncode})")
     return f"CPU kernels precompiled (float32 LSTM/GRU, forward and backward) in {time.perf_counter() - start:.0f} s"

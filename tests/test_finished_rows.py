@@ -64,7 +64,6 @@ def test_gpu_engine_scans_in_one_launch(device, rng, monkeypatch, cell, masking)
     if K.__name__ != "maskrnn._cuda":
         pytest.skip("the CPU engine scans in chunks")
     monkeypatch.setattr(_scan, "CHUNK_WORK", B * 4 * H * (H + 16) * 5)
-    monkeypatch.setattr(_scan, "INFER_WORKSPACE", 1)
     launches = []
     base = cell.split("_")[0]
     for variant in ("packed", "masked"):
