@@ -3,8 +3,9 @@
 // the step kernels, in one place:
 // MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
-// CTAs in shared memory, and at least one such cluster able to be resident; else the cooperative kernel
-// (persistent_coop.cuh, persistent_coop_bwd.cuh) where all its CTAs can be resident; else the step kernels.
+// CTAs in shared memory, and at least one such cluster able to be resident; else the step kernels. The cooperative
+// kernels (persistent_coop.cuh, persistent_coop_bwd.cuh) run only when forced: on an H100 they took 2-7 times the
+// step kernels' time where they were the choice before (H = 512, bench/results/gpu-H100-20261126b/README.md).
 // Forced where it cannot run, a kernel raises why.
 #include <cstdlib>
 #include <stdexcept>
@@ -103,14 +104,15 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   return true;
 }
 
-// The one-cluster kernel (`one`, a call of run_persistent), else (unforced, or forced cooperative) the cooperative
-// one (`coop(forced)`, a call of run_cooperative); false: the step kernels.
+// Forced cooperative, the cooperative kernel (`coop`, a call of run_cooperative: it runs or raises); else the
+// one-cluster kernel (`one`, a call of run_persistent: true where it ran); false: the step kernels.
 template <class One, class Coop>
 bool one_cluster_or_cooperative(One one, Coop coop) {
   const KernelChoice choice = kernel_choice();
   if (choice == KernelChoice::kStep) return false;
-  if (choice != KernelChoice::kCooperative && one()) return true;  // forced persistent, it ran or raised
-  return coop(choice == KernelChoice::kCooperative);
+  if (choice != KernelChoice::kCooperative) return one();
+  coop();
+  return true;
 }
 
 template <typename T, Cell kCell>
@@ -120,9 +122,9 @@ bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, 
         return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out,
                                               hs, tape);
       },
-      [&](bool forced) {
-        return run_cooperative(p, forced, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>, gx, U, b_rec, out, hs,
-                               tape, static_cast<acc_t<T>*>(p.scratch));
+      [&] {
+        run_cooperative(p, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>, gx, U, b_rec, out, hs, tape,
+                        static_cast<acc_t<T>*>(p.scratch));
       });
 }
 
@@ -131,9 +133,9 @@ bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, cons
                               T* dc, T* dgx) {
   return one_cluster_or_cooperative(
       [&] { return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx); },
-      [&](bool forced) {
-        return run_cooperative(p, forced, coop_smem<T, Cell::kLstm>, persistent_coop_lstm_bwd<T>, gx, U, cs, d_out,
-                               dh, dc, dgx, static_cast<acc_t<T>*>(p.scratch));
+      [&] {
+        run_cooperative(p, coop_smem<T, Cell::kLstm>, persistent_coop_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx,
+                        static_cast<acc_t<T>*>(p.scratch));
       });
 }
 
@@ -147,18 +149,18 @@ bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const
           return run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr, d_out,
                                 dh, dgx, dgr);
         },
-        [&](bool forced) {
-          return run_cooperative(p, forced, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, true>, gx, U, hs,
-                                 hr, d_out, dh, dgx, dgr, scratch);
+        [&] {
+          run_cooperative(p, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, true>, gx, U, hs, hr, d_out, dh,
+                          dgx, dgr, scratch);
         });
   return one_cluster_or_cooperative(
       [&] {
         return run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs, hr, d_out,
                               dh, dgx, dgr);
       },
-      [&](bool forced) {
-        return run_cooperative(p, forced, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, false>, gx, U, hs,
-                               hr, d_out, dh, dgx, dgr, scratch);
+      [&] {
+        run_cooperative(p, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, false>, gx, U, hs, hr, d_out, dh,
+                        dgx, dgr, scratch);
       });
 }
 

@@ -10,16 +10,18 @@
 
 namespace maskrnn {
 
-// Gate gradients of the slice's rows, double-buffered (accumulation type), then U's rows (storage type).
+// persist_dot's partial sums, the gate gradients of the slice's rows, double-buffered (accumulation type), then U's
+// rows (storage type).
 template <typename T>
 constexpr size_t persist_bwd_smem(int H, int HC) {
-  return 2 * sizeof(acc_t<T>) * size_t(4 * H) * kPersistRows + sizeof(T) * size_t(4 * H) * HC;
+  return persist_red_smem<acc_t<T>>(1, HC) + 2 * sizeof(acc_t<T>) * size_t(4 * H) * kPersistRows +
+         sizeof(T) * size_t(4 * H) * HC;
 }
 
 // Launched like persistent_fwd (persist_bwd_smem bytes of dynamic shared memory); the other arguments as in
 // scan.h's lstm_bwd.
 template <typename T>
-__global__ void __launch_bounds__(kMaxPersistThreads)
+__global__ void __launch_bounds__(kMaxPersistThreads, 1)
     persistent_lstm_bwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask,
                         bool zero_output, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc,
                         T* dgx) {
@@ -31,10 +33,12 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   constexpr int RT = kRowsPerThread, R = kPersistRows;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
-  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 4 * H;
+  const int j0 = int(cluster.block_rank()) * HC, j = j0 + jj, row0 = int(blockIdx.x) / C * R, K = 4 * H;
+  const int hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
-  Acc* dgbuf = reinterpret_cast<Acc*>(persist_smem_raw);  // [2][4H][R]
+  Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
+  Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);  // [2][4H][R]
   T* Us = reinterpret_cast<T*>(dgbuf + 2 * K * R);         // [4H][HC]: U[j][k] at k * HC + jj
   const int64_t BH = int64_t(B) * H;
 
@@ -55,10 +59,10 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   cluster.sync();  // every CTA of the cluster has started before its peers push into it
 
   // dh <- (gate gradients of step t) U^T for the rows real at step t (n rows computed there), from the buffer
-  // pushed at step t.
+  // pushed at step t. Every thread of the CTA calls it (persist_dot).
   auto product = [&](const Acc* dgT, int t, int n) {
     Acc acc[RT][1] = {};
-    persist_dot(dgT, Us, K, HC, jj, r0, 0, 1, acc);
+    persist_dot(dgT, Us, K, HC, jj, r0, 0, 1, red, acc);
 #pragma unroll
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] = acc[i][0];
@@ -69,25 +73,36 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   for (int t = steps - 1; t >= 0; --t) {
     const int n = rows_at(sizes, t, B);
     const bool active = n > row0;  // the same for the whole cluster
-    if (next_active && unit) product(dgbuf + (phase % 2) * K * R, t + 1, n_next);
+    // Step t's inputs, loaded before the product so that their latency overlaps it.
+    bool real[RT];
+    Acc a[RT][4], c_prev[RT], c_t[RT], dout[RT];
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      const int b = row0 + r0 + i;
+      const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 4 + j;
+      real[i] = ok[i] && is_real(mask, t, B, b, n);
+      dout[i] = ok[i] ? to_acc(d_out[o]) : Acc(0);
+#pragma unroll
+      for (int g = 0; g < 4; ++g) a[i][g] = real[i] ? to_acc(gx[row + g * H]) : Acc(0);
+      c_prev[i] = real[i] ? to_acc(cs[o]) : Acc(0);
+      c_t[i] = real[i] ? to_acc(cs[o + BH]) : Acc(0);
+    }
+    if (next_active) product(dgbuf + (phase % 2) * K * R, t + 1, n_next);
     Acc d[RT][4] = {};
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
       if (!ok[i]) continue;
-      const int b = row0 + r0 + i;
-      const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 4 + j;
-      if (!is_real(mask, t, B, b, n)) {
+      const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 4 + j;
+      if (!real[i]) {
 #pragma unroll
         for (int g = 0; g < 4; ++g) dgx[row + g * H] = from_acc<T>(Acc(0));
-        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + to_acc(d_out[o]);
+        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + dout[i];
         continue;
       }
-      Acc a[4], dd[4];
-#pragma unroll
-      for (int g = 0; g < 4; ++g) a[g] = to_acc(gx[row + g * H]);
-      const Acc dht = dhr[i] + to_acc(d_out[o]) + carry[i];
+      Acc dd[4];
+      const Acc dht = dhr[i] + dout[i] + carry[i];
       carry[i] = Acc(0);
-      lstm_cell_bwd(a, to_acc(cs[o]), to_acc(cs[o + BH]), dht, dcr[i], dd);
+      lstm_cell_bwd(a[i], c_prev[i], c_t[i], dht, dcr[i], dd);
 #pragma unroll
       for (int g = 0; g < 4; ++g) {
         const T v = from_acc<T>(dd[g]);
@@ -96,23 +111,15 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       }
     }
     if (active) {
-      if (unit) {
-        Acc* next = dgbuf + ((phase + 1) % 2) * K * R;
-        for (unsigned c = 0; c < cluster.num_blocks(); ++c) {
-          Acc* dst = cluster.map_shared_rank(next, c);
-#pragma unroll
-          for (int g = 0; g < 4; ++g)
-#pragma unroll
-            for (int i = 0; i < RT; ++i) dst[(g * H + j) * R + r0 + i] = d[i][g];
-        }
-      }
+      persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, j0, hc, unit, j, r0,
+                         [&](int g, int i) { return d[i][g]; });
       cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
       ++phase;
     }
     next_active = active;
     n_next = n;
   }
-  if (next_active && unit) product(dgbuf + (phase % 2) * K * R, 0, n_next);  // the gradient of h0
+  if (next_active) product(dgbuf + (phase % 2) * K * R, 0, n_next);  // the gradient of h0
 #pragma unroll
   for (int i = 0; i < RT; ++i) {
     if (!ok[i]) continue;

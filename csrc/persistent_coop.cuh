@@ -14,8 +14,8 @@
 //
 // A CTA's threads: (row group, unit) pairs, kRowsPerThread rows each, as in the one-cluster kernel, with as many
 // row groups as fit kMaxPersistThreads (or as the batch needs); a CTA loops over blocks of those rows. The gate
-// math and tape writes are the one-cluster kernel's (persist_cell, persist_gru_gates), the product its FMA loop
-// (persist_dot) in every dtype: float16/bfloat16 multiply in fp32 here (tensor cores are left for later). The
+// math and tape writes are the one-cluster kernel's (persist_cell, persist_gru_gates), the product an FMA loop
+// (coop_dot) in every dtype: float16/bfloat16 multiply in fp32 here (tensor cores are left for later). The
 // states run in the tape for float32/float64; float16/bfloat16 run them in float32 in scan.h's scratch (h, then
 // c: (B,H) each), as the step kernels do, and the product reads the storage-type h of hs, as the one-cluster
 // tensor-core kernel does.
@@ -45,6 +45,26 @@ constexpr size_t coop_smem(int B, int H, int HC) {
          sizeof(T) * size_t(H) * kGates<C> * HC;
 }
 
+// acc[i][g] += sum over k < K of hT[k][r0 + i] * Us[(k * G + g) * HC + jj] for the gates g in [g0, g1): the
+// thread's kRowsPerThread rows at unit jj; ld: hT's row stride (the row block's RB rows).
+template <int G, typename Acc, typename T>
+__device__ inline void coop_dot(const Acc* hT, const T* Us, int K, int HC, int jj, int r0, int g0, int g1, int ld,
+                                Acc (&acc)[kRowsPerThread][G]) {
+#pragma unroll 2
+  for (int k = 0; k < K; ++k) {
+    Acc hv[kRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) hv[i] = hT[k * ld + r0 + i];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g < g0 || g >= g1) continue;
+      const Acc u = to_acc(Us[(k * G + g) * HC + jj]);
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) acc[i][g] += hv[i] * u;
+    }
+  }
+}
+
 // acc[i][g] += (src Us)[rb0 + r0 + i][g, jj] for g in [g0, g1): src (B,K), rows ld apart, read through L2 in
 // chunks staged in hT; Us [K][G][HC]. Every thread of the block calls it (barriers).
 template <int G, typename T, typename Acc>
@@ -58,7 +78,7 @@ __device__ inline void coop_product(const T* src, int B, int64_t ld, int K, int 
       hT[kk * RB + r] = b < B && kk < kc ? to_acc(__ldcg(src + b * ld + k0 + kk)) : Acc(0);
     }
     __syncthreads();
-    if (unit) persist_dot(hT, Us + k0 * G * HC, kc, HC, jj, r0, g0, g1, acc, RB);
+    if (unit) coop_dot(hT, Us + k0 * G * HC, kc, HC, jj, r0, g0, g1, RB, acc);
   }
 }
 
@@ -158,12 +178,11 @@ inline int coop_units(int H, int sms) {
   return units < 1 ? 1 : units;
 }
 
-// Runs a cooperative kernel (arguments: steps, B, H, HC, p.n_rows, mask, zero_output, then args) and returns true
-// where every CTA it needs can be resident at once; else returns false, or raises why when `forced`
-// (MASKRNN_CUDA_KERNEL=cooperative). smem(B, H, HC): its dynamic shared memory per CTA.
+// Runs a cooperative kernel (arguments: steps, B, H, HC, p.n_rows, mask, zero_output, then args) where every CTA
+// it needs can be resident at once, else raises why. Only MASKRNN_CUDA_KERNEL=cooperative runs it (persistent.cuh).
+// smem(B, H, HC): its dynamic shared memory per CTA.
 template <typename... P, typename... A>
-bool run_cooperative(const ScanParams& p, bool forced, size_t (*smem)(int, int, int), void (*kernel)(P...),
-                     A... args) {
+void run_cooperative(const ScanParams& p, size_t (*smem)(int, int, int), void (*kernel)(P...), A... args) {
   std::string why;
   const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
   const int most = coop_units(p.H, sms), ctas = (p.H + most - 1) / most;
@@ -184,11 +203,8 @@ bool run_cooperative(const ScanParams& p, bool forced, size_t (*smem)(int, int, 
       why = "only " + std::to_string(per_sm * sms) + " of its " + std::to_string(ctas) + " CTAs (" +
             std::to_string(bytes) + " bytes of shared memory each) can be resident on this GPU";
   }
-  if (!why.empty()) {
-    if (forced) throw std::runtime_error("MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: " + why);
-    return false;
-  }
-  if (p.T == 0) return true;
+  if (!why.empty()) throw std::runtime_error("MASKRNN_CUDA_KERNEL=cooperative cannot run this scan: " + why);
+  if (p.T == 0) return;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;
   attr[0].val.cooperative = 1;
@@ -201,7 +217,6 @@ bool run_cooperative(const ScanParams& p, bool forced, size_t (*smem)(int, int, 
   cfg.numAttrs = 1;
   MASKRNN_CHECK(cudaLaunchKernelEx(&cfg, kernel, p.T, p.B, p.H, units, p.n_rows, p.mask, p.zero_output, args...));
   MASKRNN_LAUNCH_CHECK();
-  return true;
 }
 
 }  // namespace maskrnn

@@ -8,7 +8,8 @@
 // r * h is exchanged the same way in mid-step). The tape is the step kernels' (lstm_kernels.cuh,
 // gru_kernels.cuh), so their backward runs unchanged after it. A step where none of the slice's rows is
 // computed (sizes[t] <= first row: rows finished, or not yet started when pre-padded) is only carried: no
-// product, no exchange, no barrier. In float16 and bfloat16 the product runs on tensor cores
+// product, no exchange, no barrier. The product h U (persist_dot) splits k among a unit's threads, each over all
+// the slice's rows, and adds the parts through shared memory. In float16 and bfloat16 the product runs on tensor cores
 // (persistent_mma.cuh: its layout and shape), h is exchanged in the storage type and a CTA's threads are rounded
 // up to whole warps; the threads past kRowGroups * HC own no unit.
 #include <cooperative_groups.h>
@@ -27,8 +28,9 @@ template <Cell C> constexpr int kGates = C == Cell::kLstm ? 4 : 3;
 template <Cell C> constexpr int kHBuffers = C == Cell::kGru ? 1 : 2;
 
 constexpr int kPersistRows = 8;     // batch rows per cluster
-constexpr int kRowsPerThread = 2;   // a thread's rows (register-blocked: one U load feeds them all)
-constexpr int kRowGroups = kPersistRows / kRowsPerThread;  // threads per unit; a CTA runs kRowGroups * HC
+constexpr int kRowsPerThread = 2;   // a thread's rows in the cell math
+// Threads per unit (in persist_dot: quarters of k); a CTA runs kRowGroups * HC.
+constexpr int kRowGroups = kPersistRows / kRowsPerThread;
 constexpr int kMaxPersistThreads = 256;  // __launch_bounds__: up to 255 registers a thread
 static_assert(kMmaM == kPersistRows, "a tensor-core tile's rows are a batch slice");
 
@@ -37,31 +39,69 @@ template <typename T> using persist_h_t = std::conditional_t<kPersistMma<T>, T, 
 // h buffers of the forward: kHBuffers, and GRU without reset_after's r * h.
 template <Cell C> constexpr int kFwdBuffers = kHBuffers<C> + (C == Cell::kGru ? 1 : 0);
 
-// Shared memory of one CTA: h buffers (and the r * h buffer) of Hp rows, the U slice (Hp x NP), then the tensor
-// cores' fp32 product (8 x NP). FMA: Hp = H, NP = G * HC, no product buffer.
+// Shared memory of persist_dot's partial sums (red): kRowGroups x G x kPersistRows x HC values.
+template <typename Acc>
+__host__ __device__ constexpr size_t persist_red_smem(int G, int HC) {
+  return sizeof(Acc) * size_t(kRowGroups) * G * kPersistRows * HC;
+}
+
+// Shared memory of one CTA: the FMA product's partial sums (persist_red_smem), h buffers (and the r * h buffer) of
+// Hp rows, the U slice (Hp x NP), then the tensor cores' fp32 product (8 x NP). FMA: Hp = H, NP = G * HC, no
+// product buffer. Tensor cores: no partial sums.
 template <typename T, Cell C>
 constexpr size_t persist_smem(int H, int HC) {
   constexpr bool mma = kPersistMma<T>;
   const size_t Hp = mma ? mma_depth(H) : H, NP = mma ? mma_width(kGates<C>, HC) : kGates<C> * HC;
-  return sizeof(persist_h_t<T>) * Hp * kPersistRows * kFwdBuffers<C> + sizeof(T) * Hp * NP +
+  return (mma ? 0 : persist_red_smem<acc_t<T>>(kGates<C>, HC)) +
+         sizeof(persist_h_t<T>) * Hp * kPersistRows * kFwdBuffers<C> + sizeof(T) * Hp * NP +
          (mma ? sizeof(float) * kPersistRows * NP : 0);
 }
 
-// acc[i][g] += sum over k < H of hT[k][r0 + i] * U[k][g][jj], for the gates g in [g0, g1); ld: hT's row stride.
+// The one-cluster kernels' product: acc[i][g] += sum over k < K of hT[k][r0 + i] * Us[(k * G + g) * HC + jj] for
+// the gates g in [g0, g1), hT K x kPersistRows (k-major, 16-byte aligned). The CTA's kRowGroups thread groups
+// (q = r0 / kRowsPerThread) split k in quarters: thread (jj, q) sums its quarter for all kPersistRows rows of the
+// slice, so one shared load of U feeds kPersistRows FMAs and the rows of h come in two vector loads (the same
+// address across a warp); the quarters' sums meet in red (persist_red_smem) and each thread adds up those of its
+// own rows. Every thread of the CTA calls it (block barriers); threads past the last unit sum U's zero columns.
 template <int G, typename Acc, typename T>
-__device__ inline void persist_dot(const Acc* hT, const T* Us, int H, int HC, int jj, int r0, int g0, int g1,
-                                   Acc (&acc)[kRowsPerThread][G], int ld = kPersistRows) {
-#pragma unroll 2
-  for (int k = 0; k < H; ++k) {
-    Acc hv[kRowsPerThread];
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) hv[i] = hT[k * ld + r0 + i];
+__device__ inline void persist_dot(const Acc* hT, const T* Us, int K, int HC, int jj, int r0, int g0, int g1,
+                                   Acc* red, Acc (&acc)[kRowsPerThread][G]) {
+  constexpr int R = kPersistRows, Q = kRowGroups;
+  static_assert(R == 8, "h's rows at one k are two 4-wide vector loads");
+  const int q = r0 / kRowsPerThread, kq = (K + Q - 1) / Q, k1 = K < (q + 1) * kq ? K : (q + 1) * kq;
+  Acc part[R][G] = {};
+#pragma unroll 4
+  for (int k = q * kq; k < k1; ++k) {
+    Acc lo[4], hi[4];
+    loadv<4>(hT + k * R, lo);
+    loadv<4>(hT + k * R + 4, hi);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g < g0 || g >= g1) continue;
       const Acc u = to_acc(Us[(k * G + g) * HC + jj]);
 #pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) acc[i][g] += hv[i] * u;
+      for (int r = 0; r < 4; ++r) {
+        part[r][g] += lo[r] * u;
+        part[r + 4][g] += hi[r] * u;
+      }
+    }
+  }
+  __syncthreads();  // every thread has read the sums of the CTA's previous product
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+    if (g >= g0 && g < g1)
+#pragma unroll
+      for (int r = 0; r < R; ++r) red[((q * G + g) * R + r) * HC + jj] = part[r][g];
+  __syncthreads();
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (g < g0 || g >= g1) continue;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      Acc sum = 0;
+#pragma unroll
+      for (int s = 0; s < Q; ++s) sum += red[((s * G + g) * R + r0 + i) * HC + jj];
+      acc[i][g] += sum;
     }
   }
 }
@@ -121,17 +161,31 @@ __device__ inline void persist_cell(bool real, bool zero_output, const Acc (&gv)
   if constexpr (kCell == Cell::kLstm) tape[o + BH] = from_acc<T>(c);
 }
 
-// v[i] (the thread's rows at unit j) into buffer[j][r0 + i] of every CTA of the cluster, rounded to the
-// buffer's type E. Templated on the storage type T, not only its accumulation type: each dtype's translation
-// unit keeps its own copy, and the float32 one is the copy the ThreadSanitizer build instruments (it links the
-// half types' objects plain).
-template <typename T, typename E, class Cluster>
-__device__ inline void persist_push(const Cluster& cluster, E* buffer, int j, int r0,
-                                    const acc_t<T> (&v)[kRowsPerThread]) {
-  for (unsigned c = 0; c < cluster.num_blocks(); ++c) {
-    E* dst = cluster.map_shared_rank(buffer, c) + j * kPersistRows + r0;
+// v(g, i) (the thread's rows r0 + i at unit j, for g < N) into buffer[(g * H + j) * kPersistRows + r0 + i] of every
+// CTA of the cluster, rounded to the buffer's type E: into the CTA's own copy first, then its runs (the units
+// [j0, j0 + hc) it owns, contiguous for each g) from there into each peer's copy in 16-byte pieces, so that a
+// warp's stores into a peer are consecutive (value by value they would be kPersistRows apart: 8-way bank
+// conflicts). Every thread of the CTA calls it (a block barrier); unit: the thread owns unit j. Templated on the
+// storage type T, not only its accumulation type: each dtype's translation unit keeps its own copy, and the
+// float32 one is the copy the ThreadSanitizer build instruments (it links the half types' objects plain).
+template <typename T, int N, typename E, class Cluster, class V>
+__device__ inline void persist_push(const Cluster& cluster, E* buffer, int H, int j0, int hc, bool unit, int j, int r0,
+                                    V v) {
+  constexpr int R = kPersistRows;
+  static_assert(R * sizeof(E) % 16 == 0, "a unit's rows are whole 16-byte pieces");
+  if (unit)
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) dst[i] = from_acc<E>(v[i]);
+    for (int g = 0; g < N; ++g)
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) buffer[(g * H + j) * R + r0 + i] = from_acc<E>(v(g, i));
+  __syncthreads();
+  const int pieces = hc * R * int(sizeof(E)) / 16, peers = int(cluster.num_blocks()) - 1;
+  const unsigned me = cluster.block_rank();
+  for (int x = int(threadIdx.x); x < peers * N * pieces; x += int(blockDim.x)) {
+    const int piece = x % pieces, g = x / pieces % N, c = x / (pieces * N);
+    const int64_t at = int64_t(g * H + j0) * R;
+    E* dst = cluster.map_shared_rank(buffer, unsigned(c) + (unsigned(c) >= me));
+    reinterpret_cast<uint4*>(dst + at)[piece] = reinterpret_cast<const uint4*>(buffer + at)[piece];
   }
 }
 
@@ -141,7 +195,7 @@ __device__ inline void persist_push(const Cluster& cluster, E* buffer, int j, in
 // [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr (GRU); b_rec: GRU reset_after only. The other
 // arguments as in scan.h.
 template <typename T, Cell kCell>
-__global__ void __launch_bounds__(kMaxPersistThreads)
+__global__ void __launch_bounds__(kMaxPersistThreads, 1)
     persistent_fwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask, bool zero_output,
                    T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -154,11 +208,13 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   constexpr bool kLstm = kCell == Cell::kLstm, kSplit = kCell == Cell::kGru, kMma = kPersistMma<T>;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
-  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R;
+  const int j0 = int(cluster.block_rank()) * HC, j = j0 + jj, row0 = int(blockIdx.x) / C * R;
+  const int hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
   const bool unit = j < H && tid < kRowGroups * HC;
   const int Hp = kMma ? mma_depth(H) : H, NP = kMma ? mma_width(G, HC) : G * HC;  // see persist_smem
   extern __shared__ __align__(128) unsigned char persist_fwd_smem[];
-  HT* hbuf = reinterpret_cast<HT*>(persist_fwd_smem);  // [kHBuffers][Hp][R]
+  Acc* red = reinterpret_cast<Acc*>(persist_fwd_smem);  // persist_dot's partial sums, FMA only
+  HT* hbuf = reinterpret_cast<HT*>(persist_fwd_smem + (kMma ? 0 : persist_red_smem<Acc>(G, HC)));  // [kHBuffers][Hp][R]
   HT* rhbuf = hbuf + kHBuffers<kCell> * Hp * R;         // [Hp][R], kSplit only
   T* Us = reinterpret_cast<T*>(hbuf + kFwdBuffers<kCell> * Hp * R);  // [Hp][NP]: U[k][g*H + j] at k*NP + g*HC + jj
   float* P = kMma ? reinterpret_cast<float*>(Us + Hp * NP) : nullptr;  // [R][NP], tensor cores only
@@ -209,8 +265,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
     auto product = [&](const HT* hT, int g0, int g1) {
       if constexpr (kMma)
         persist_mma_dot(hT, Us, Hp, HC, jj, r0, g0, g1, unit, P, acc);
-      else if (unit)
-        persist_dot(hT, Us, H, HC, jj, r0, g0, g1, acc);
+      else
+        persist_dot(hT, Us, H, HC, jj, r0, g0, g1, red, acc);
     };
     if (active) product(hbuf + (phase % kHBuffers<kCell>) * Hp * R, 0, kSplit ? 2 : G);
     if constexpr (kSplit) {  // z, r and r * h_{t-1} first; the candidate after the exchange
@@ -219,7 +275,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
       for (int i = 0; i < RT; ++i)
         rh[i] = real[i] ? persist_gru_gates(gv[i], acc[i], h[i], H, g_row[i], z[i]) : Acc(0);
       if (active) {
-        if (unit) persist_push<T>(cluster, rhbuf, j, r0, rh);
+        persist_push<T, 1>(cluster, rhbuf, H, j0, hc, unit, j, r0, [&](int, int i) { return rh[i]; });
         cluster.sync();
         product(rhbuf, 2, 3);
       }
@@ -233,7 +289,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
         persist_cell<T, kCell>(real[i], zero_output, gv[i], acc[i], bias, z[i], H, BH,
                                t * BH + int64_t(row0 + r0 + i) * H + j, g_row[i], h[i], c[i], y[i], out, hs, tape);
     if (active) {
-      if (unit) persist_push<T>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, j, r0, h);
+      persist_push<T, 1>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, H, j0, hc, unit, j, r0,
+                         [&](int, int i) { return h[i]; });
       cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done
       ++phase;
     }

@@ -23,16 +23,18 @@
 
 namespace maskrnn {
 
-// Shared memory of one CTA: the exchange buffers (accumulation type), then U's rows (storage type).
+// Shared memory of one CTA: persist_dot's partial sums, the exchange buffers (accumulation type), then U's rows
+// (storage type).
 template <typename T, bool kResetAfter>
 constexpr size_t persist_gru_bwd_smem(int H, int HC) {
-  return sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * (kResetAfter ? 2 : 1) + sizeof(T) * size_t(3 * H) * HC;
+  return persist_red_smem<acc_t<T>>(1, HC) + sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * (kResetAfter ? 2 : 1) +
+         sizeof(T) * size_t(3 * H) * HC;
 }
 
 // Launched like persistent_fwd (persist_gru_bwd_smem bytes of dynamic shared memory); the other arguments as in
 // scan.h's gru_bwd (dgr: reset_after only).
 template <typename T, bool kResetAfter>
-__global__ void __launch_bounds__(kMaxPersistThreads)
+__global__ void __launch_bounds__(kMaxPersistThreads, 1)
     persistent_gru_bwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask,
                        bool zero_output, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh,
                        T* dgx, T* dgr) {
@@ -44,11 +46,13 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   constexpr int RT = kRowsPerThread, R = kPersistRows;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
-  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 3 * H;
+  const int j0 = int(cluster.block_rank()) * HC, j = j0 + jj, row0 = int(blockIdx.x) / C * R, K = 3 * H;
+  const int hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   // reset_after: [2][3H][R], dgr double-buffered. Else [3H][R]: dhh (H), then dz and dr (2H).
-  Acc* dgbuf = reinterpret_cast<Acc*>(persist_smem_raw);
+  Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
+  Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);
   Acc* zrbuf = dgbuf + H * R;  // not reset_after
   T* Us = reinterpret_cast<T*>(dgbuf + (kResetAfter ? 2 : 1) * K * R);  // [3H][HC]: U[j][k] at k * HC + jj
   const int64_t BH = int64_t(B) * H;
@@ -68,9 +72,10 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   cluster.sync();  // every CTA of the cluster has started before its peers push into it
 
   // dh += A Us[k0 : k0 + K_A]^T for the rows real at step t (n rows computed there), A the K_A x R buffer dgT.
+  // Every thread of the CTA calls it (persist_dot).
   auto product = [&](const Acc* dgT, int k0, int KA, int t, int n) {
     Acc acc[RT][1] = {};
-    persist_dot(dgT, Us + k0 * HC, KA, HC, jj, r0, 0, 1, acc);
+    persist_dot(dgT, Us + k0 * HC, KA, HC, jj, r0, 0, 1, red, acc);
 #pragma unroll
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] += acc[i][0];
@@ -81,7 +86,22 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
   for (int t = steps - 1; t >= 0; --t) {
     const int n = rows_at(sizes, t, B);
     const bool active = n > row0;  // the same for the whole cluster
-    if (next_active && unit) {
+    // Step t's inputs, loaded before the product so that their latency overlaps it.
+    bool real[RT];
+    Acc z[RT], hh[RT], r_gate[RT], h_prev[RT], hr_t[RT], dout[RT];
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      const int b = row0 + r0 + i;
+      const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 3 + j;
+      real[i] = ok[i] && is_real(mask, t, B, b, n);
+      dout[i] = ok[i] ? to_acc(d_out[o]) : Acc(0);
+      z[i] = real[i] ? to_acc(gx[row]) : Acc(0);
+      r_gate[i] = real[i] ? to_acc(gx[row + H]) : Acc(0);
+      hh[i] = real[i] ? to_acc(gx[row + 2 * H]) : Acc(0);
+      h_prev[i] = real[i] ? to_acc(hs[o]) : Acc(0);
+      hr_t[i] = kResetAfter && real[i] ? to_acc(hr[o]) : Acc(0);
+    }
+    if (next_active) {
       if constexpr (kResetAfter)
         product(dgbuf + (phase % 2) * K * R, 0, K, t + 1, n_next);
       else
@@ -90,36 +110,30 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
     // The pushed gradients, rounded to the storage type (0 for rows not real at t): z, r, h (dhh for not
     // reset_after, its r comes after the first exchange).
     Acc d[3][RT] = {};
-    bool real[RT];
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
-      real[i] = false;
       if (!ok[i]) continue;
-      const int b = row0 + r0 + i;
-      const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 3 + j;
-      if (!is_real(mask, t, B, b, n)) {
+      const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 3 + j;
+      if (!real[i]) {
 #pragma unroll
         for (int g = 0; g < 3; ++g) {
           dgx[row + g * H] = from_acc<T>(Acc(0));
           if constexpr (kResetAfter) dgr[row + g * H] = from_acc<T>(Acc(0));
         }
-        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + to_acc(d_out[o]);
+        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + dout[i];
         continue;
       }
-      real[i] = true;
-      const Acc z = to_acc(gx[row]), hh = to_acc(gx[row + 2 * H]);
-      Acc dt = dhr[i] + to_acc(d_out[o]) + carry[i], dz, dhh;
+      Acc dt = dhr[i] + dout[i] + carry[i], dz, dhh;
       carry[i] = Acc(0);
-      gru_cell_bwd(z, hh, to_acc(hs[o]), dt, dz, dhh);
+      gru_cell_bwd(z[i], hh[i], h_prev[i], dt, dz, dhh);
       dhr[i] = dt;
       const T dz_t = from_acc<T>(dz), dhh_t = from_acc<T>(dhh);
       dgx[row] = dz_t;
       dgx[row + 2 * H] = dhh_t;
       d[0][i] = to_acc(dz_t);
       if constexpr (kResetAfter) {  // dr = dhh * (h U_h + b_h) * r(1-r)
-        const Acc r_gate = to_acc(gx[row + H]);
-        const Acc dr = dhh * to_acc(hr[o]) * r_gate * (Acc(1) - r_gate);
-        const T dr_t = from_acc<T>(dr), dhr_t = from_acc<T>(dhh * r_gate);
+        const Acc dr = dhh * hr_t[i] * r_gate[i] * (Acc(1) - r_gate[i]);
+        const T dr_t = from_acc<T>(dr), dhr_t = from_acc<T>(dhh * r_gate[i]);
         dgx[row + H] = dr_t;
         dgr[row] = dz_t;
         dgr[row + H] = dr_t;
@@ -132,39 +146,32 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
     }
     if (active) {
       if constexpr (kResetAfter) {
-        Acc* next = dgbuf + ((phase + 1) % 2) * K * R;
-        if (unit) {
-#pragma unroll
-          for (int g = 0; g < 3; ++g) persist_push<T>(cluster, next + g * H * R, j, r0, d[g]);
-        }
+        persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, j0, hc, unit, j, r0,
+                           [&](int g, int i) { return d[g][i]; });
         cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
         ++phase;
       } else {
-        if (unit) persist_push<T>(cluster, dgbuf, j, r0, d[2]);
+        persist_push<T, 1>(cluster, dgbuf, H, j0, hc, unit, j, r0, [&](int, int i) { return d[2][i]; });
         cluster.sync();  // dhh_t is everywhere; every read of the (dz, dr) buffer of step t + 1 is done
-        if (unit) {  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
-          Acc v[RT][1] = {};
-          persist_dot(dgbuf, Us + 2 * H * HC, H, HC, jj, r0, 0, 1, v);
+        Acc v[RT][1] = {};  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
+        persist_dot(dgbuf, Us + 2 * H * HC, H, HC, jj, r0, 0, 1, red, v);
 #pragma unroll
-          for (int i = 0; i < RT; ++i) {
-            if (!real[i]) continue;
-            const int64_t o = t * BH + int64_t(row0 + r0 + i) * H + j, row = (o - j) * 3 + j;
-            const Acc r_gate = to_acc(gx[row + H]);
-            const T dr_t = from_acc<T>(v[i][0] * to_acc(hs[o]) * r_gate * (Acc(1) - r_gate));
-            dgx[row + H] = dr_t;
-            dhr[i] += v[i][0] * r_gate;
-            d[1][i] = to_acc(dr_t);
-          }
-          persist_push<T>(cluster, zrbuf, j, r0, d[0]);
-          persist_push<T>(cluster, zrbuf + H * R, j, r0, d[1]);
+        for (int i = 0; i < RT; ++i) {
+          if (!real[i]) continue;
+          const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 3 + j;
+          const T dr_t = from_acc<T>(v[i][0] * h_prev[i] * r_gate[i] * (Acc(1) - r_gate[i]));
+          dgx[row + H] = dr_t;
+          dhr[i] += v[i][0] * r_gate[i];
+          d[1][i] = to_acc(dr_t);
         }
+        persist_push<T, 2>(cluster, zrbuf, H, j0, hc, unit, j, r0, [&](int g, int i) { return d[g][i]; });
         cluster.sync();  // (dz_t, dr_t) are everywhere; every read of dhh_t is done
       }
     }
     next_active = active;
     n_next = n;
   }
-  if (next_active && unit) {  // the gradient of h0
+  if (next_active) {  // the gradient of h0
     if constexpr (kResetAfter)
       product(dgbuf + (phase % 2) * K * R, 0, K, 0, n_next);
     else

@@ -214,9 +214,7 @@ def test_forced_persistent_raises_where_it_cannot_run(monkeypatch, rng, cell):
 
 
 def test_auto_falls_back_to_the_step_kernels(monkeypatch, rng):
-    """float64 LSTM at H=400: U's slice does not fit even a 16-CTA cluster; unforced on a GPU without cooperative
-    launch (else the cooperative kernel runs: test_persistent_coop.py), the step kernels run."""
-    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")
+    """float64 LSTM at H=400: U's slice does not fit even a 16-CTA cluster; unforced, the step kernels run."""
     B, T, I, H = 1, 2, 2, 400
     p = make_problem(rng, "lstm", B, T, I, H)
     with pytest.raises(RuntimeError, match="shared memory"):
@@ -242,7 +240,6 @@ def test_auto_runs_the_persistent_kernel_where_it_fits(monkeypatch, rng):
 
 def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernels(monkeypatch, rng):
     monkeypatch.setenv("EMU_SM_MAJOR", "8")  # the emulated GPU reports sm_80: no thread-block clusters
-    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")  # and no cooperative launch (test_persistent_coop.py: with it)
     p = make_problem(rng, "lstm", 3, 4, 2, 6, "float32")
     with pytest.raises(RuntimeError, match="thread-block clusters need sm_90 or newer, this GPU is sm_8x"):
         forward(monkeypatch, "persistent", "lstm", p)
@@ -255,9 +252,9 @@ def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernel
 def test_gru_backward_choice(monkeypatch, rng, cell):
     """The backward's own choice, on one forward tape: unforced where it fits, the persistent backward's results
     (float32 at H=40: they differ from the step kernels' in the last bits); forced where it cannot run, a clear
-    error, and unforced there the step kernels' results: float64 at H=290 (reset_after) or H=340, where the
+    error, and unforced there the step kernels' results: float64 at H=290 (reset_after) or H=330, where the
     forward's U slice fits a 16-CTA cluster but the backward's exchange buffers do not fit beside it, and
-    without clusters (on a GPU without cooperative launch)."""
+    without clusters."""
     upstream = random_upstream(rng, cell, 6, 5, 40)
     p = cast(make_problem(rng, cell, 6, 5, 3, 40), np.float32)
     auto = backward(monkeypatch, "auto", cell, p, upstream)
@@ -266,8 +263,7 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
     assert any(not np.array_equal(persistent[k], step[k]) for k in step)
     for k in auto:
         np.testing.assert_array_equal(auto[k], persistent[k])
-    big = 290 if cell == "gru" else 340
-    monkeypatch.setenv("EMU_NO_COOPERATIVE", "1")  # else auto runs the cooperative backward (test_persistent_coop)
+    big = 290 if cell == "gru" else 330
     for sm_major, H, forward_kernel, why in (("9", big, "persistent", f"at H={big} a 16-CTA cluster's CTA needs"),
                                              ("8", 6, "step", "thread-block clusters need sm_90")):
         monkeypatch.setenv("EMU_SM_MAJOR", sm_major)

@@ -4,7 +4,8 @@ tests only), against the float64 reference and the forced step kernels, for ever
 several CTAs with the last one short, one unit per CTA, several row blocks per CTA and several staged chunks of h
 (H not a multiple of either), B=1, T=1, long T, rows finishing at different steps, NaN in padding, go_backwards;
 its tape under the step kernels' backward; the cooperative backwards against the float64 step kernels' and finite
-differences; the choice (auto, the forced names, their errors).
+differences; the choice (auto never runs it: the step kernels run where one cluster cannot hold U; the forced
+names, their errors).
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import sys
@@ -97,9 +98,10 @@ def test_step_backward_on_the_cooperative_tape(monkeypatch, rng, cell, mask_kind
         assert rel_err(got[name], w.astype(np.float64)) < TOLERANCE[dtype], name
 
 
-def test_auto_runs_the_cooperative_kernel_where_one_cluster_cannot_hold_u(monkeypatch, rng):
-    """float64 LSTM at H=400: U's slice does not fit a 16-CTA cluster; unforced, the cooperative kernel runs (its
-    results, which differ from the step kernels' in the last bits)."""
+def test_auto_runs_the_step_kernels_where_one_cluster_cannot_hold_u(monkeypatch, rng):
+    """float64 LSTM at H=400: U's slice does not fit a 16-CTA cluster; unforced, the step kernels run, not the
+    cooperative kernel (its results differ from the step kernels' in the last bits): on an H100 the cooperative
+    kernels took 2-7 times the step kernels' time (csrc/persistent.cuh)."""
     p = make_problem(rng, "lstm", 3, 3, 2, 400, initial_state=True)
     with pytest.raises(RuntimeError, match="persistent cannot run this scan: at H=400 a 16-CTA cluster's CTA"):
         forward(monkeypatch, "persistent", "lstm", p)
@@ -107,9 +109,9 @@ def test_auto_runs_the_cooperative_kernel_where_one_cluster_cannot_hold_u(monkey
     coop = forward(monkeypatch, "cooperative", "lstm", p)
     step = forward(monkeypatch, "step", "lstm", p)
     assert any(not np.array_equal(a, b) for a, b in zip(coop, step))
-    for a, b, w in zip(auto, coop, call(cell_fns("lstm")[2], p, {})):
+    for a, b, c, w in zip(auto, step, coop, call(cell_fns("lstm")[2], p, {})):
         np.testing.assert_array_equal(a, b)
-        assert rel_err(a, w) < TOLERANCE["float64"]
+        assert rel_err(c, w) < TOLERANCE["float64"]
 
 
 def test_forced_cooperative_raises_where_u_does_not_fit_every_sm(monkeypatch, rng):
@@ -120,17 +122,18 @@ def test_forced_cooperative_raises_where_u_does_not_fit_every_sm(monkeypatch, rn
         forward(monkeypatch, "cooperative", "lstm", p)
 
 
-def test_auto_runs_the_cooperative_lstm_backward_where_one_cluster_cannot_hold_u(monkeypatch, rng):
-    """float64 LSTM at H=400, forward and backward unforced: the cooperative kernels' gradients."""
+def test_auto_runs_the_step_lstm_backward_where_one_cluster_cannot_hold_u(monkeypatch, rng):
+    """float64 LSTM at H=400, forward and backward unforced: the step kernels' gradients, not the cooperative
+    kernels' (which match them to float64's tolerance)."""
     p = make_problem(rng, "lstm", 3, 3, 2, 400, initial_state=True)
     upstream = random_upstream(rng, "lstm", 3, 3, 400)
     auto = backward(monkeypatch, "auto", "lstm", p, upstream, forward_kernel="auto")
     coop = backward(monkeypatch, "cooperative", "lstm", p, upstream, forward_kernel="cooperative")
     step = backward(monkeypatch, "step", "lstm", p, upstream, forward_kernel="step")
     assert any(not np.array_equal(coop[k], step[k]) for k in step)
-    for k, v in coop.items():
+    for k, v in step.items():
         np.testing.assert_array_equal(auto[k], v)
-        assert rel_err(v, step[k]) < TOLERANCE["float64"]
+        assert rel_err(coop[k], v) < TOLERANCE["float64"]
 
 
 def test_auto_runs_the_step_kernels_where_no_persistent_kernel_can(monkeypatch, rng):
@@ -161,14 +164,16 @@ def test_bad_units_override_raises(monkeypatch, rng, value):
         forward(monkeypatch, "cooperative", "lstm", p)
 
 
-def test_without_clusters_auto_runs_the_cooperative_kernel(monkeypatch, rng):
-    """An sm_80 GPU has no clusters but has cooperative launch: unforced, the cooperative kernel runs."""
+def test_without_clusters_auto_runs_the_step_kernels(monkeypatch, rng):
+    """An sm_80 GPU has no clusters but has cooperative launch: unforced, the step kernels run; forced, the
+    cooperative kernel runs there."""
     monkeypatch.setenv("EMU_SM_MAJOR", "8")
     p = make_problem(rng, "gru", 5, 4, 2, 30, "float32", initial_state=True)
     auto = forward(monkeypatch, "auto", "gru", p)
-    for a, b, w in zip(auto, forward(monkeypatch, "cooperative", "gru", p), call(cell_fns("gru")[2], p, {})):
+    step = forward(monkeypatch, "step", "gru", p)
+    for a, b, c, w in zip(auto, step, forward(monkeypatch, "cooperative", "gru", p), call(cell_fns("gru")[2], p, {})):
         np.testing.assert_array_equal(a, b)
-        assert rel_err(a, w) < TOLERANCE["float32"]
+        assert rel_err(c, w) < TOLERANCE["float32"]
 
 
 def check_backward(monkeypatch, rng, cell, p, dtype, units, **kw):
