@@ -38,11 +38,15 @@ def _tensor(a):
 
 
 def _stream(x):
+    """CuPy's handle on torch's current stream of x's device: maskrnn's GPU work runs there, in order with torch's."""
     if not x.is_cuda:
         return contextlib.nullcontext()
     import cupy
 
-    return cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream, x.device.index)
+    stream = torch.cuda.current_stream(x.device)
+    if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy 14 deprecates ExternalStream for the stream protocol
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, x.device.index)
 
 
 def _check(op, named):
