@@ -40,18 +40,23 @@ def workload(cfg, cell, mask_kind, seed):
     return weights, batches
 
 
-def _maskrnn_runner(case, weights, batches):
+def _maskrnn_runner(case, weights, batches, half=False):
+    """maskrnn on the case's arrays; half: weights, inputs and upstream gradients in float16 (GPU only: the
+    'maskrnn-fp16' row, whose ratio is its time over maskrnn's float32 time)."""
     import maskrnn
 
     cell, mask_kind, device = case["cell"], case["mask"], case["device"]
+    if half and (device != "cuda" or case["pass_"] == "train"):
+        raise _Skip("float16 runs on the GPU only" if device != "cuda" else "the training step runs in float32")
     if case["pass_"] == "train":
         return _train_runner("maskrnn", case, weights, batches)
     backward = case["pass_"] == "fwd+bwd"
     xp = np
     if device == "cuda":
         import cupy as xp
-    w = {k: xp.asarray(v) for k, v in weights.items()}
-    data = [{k: xp.asarray(v) for k, v in b.items()} for b in batches]
+    dtype = "float16" if half else None
+    w = {k: xp.asarray(v, dtype) for k, v in weights.items()}
+    data = [{k: xp.asarray(v, dtype if v.dtype.kind == "f" else None) for k, v in b.items()} for b in batches]
     op = maskrnn.lstm_vjp if backward else maskrnn.lstm
     if cell == "gru":
         op = maskrnn.gru_vjp if backward else maskrnn.gru
@@ -212,5 +217,6 @@ def _peer(name):
     return lambda *args: _torch_runner(name, *args)
 
 
-RUNNERS = {"maskrnn": _maskrnn_runner, "torch-unpacked": _peer("torch-unpacked"),
+RUNNERS = {"maskrnn": _maskrnn_runner, "maskrnn-fp16": lambda *args: _maskrnn_runner(*args, half=True),
+           "torch-unpacked": _peer("torch-unpacked"),
            "torch-packed": _peer("torch-packed"), "keras": _keras_runner, **{p: _peer(p) for p in CUDNN}}

@@ -21,7 +21,7 @@ from ._bench_runners import CUDNN, RUNNERS, TRAIN_CELLS, _Skip, workload
 CONFIGS = [(64, 100, 128, 256), (16, 200, 64, 128), (128, 50, 256, 512), (4, 200, 256, 512), (256, 100, 512, 1024)]
 GPU_ONLY = {(256, 100, 512, 1024)}
 QUICK = [(64, 100, 128, 256)]
-PEERS = ["torch-unpacked", "torch-packed", "keras", *CUDNN]
+PEERS = ["maskrnn-fp16", "torch-unpacked", "torch-packed", "keras", *CUDNN]
 PASSES = ["fwd", "fwd+bwd", "train"]  # train: a whole training step of a small model (see _bench_runners._train_runner)
 SPREAD_LIMIT = 0.25  # a row is measured again while a runner's IQR exceeds this fraction of its median
 MAX_ATTEMPTS = 3

@@ -186,3 +186,26 @@ def test_partial_rows_reach_the_json_and_stdout_before_the_run_ends(tmp_path, mo
     printed = capsys.readouterr().out
     for r in report["rows"]:
         assert bench.format_row(r) in printed
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd", "train"])
+def test_maskrnn_fp16_row_runs_float16_on_the_gpu_only(device, monkeypatch, pass_):
+    """The 'maskrnn-fp16' runner (issue 14's float16 goal): on a GPU it runs maskrnn on the case's batches in
+    float16, forward and forward+backward; on the CPU, and for the training step, it is skipped with the reason."""
+    import maskrnn
+    from maskrnn import _bench_runners
+
+    case = dict(device=device, config=[4, 5, 3, 8], cell="lstm", pass_=pass_, mask="holes")
+    weights, batches = _bench_runners.workload((4, 5, 3, 8), "lstm", "holes", seed=0)
+    if device != "cuda" or pass_ == "train":
+        reason = "float16 runs on the GPU only" if device != "cuda" else "the training step runs in float32"
+        with pytest.raises(bench._Skip, match=reason):
+            bench.RUNNERS["maskrnn-fp16"](case, weights, batches)
+        return
+    seen = []
+    for name in ("lstm", "lstm_vjp"):
+        real = getattr(maskrnn, name)
+        monkeypatch.setattr(maskrnn, name, lambda x, *a, _real=real, **k: seen.append(x.dtype) or _real(x, *a, **k))
+    run = bench.RUNNERS["maskrnn-fp16"](case, weights, batches)
+    run(0), run(1)
+    assert [str(d) for d in seen] == ["float16", "float16"]
