@@ -86,7 +86,8 @@ __device__ inline void persist_dot(const Acc* hT, const T* Us, int K, int HC, in
       }
     }
   }
-  __syncthreads();  // every thread has read the sums of the CTA's previous product
+  __syncthreads();  // every thread has read the sums of the CTA's previous product (today's callers pass a
+                    // barrier between two products anyway: a guard for one that does not)
 #pragma unroll
   for (int g = 0; g < G; ++g)
     if (g >= g0 && g < g1)

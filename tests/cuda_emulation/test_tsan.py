@@ -1,6 +1,7 @@
 """ThreadSanitizer over the emulated kernels: the scans are race-free (tsan_case.py on build.py --tsan), and
-mutants without tile_dot's trailing __syncthreads, the persistent forward's end-of-step cluster barrier, the
-cooperative forward's grid barrier or the persistent GRU (reset_after=False) backward's end-of-step one are
+mutants without tile_dot's trailing __syncthreads, the persistent product's (persist_dot) or exchange's
+(persist_push) block barrier, the persistent forward's end-of-step cluster barrier, the cooperative forward's grid
+barrier or the persistent GRU (reset_after=False) backward's end-of-step one are
 reported as data races (hazards that the plain emulation catches only by luck). Runs with the CUDA-emulation
 suite (``-p plugin``); it builds what it needs (about a minute a build, the plain build's objects reused)."""
 
@@ -50,7 +51,13 @@ def test_scans_are_race_free_under_tsan():
 # barrier, after coop_product's two): a CTA reads hs[t] while other CTAs still write it. The GRU v1 backward's
 # last barrier: a CTA reads (dz, dr) of step t while its peers still push them. (Without its mid-step barrier the
 # race was reported in 5 runs of 8 here, the results' check failing in the others: not a mutant to rely on.)
+# persist_dot's second barrier: a thread adds up the partial sums before the other quarters of k have stored
+# theirs. persist_push's barrier: a CTA copies its run into its peers before its threads have written their values
+# into it (the report names the kernel, its frames have no line). persist_dot's first barrier is not a mutant:
+# every call site already passes a barrier between two products, so without it no race is reported.
 MUTANTS = [("tile.cuh:-1", "step", "lstm", "tile.cuh"),
+           ("persistent_fwd.cuh:1", "persistent", "lstm", "persistent_fwd.cuh"),
+           ("persistent_fwd.cuh:2", "persistent", "lstm", "persistent_fwd<float, (maskrnn::Cell)0>"),
            ("persistent_fwd.cuh:-1", "persistent", "lstm", "persistent_fwd.cuh"),
            ("persistent_coop.cuh:2", "cooperative", "lstm", "persistent_coop.cuh"),
            ("persistent_gru_bwd.cuh:-1", "persistent", "gru_v1", "persistent_gru_bwd<float, false>")]
