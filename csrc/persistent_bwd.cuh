@@ -33,8 +33,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   constexpr int RT = kRowsPerThread, R = kPersistRows;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
-  const int j0 = int(cluster.block_rank()) * HC, j = j0 + jj, row0 = int(blockIdx.x) / C * R, K = 4 * H;
-  const int hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
+  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 4 * H;
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
@@ -111,7 +110,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       }
     }
     if (active) {
-      persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, j0, hc, unit, j, r0,
+      persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, HC, unit, j, r0,
                          [&](int g, int i) { return d[i][g]; });
       cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
       ++phase;

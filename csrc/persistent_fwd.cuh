@@ -163,17 +163,18 @@ __device__ inline void persist_cell(bool real, bool zero_output, const Acc (&gv)
 }
 
 // v(g, i) (the thread's rows r0 + i at unit j, for g < N) into buffer[(g * H + j) * kPersistRows + r0 + i] of every
-// CTA of the cluster, rounded to the buffer's type E: into the CTA's own copy first, then its runs (the units
-// [j0, j0 + hc) it owns, contiguous for each g) from there into each peer's copy in 16-byte pieces, so that a
+// CTA of the cluster, rounded to the buffer's type E: into the CTA's own copy first, then its runs (its HC units,
+// fewer in the last CTA: contiguous for each g) from there into each peer's copy in 16-byte pieces, so that a
 // warp's stores into a peer are consecutive (value by value they would be kPersistRows apart: 8-way bank
 // conflicts). Every thread of the CTA calls it (a block barrier); unit: the thread owns unit j. Templated on the
 // storage type T, not only its accumulation type: each dtype's translation unit keeps its own copy, and the
 // float32 one is the copy the ThreadSanitizer build instruments (it links the half types' objects plain).
 template <typename T, int N, typename E, class Cluster, class V>
-__device__ inline void persist_push(const Cluster& cluster, E* buffer, int H, int j0, int hc, bool unit, int j, int r0,
-                                    V v) {
+__device__ inline void persist_push(const Cluster& cluster, E* buffer, int H, int HC, bool unit, int j, int r0, V v) {
   constexpr int R = kPersistRows;
   static_assert(R * sizeof(E) % 16 == 0, "a unit's rows are whole 16-byte pieces");
+  const unsigned me = cluster.block_rank();
+  const int j0 = int(me) * HC, hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
   if (unit)
 #pragma unroll
     for (int g = 0; g < N; ++g)
@@ -181,7 +182,6 @@ __device__ inline void persist_push(const Cluster& cluster, E* buffer, int H, in
       for (int i = 0; i < kRowsPerThread; ++i) buffer[(g * H + j) * R + r0 + i] = from_acc<E>(v(g, i));
   __syncthreads();
   const int pieces = hc * R * int(sizeof(E)) / 16, peers = int(cluster.num_blocks()) - 1;
-  const unsigned me = cluster.block_rank();
   for (int x = int(threadIdx.x); x < peers * N * pieces; x += int(blockDim.x)) {
     const int piece = x % pieces, g = x / pieces % N, c = x / (pieces * N);
     const int64_t at = int64_t(g * H + j0) * R;
@@ -209,8 +209,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   constexpr bool kLstm = kCell == Cell::kLstm, kSplit = kCell == Cell::kGru, kMma = kPersistMma<T>;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
-  const int j0 = int(cluster.block_rank()) * HC, j = j0 + jj, row0 = int(blockIdx.x) / C * R;
-  const int hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
+  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R;
   const bool unit = j < H && tid < kRowGroups * HC;
   const int Hp = kMma ? mma_depth(H) : H, NP = kMma ? mma_width(G, HC) : G * HC;  // see persist_smem
   extern __shared__ __align__(128) unsigned char persist_fwd_smem[];
@@ -276,7 +275,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       for (int i = 0; i < RT; ++i)
         rh[i] = real[i] ? persist_gru_gates(gv[i], acc[i], h[i], H, g_row[i], z[i]) : Acc(0);
       if (active) {
-        persist_push<T, 1>(cluster, rhbuf, H, j0, hc, unit, j, r0, [&](int, int i) { return rh[i]; });
+        persist_push<T, 1>(cluster, rhbuf, H, HC, unit, j, r0, [&](int, int i) { return rh[i]; });
         cluster.sync();
         product(rhbuf, 2, 3);
       }
@@ -290,7 +289,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
         persist_cell<T, kCell>(real[i], zero_output, gv[i], acc[i], bias, z[i], H, BH,
                                t * BH + int64_t(row0 + r0 + i) * H + j, g_row[i], h[i], c[i], y[i], out, hs, tape);
     if (active) {
-      persist_push<T, 1>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, H, j0, hc, unit, j, r0,
+      persist_push<T, 1>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, H, HC, unit, j, r0,
                          [&](int, int i) { return h[i]; });
       cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done
       ++phase;

@@ -46,8 +46,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   constexpr int RT = kRowsPerThread, R = kPersistRows;
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT;
-  const int j0 = int(cluster.block_rank()) * HC, j = j0 + jj, row0 = int(blockIdx.x) / C * R, K = 3 * H;
-  const int hc = H - j0 < HC ? H - j0 : HC;  // the CTA's units
+  const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 3 * H;
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   // reset_after: [2][3H][R], dgr double-buffered. Else [3H][R]: dhh (H), then dz and dr (2H).
@@ -146,12 +145,12 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     }
     if (active) {
       if constexpr (kResetAfter) {
-        persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, j0, hc, unit, j, r0,
+        persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, HC, unit, j, r0,
                            [&](int g, int i) { return d[g][i]; });
         cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
         ++phase;
       } else {
-        persist_push<T, 1>(cluster, dgbuf, H, j0, hc, unit, j, r0, [&](int, int i) { return d[2][i]; });
+        persist_push<T, 1>(cluster, dgbuf, H, HC, unit, j, r0, [&](int, int i) { return d[2][i]; });
         cluster.sync();  // dhh_t is everywhere; every read of the (dz, dr) buffer of step t + 1 is done
         Acc v[RT][1] = {};  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
         persist_dot(dgbuf, Us + 2 * H * HC, H, HC, jj, r0, 0, 1, red, v);
@@ -164,7 +163,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
           dhr[i] += v[i][0] * r_gate[i];
           d[1][i] = to_acc(dr_t);
         }
-        persist_push<T, 2>(cluster, zrbuf, H, j0, hc, unit, j, r0, [&](int g, int i) { return d[g][i]; });
+        persist_push<T, 2>(cluster, zrbuf, H, HC, unit, j, r0, [&](int g, int i) { return d[g][i]; });
         cluster.sync();  // (dz_t, dr_t) are everywhere; every read of dhh_t is done
       }
     }
