@@ -98,6 +98,11 @@ void gru_bwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr ma
   });
 }
 
+void row_plan(int T, int B, uptr mask, uptr order, uptr inverse, uptr counts, uptr work, uptr stream) {
+  maskrnn::row_plan(T, B, ptr<const uint8_t>(mask), ptr<int32_t>(order), ptr<int32_t>(inverse), ptr<int32_t>(counts),
+                    ptr<int32_t>(work), reinterpret_cast<cudaStream_t>(stream));
+}
+
 }  // namespace
 #endif
 
@@ -112,6 +117,7 @@ PYBIND11_MODULE(_ext, m) {
   m.def("lstm_bwd", &lstm_bwd, nogil);
   m.def("gru_fwd", &gru_fwd, nogil);
   m.def("gru_bwd", &gru_bwd, nogil);
+  m.def("row_plan", &row_plan, nogil);
 #else
   m.attr("cuda_built") = false;
   m.attr("cuda_archs") = std::string();

@@ -16,7 +16,7 @@ import numpy as np
 from ._info import _extension, cuda_ready
 
 _ready = False
-DEVICE_PLAN = True  # the dispatcher builds this engine's plans with array ops on the device, never reading them
+DEVICE_PLAN = True  # the dispatcher builds this engine's plans on the device (row_plan), never reading them
 WHOLE_SCAN = True  # one launch per training scan, whatever T (maskrnn/_scan.py, chunks)
 INFER_WORKSPACE = 256 << 20  # bytes of an inference scan's buffers: its chunks' only bound (WHOLE_SCAN)
 
@@ -76,6 +76,18 @@ def _steps(steps):
     if mask is not None and mask.dtype != np.bool_:
         raise TypeError(f"maskrnn CUDA kernels need a bool mask, got {mask.dtype}")
     return sizes, mask
+
+
+def row_plan(xp, mask):
+    """(order, inverse, counts): the row plan of a C-contiguous (T,B) bool device mask as int32 device arrays
+    (B,), (B,), (T+1,), from one kernel (csrc/scan.h, row_plan); one allocation, nothing read back."""
+    T, B = mask.shape
+    if mask.dtype != np.bool_:
+        raise TypeError(f"maskrnn row plan needs a bool mask, got {mask.dtype}")
+    ints = xp.empty_like(mask, np.int32, shape=(2 * B + 2 * (T + 1),))  # like the mask: CuPy's (or a test's) type
+    order, inverse, counts, work = ints[:B], ints[B : 2 * B], ints[2 * B : 2 * B + T + 1], ints[2 * B + T + 1 :]
+    _ext().row_plan(T, B, _ptr(mask), _ptr(order), _ptr(inverse), _ptr(counts), _ptr(work), _stream())
+    return order, inverse, counts
 
 
 def _opt_ptr(a):

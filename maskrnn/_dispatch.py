@@ -59,29 +59,21 @@ def make_plan(xp, mask):
     return plan
 
 
-def device_plan(xp, mask, source):
-    """make_plan for an engine with DEVICE_PLAN: array ops on the mask's device, nothing read back, so the call
-    never waits for the device. Without classifying the mask (that would mean reading it): rows are sorted by
-    their last real step, longest first, and batch_sizes[t] (a device array, non-increasing) counts the rows
-    with a real step at t or later; the masked kernels skip the rest, and select by the mask within. Lengths
-    (source "lengths") make a post-padded mask: the packed kernels, same order and counts. No mask ("none"):
-    every row at every step, no reordering. mask: (T,B) bool in scan order. Temporaries: two (T+1,B) arrays (bool
-    and int32)."""
-    mask = xp.ascontiguousarray(mask) if source == "none" else mask.copy()
+def device_plan(xp, K, mask, source):
+    """make_plan for an engine with DEVICE_PLAN: built on the mask's device by the engine's ``row_plan`` (one
+    kernel), nothing read back, so the call never waits for the device. Without classifying the mask (that would
+    mean reading it): rows are sorted by their last real step, longest first (stable, as make_plan's), and
+    batch_sizes[t] (a device array, non-increasing) counts the rows with a real step at t or later; the masked
+    kernels skip the rest, and select by the mask within. Lengths (source "lengths") make a post-padded mask: the
+    packed kernels, same order and counts. No mask ("none"): every row at every step, no reordering. mask: (T,B)
+    bool in scan order."""
+    mask = mask if mask.flags.c_contiguous else mask.copy(order="C")
     if source == "none":
         return _scan.Plan(mask=mask, packed=True, on_device=True)
-    T, B = mask.shape
-    span = (mask * xp.arange(1, T + 1, dtype=np.int32)[:, None]).max(axis=0)  # last real step + 1, 0 if none
-    later = span[None, :] > xp.arange(T + 1, dtype=np.int32)[:, None]  # (T+1,B): a real step at t or later
-    counts = later.sum(axis=1, dtype=np.int32)  # counts[T] == 0
-    # Sort without a sort (CuPy's waits for the device): row b goes after the counts[span_b] rows with a longer
-    # span and after the rows before it with the same span (a stable sort, as make_plan's).
-    same = (span[None, :] == xp.arange(T + 1, dtype=np.int32)[:, None]).cumsum(axis=1, dtype=np.int32)
-    inverse = counts[span] + same[span, xp.arange(B)] - 1
-    order = xp.empty_like(inverse)
-    order[inverse] = xp.arange(B, dtype=inverse.dtype)
-    return _scan.Plan(mask=xp.take(mask, order, axis=1), batch_sizes=counts[:T], packed=source == "lengths",
-                      order=order, inverse=inverse, on_device=True)
+    order, inverse, counts = K.row_plan(xp, mask)
+    # The plan's own mask (a gather makes it a copy): the pullback reads it, and the caller's may change.
+    return _scan.Plan(mask=xp.take(mask, order, axis=1), batch_sizes=counts[: mask.shape[0]],
+                      packed=source == "lengths", order=order, inverse=inverse, on_device=True)
 
 
 def _take(xp, a, index, axis):
@@ -106,7 +98,7 @@ class _Layout:
         if getattr(K, "DEVICE_PLAN", False):
             # Lengths post-pad in the caller's time order: scanned backwards, the padding comes first.
             source = "mask" if p.mask_source == "lengths" and p.go_backwards else p.mask_source
-            self.plan = device_plan(xp, mask, source)
+            self.plan = device_plan(xp, K, mask, source)
         else:
             self.plan = make_plan(xp, mask)
 

@@ -69,4 +69,4 @@ def force_masked_all_rows(monkeypatch):
     from maskrnn import _dispatch
 
     monkeypatch.setattr(_dispatch, "make_plan", lambda xp, m: _dispatch._scan.Plan(mask=m))
-    monkeypatch.setattr(_dispatch, "device_plan", lambda xp, m, source: _dispatch._scan.Plan(mask=m.copy()))
+    monkeypatch.setattr(_dispatch, "device_plan", lambda xp, K, m, source: _dispatch._scan.Plan(mask=m.copy()))

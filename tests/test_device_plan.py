@@ -1,53 +1,103 @@
-"""The GPU engine's plan (maskrnn._dispatch.device_plan), built with array ops that run on the device and read
-nothing back: here on NumPy, against the host plan's row order and a direct count of the rows each step computes.
-"""
+"""The GPU engine's plan (maskrnn._dispatch.device_plan, its kernel row_plan in csrc/plan.cu), which reads nothing
+back: against each row's last real step from the definition, the host plan's stable order and a direct count of
+the rows each step computes. Runs on the emulated kernels (``-p plugin``, see tests/cuda_emulation) and on a GPU;
+skipped otherwise."""
+
+import sys
 
 import numpy as np
 import pytest
-from conftest import make_mask
+from conftest import cuda_skip_reason, make_mask, to_device, to_host
 
+from maskrnn import _cuda
 from maskrnn import _dispatch as dispatch
+
+
+@pytest.fixture(params=["emulated", "cuda"])
+def xp(request):
+    """The array module whose arrays the engine's row_plan reads: NumPy on the emulated kernels, CuPy on a GPU."""
+    if request.param == "emulated":
+        if "plugin" not in sys.modules:
+            pytest.skip("the emulated kernels run with -p plugin after tests/cuda_emulation/build.py")
+        return np
+    reason = cuda_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import cupy
+
+    return cupy
+
+
+def plan_of(xp, mask_tb, source="mask"):
+    plan = dispatch.device_plan(xp, _cuda, to_device(mask_tb, "cpu" if xp is np else "cuda"), source)
+    return plan, {k: to_host(getattr(plan, k)) for k in ("order", "inverse", "batch_sizes", "mask")}
 
 
 def spans(mask_tb):
     """Last real step + 1 of each row (0 for a row with none), straight from the definition."""
     T, B = mask_tb.shape
-    return np.array([max((t + 1 for t in range(T) if mask_tb[t, b]), default=0) for b in range(B)])
+    return np.array([max((t + 1 for t in range(T) if mask_tb[t, b]), default=0) for b in range(B)], int)
 
 
-def test_example():
+def check(xp, mask_tb, source="mask"):
+    T, B = mask_tb.shape
+    plan, got = plan_of(xp, mask_tb, source)
+    span = spans(mask_tb)
+    np.testing.assert_array_equal(got["order"], np.argsort(-span, kind="stable"))  # the host plan's order
+    np.testing.assert_array_equal(got["inverse"][got["order"]], np.arange(B))
+    np.testing.assert_array_equal(got["batch_sizes"], [(span > t).sum() for t in range(T)])
+    np.testing.assert_array_equal(got["mask"], mask_tb[:, got["order"]])
+    assert got["batch_sizes"].dtype == np.int32 and got["order"].dtype == np.int32
+    assert plan.mask.flags.c_contiguous and plan.on_device
+    return plan
+
+
+def test_example(xp):
     mask = np.array([[1, 0, 1, 0, 0, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1]], bool)
-    plan = dispatch.device_plan(np, mask.T.copy(), "mask")
-    assert plan.variant == "masked" and plan.on_device
-    np.testing.assert_array_equal(plan.order, [3, 1, 0, 2])  # last real steps 5, 4, 2, none
-    np.testing.assert_array_equal(plan.inverse, [2, 1, 3, 0])
-    np.testing.assert_array_equal(plan.batch_sizes, [3, 3, 3, 2, 2, 1])
-    assert plan.batch_sizes.dtype == np.int32
-    np.testing.assert_array_equal(plan.mask, mask.T[:, [3, 1, 0, 2]])
+    plan, got = plan_of(xp, mask.T.copy())
+    assert plan.variant == "masked"
+    np.testing.assert_array_equal(got["order"], [3, 1, 0, 2])  # last real steps 5, 4, 2, none
+    np.testing.assert_array_equal(got["inverse"], [2, 1, 3, 0])
+    np.testing.assert_array_equal(got["batch_sizes"], [3, 3, 3, 2, 2, 1])
+    np.testing.assert_array_equal(got["mask"], mask.T[:, [3, 1, 0, 2]])
 
 
 @pytest.mark.parametrize("kind", ["post", "pre", "holes", "post_holes", "empty"])
-@pytest.mark.parametrize("B, T", [(1, 1), (1, 7), (9, 1), (13, 11), (40, 3), (0, 5)])
-def test_random_masks(rng, kind, B, T):
+@pytest.mark.parametrize("B, T", [(1, 1), (1, 7), (9, 1), (13, 11), (40, 3), (0, 5), (300, 9), (5, 600)])
+def test_random_masks(rng, xp, kind, B, T):
+    # (300, 9): rows in two tiles of the kernel's 256 threads; (5, 600): spans summed in three tiles.
     mask = make_mask(rng, kind, max(B, 1), T)[:B].T.copy()
-    plan = dispatch.device_plan(np, mask, "mask")
-    span = spans(mask)
-    np.testing.assert_array_equal(plan.order, np.argsort(-span, kind="stable"))  # the host plan's order
-    np.testing.assert_array_equal(plan.inverse[plan.order], np.arange(B))
-    np.testing.assert_array_equal(plan.batch_sizes, [(span > t).sum() for t in range(T)])
-    np.testing.assert_array_equal(plan.mask, mask[:, plan.order])
-    assert plan.mask.flags.c_contiguous and plan.variant == "masked"
-    mask[:] = ~mask  # the plan keeps its own copy
-    np.testing.assert_array_equal(plan.mask, ~mask[:, plan.order])
+    check(xp, mask)
 
 
-def test_lengths_pack_and_no_mask_computes_every_row(rng):
+def test_many_rows_of_few_spans(rng, xp):
+    """Long runs of equal spans across the kernel's row tiles: the stable order within each span."""
+    B, T = 700, 4
+    mask = np.arange(T)[:, None] < rng.integers(0, T + 1, B)[None, :]
+    check(xp, mask)
+
+
+def test_views_and_the_plans_own_mask(rng, xp):
+    """A strided mask (go_backwards, batch-major callers) is read right, and the plan keeps its own copy."""
+    mask_bt = make_mask(rng, "holes", 6, 8)
+    device_mask = to_device(mask_bt, "cpu" if xp is np else "cuda")
+    plan = dispatch.device_plan(xp, _cuda, device_mask.T[::-1], "mask")
+    want = mask_bt.T[::-1].copy()
+    order = to_host(plan.order)
+    np.testing.assert_array_equal(order, np.argsort(-spans(want), kind="stable"))
+    device_mask[:] = ~device_mask
+    np.testing.assert_array_equal(to_host(plan.mask), want[:, order])
+
+
+def test_lengths_pack_and_no_mask_computes_every_row(rng, xp):
     B, T = 8, 6
     lengths = rng.integers(0, T + 1, B)
-    mask = np.arange(T)[:, None] < lengths[None, :]
-    plan = dispatch.device_plan(np, mask, "lengths")
+    plan = check(xp, np.arange(T)[:, None] < lengths[None, :], "lengths")
     assert plan.variant == "packed"
-    np.testing.assert_array_equal(plan.order, np.argsort(-lengths, kind="stable"))
-    np.testing.assert_array_equal(plan.batch_sizes, [(lengths > t).sum() for t in range(T)])
-    full = dispatch.device_plan(np, np.ones((T, B), bool), "none")
+    full = dispatch.device_plan(xp, _cuda, to_device(np.ones((T, B), bool), "cpu" if xp is np else "cuda"), "none")
     assert full.variant == "packed" and full.order is None and full.batch_sizes is None and full.steps is None
+
+
+def test_a_mask_of_another_dtype_is_refused(xp):
+    with pytest.raises(TypeError, match="bool mask"):
+        _cuda.row_plan(xp, xp.ones((3, 2), np.int8))
