@@ -63,7 +63,8 @@ def _maskrnn_runner(case, weights, batches, half=False):
 
     def run(i):
         b = data[i % len(data)]
-        steps = dict(lengths=b["lengths"]) if mask_kind == "post" else dict(mask=b["mask"])
+        # Lengths on the host, as pack_padded_sequence takes them (the torch peers' too): no wait for the GPU.
+        steps = dict(lengths=batches[i % len(batches)]["lengths"]) if mask_kind == "post" else dict(mask=b["mask"])
         res = op(b["x"], w["kernel"], w["recurrent_kernel"], w["bias"], **steps)
         if backward:
             res[1](b["d_out"])
@@ -108,6 +109,7 @@ def _torch_runner(peer, case, weights, batches):
         raise _Skip("packed sequences cannot express holes in the mask")
     m = _torch_module(torch, cell, weights, device)
     data = [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
+    host_lengths = [torch.from_numpy(b["lengths"]) for b in batches]  # pack_padded_sequence wants them there
     if half:
         m = m.half()
         data = [dict(b, x=b["x"].half(), d_out=b["d_out"].half()) for b in data]
@@ -121,7 +123,7 @@ def _torch_runner(peer, case, weights, batches):
         x = b["x"].requires_grad_(backward)
         with torch.set_grad_enabled(backward), flags():
             if packed:
-                p = torch.nn.utils.rnn.pack_padded_sequence(x, b["lengths"].cpu(), batch_first=True,
+                p = torch.nn.utils.rnn.pack_padded_sequence(x, host_lengths[i % len(data)], batch_first=True,
                                                             enforce_sorted=False)
                 out = torch.nn.utils.rnn.pad_packed_sequence(m(p)[0], batch_first=True,
                                                              total_length=x.shape[1])[0]
@@ -161,12 +163,12 @@ def _train_runner(impl, case, weights, batches):
     for b in batches:
         tokens = torch.from_numpy(rng.integers(0, VOCAB, b["mask"].shape)).to(device)
         mask = torch.from_numpy(b["mask"]).to(device)
-        data.append((tokens, mask, torch.from_numpy(b["lengths"]).to(device)))
+        data.append((tokens, mask, torch.from_numpy(b["lengths"] - 1)))  # next-token targets; on the host
 
     def run(i):
         tokens, mask, lengths = data[i % len(data)]
         x = emb(tokens[:, :-1])
-        out = rnn(x, lengths=lengths - 1) if impl == "maskrnn" else rnn(x)[0]
+        out = rnn(x, lengths=lengths) if impl == "maskrnn" else rnn(x)[0]
         logits = head(out)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1),
                                                  reduction="none")

@@ -111,6 +111,10 @@ class _Layout:
             a = _take(self.xp, a, self.plan.order, axis)
         return self.xp.ascontiguousarray(a)
 
+    def states(self, a):
+        """Initial states (B,H) in plan order; zeros (no initial_state) are that already, with no gather."""
+        return a if self.p.zero_states else self.rows(a)
+
     def unrows(self, a, axis=0):
         if self.plan.order is not None:
             a = _take(self.xp, a, self.plan.inverse, axis)
@@ -169,9 +173,9 @@ def _infer(cell, p, xp, K, lay):
         return _infer_in_place(cell, p, K, lay, fused, out)
     x_at = lambda t0, t1: lay.seq_chunk(p.x, t0, t1)  # noqa: E731
     put = lambda t0, t1, o: lay.put_seq(out, t0, t1, o)  # noqa: E731
-    h0 = lay.rows(p.h0)
+    h0 = lay.states(p.h0)
     if cell == "lstm":
-        h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, p.bias, h0, lay.rows(p.c0),
+        h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, p.bias, h0, lay.states(p.c0),
                                 lay.plan, p.zero_output_for_mask, put)
         return out, lay.unrows(h), lay.unrows(c)
     b_in, b_rec = p.bias_in_rec(xp)
@@ -184,10 +188,10 @@ def _infer_in_place(cell, p, K, lay, fused, out):
     x = p.x if p.time_major else p.x.transpose(1, 0, 2)
     x = x[::-1] if p.go_backwards else x
     o = out if p.time_major else out.transpose(1, 0, 2)  # outputs in processing order, as put_seq
-    h0 = lay.rows(p.h0)
+    h0 = lay.states(p.h0)
     with K.session():
         if cell == "lstm":
-            h, c = fused(x, p.kernel, p.recurrent_kernel, p.bias, h0, lay.rows(p.c0), lay.plan,
+            h, c = fused(x, p.kernel, p.recurrent_kernel, p.bias, h0, lay.states(p.c0), lay.plan,
                          p.zero_output_for_mask, o)
             return out, lay.unrows(h), lay.unrows(c)
         b_in, b_rec = p.bias_in_rec(np)
@@ -204,12 +208,12 @@ def _run(cell, args, kwargs, training):
     if not training:
         return _infer(cell, p, xp, K, lay)
     x = lay.inputs()
-    h0 = lay.rows(p.h0)
+    h0 = lay.states(p.h0)
     # The pullback reads the weights: copies (small next to the tape) keep a caller's in-place update between
     # forward and pullback from changing the gradients. A checksum would cost a pass over them at each call.
     W, U = (p.kernel.copy(), p.recurrent_kernel.copy()) if training else (p.kernel, p.recurrent_kernel)
     if cell == "lstm":
-        c0 = lay.rows(p.c0)
+        c0 = lay.states(p.c0)
         out, h, c, tape = _scan.lstm_forward(xp, K, x, W, U, p.bias, h0, c0, plan, p.zero_output_for_mask)
         results = (lay.seq_out(out, False), lay.unrows(h), lay.unrows(c))
     else:

@@ -365,10 +365,11 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
         if prev is not None:
             _carry_outputs(xp, plan.mask[t0:t1], o, prev)
         put(t0, t1, o)
+        if t1 == T:
+            return [s[k].copy() for s in states]  # copies: the buffers go
         prev = None if zero_output else o[k - 1].copy()
         for s in states:
             s[0] = s[k]
-    return [s[0].copy() for s in states]  # copies: the buffers go
 
 
 @_engine_call

@@ -26,6 +26,7 @@ class Problem:
     mask_source: str  # "mask", "lengths" (then post-padded) or "none" (then all True): known without reading it
     h0: Any
     c0: Any
+    zero_states: bool  # no initial_state given: h0 (and c0) are zeros, the same in any row order
     reset_after: bool
     go_backwards: bool
     zero_output_for_mask: bool
@@ -68,13 +69,18 @@ def _choose_device(named, device):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"{source} must be 'cpu' or 'cuda', got {device!r}")
         return device
-    found = {name: _where(a) for name, a in named.items() if a is not None}
+    # Host lengths go with a GPU problem too (as torch's pack_padded_sequence wants them on the CPU): see _mask.
+    found = {name: _where(a) for name, a in named.items() if a is not None and not _host_lengths(name, a)}
     kinds = {k for k in found.values() if k is not None}
     if len(kinds) > 1:
         detail = ", ".join(f"{n} on {k}" for n, k in found.items() if k)
         raise ValueError(f"arguments are on different devices ({detail}); move them to one device "
                          "(maskrnn never copies between devices silently) or pass device=")
     return kinds.pop() if kinds else "cpu"
+
+
+def _host_lengths(name, a):
+    return name == "lengths" and _where(a) != "cuda"
 
 
 def _to_device(a, device, name):
@@ -137,7 +143,10 @@ def validate(cell, args, kw) -> Problem:
         xp, _ = _engine("cuda")
     else:
         xp = np
-    arrs = {n: (None if a is None else _to_device(a, device, n)) for n, a in named.items()}
+    # Host lengths of a GPU problem stay on the host for their range check (_mask).
+    host_lengths = device == "cuda" and lengths is not None and _host_lengths("lengths", lengths)
+    arrs = {n: (None if a is None else a if n == "lengths" and host_lengths else _to_device(a, device, n))
+            for n, a in named.items()}
 
     for name in ("x", "kernel", "recurrent_kernel"):
         if arrs[name] is None:
@@ -173,10 +182,11 @@ def validate(cell, args, kw) -> Problem:
         else:
             _shape(b, "bias", (G * H,))
 
-    mask_tm = _mask(xp, arrs["mask"], arrs["lengths"], T, B, time_major)
+    mask_tm = _mask(xp, arrs["mask"], arrs["lengths"], T, B, time_major, np if host_lengths else xp)
     h0, c0 = (_state(xp, arrs.get(n), n, dtype, B, H) for n in ("h0", "c0"))
     return Problem(cell=cell, device=device, x=x, kernel=W, recurrent_kernel=U, bias=b, has_bias=b is not None,
                    mask_tm=mask_tm, mask_source=_source(mask, lengths), h0=h0, c0=c0 if cell == "lstm" else None,
+                   zero_states=initial_state is None,
                    reset_after=reset_after, go_backwards=bool(kw["go_backwards"]),
                    zero_output_for_mask=bool(kw["zero_output_for_mask"]), time_major=time_major, dtype=dtype,
                    batch=B, steps=T, units=H)
@@ -212,18 +222,23 @@ def _source(mask, lengths):
     return "lengths" if lengths is not None else "mask" if mask is not None else "none"
 
 
-def _mask(xp, mask, lengths, T, B, time_major):
-    mask, lengths = (None if a is None else _from_list(xp, a, n) for a, n in ((mask, "mask"), (lengths, "lengths")))
+def _mask(xp, mask, lengths, T, B, time_major, lengths_xp):
+    """The (T,B) time-major bool mask on xp's device. lengths_xp: where the lengths are checked (NumPy for host
+    lengths of a GPU problem, which are then copied to the device; else xp)."""
+    mask = None if mask is None else _from_list(xp, mask, "mask")
     if lengths is not None:
+        lengths = _from_list(lengths_xp, lengths, "lengths")
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
         _shape(lengths, "lengths", (B,))
-        # On the GPU this is the one value a call reads back from the device (so the host waits for the queue to
-        # reach it): whether any length is out of range. Masks and no mask need nothing read back. The min and
-        # max are read only to word the error.
+        # Lengths on the GPU: this is the one value a call reads back from the device (so the host waits for the
+        # queue to reach it): whether any length is out of range. Host lengths, masks and no mask need nothing read
+        # back. The min and max are read only to word the error.
         if B and bool(((lengths < 0) | (lengths > T)).any()):
             raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got min {int(lengths.min())}, "
                              f"max {int(lengths.max())}")
+        if lengths_xp is not xp:
+            lengths = xp.asarray(lengths)  # one copy to the device, queued: the host does not wait for it
         return xp.arange(T)[:, None] < lengths[None, :]
     if mask is None:
         return xp.ones((T, B), dtype=bool)

@@ -128,6 +128,21 @@ def test_mixed_devices_are_refused():
         call(x=OnGpu())
 
 
+def test_host_lengths_go_with_a_gpu_problem_but_gpu_lengths_not_with_a_host_one():
+    """As torch's pack_padded_sequence, lengths may stay on the host beside GPU arrays (checked there, no wait for
+    the GPU); lengths on a GPU beside host arrays are still a device mix-up."""
+    from maskrnn._validate import _choose_device
+
+    class OnGpu:
+        __cuda_array_interface__ = {"shape": (B,), "typestr": "<i8", "data": (0, False), "version": 3}
+
+    for lengths in (np.array([1, 2, 3]), [1, 2, 3]):
+        assert _choose_device(dict(x=OnGpu(), kernel=OnGpu(), lengths=lengths), None) == "cuda"
+        assert _choose_device(dict(x=np.zeros(3), lengths=lengths), None) == "cpu"
+    with pytest.raises(ValueError, match=r"different devices \(x on cpu, lengths on cuda"):
+        _choose_device(dict(x=np.zeros(3), lengths=OnGpu()), None)
+
+
 def test_mask_and_lengths_as_lists():
     a = lstm_args()
     mask = [[True, True, False], [True, False, False]]

@@ -76,8 +76,9 @@ def call(cell, x, W, U, b, mask=None, h0=None, c0=None, **kw):
 
 
 def steps(mask, mask_kind):
-    """The mask itself, or for "lengths" the same post-padded rows given as lengths (the packed kernels)."""
-    if mask_kind == "lengths":
+    """The mask itself, or for "lengths" the same post-padded rows given as lengths (the packed kernels);
+    "cpu_lengths": lengths that stay on the CPU whatever the device (torch's convention for packing)."""
+    if mask_kind in ("lengths", "cpu_lengths"):
         return dict(mask=None, lengths=mask.sum(1))
     return dict(mask=mask)
 
@@ -98,7 +99,7 @@ def test_gradcheck(rng, cell, mask_kind):
 
 @pytest.mark.parametrize("zero_output", [False, True])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("mask_kind", ["holes", "post", "lengths"])
+@pytest.mark.parametrize("mask_kind", ["holes", "post", "lengths", "cpu_lengths"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradients_equal_plain_torch(rng, tdevice, cell, mask_kind, go_backwards, zero_output):
     x, W, U, b, h0, c0, mask = problem(rng, cell, 4, 7, 3, 5, torch.float64, mask_kind)
@@ -112,13 +113,23 @@ def test_gradients_equal_plain_torch(rng, tdevice, cell, mask_kind, go_backwards
     n = 3 if cell == "lstm" else 2
     want = torch.autograd.grad(sum((r * u).sum() for r, u in zip(ref[:n], ups)), leaves)
     dev = [v.detach().to(tdevice).requires_grad_() for v in leaves]
-    on_dev = {k: None if v is None else v.to(tdevice) for k, v in steps(mask, mask_kind).items()}
+    on_dev = {k: v if v is None or mask_kind == "cpu_lengths" else v.to(tdevice)
+              for k, v in steps(mask, mask_kind).items()}
     outs = call(cell, *dev[:4], h0=dev[4], c0=dev[5] if cell == "lstm" else None, **on_dev, **kw)
     for o, r in zip(outs, ref):
         torch.testing.assert_close(o.cpu(), r.detach(), rtol=1e-10, atol=1e-10)
     got = torch.autograd.grad(sum((o * u.to(tdevice)).sum() for o, u in zip(outs, ups)), dev)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.cpu(), w, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [-1, 8])
+def test_cpu_lengths_out_of_range_are_refused_on_any_device(rng, tdevice, bad):
+    x, W, U, b, _, _, _ = problem(rng, "lstm", 3, 7, 2, 4, torch.float32, "post")
+    lengths = torch.tensor([7, bad, 2])
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\] = \[0, 7\]"):
+        mt.lstm(x.detach().to(tdevice), W.detach().to(tdevice), U.detach().to(tdevice), b.detach().to(tdevice),
+                lengths=lengths)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -11,8 +11,8 @@ initialisation and ``isinstance`` checks are torch's own; only ``forward`` chang
   or an unbatched ``(T, I)`` tensor (then ``hx`` and ``h_n`` are ``(L*D, H)``).
 - ``lengths`` (padded input only): ``(B,)`` integers in ``[0, T]`` (a tensor on the CPU or the input's
   device, or a list); row b's real steps are its first ``lengths[b]``. Unlike ``pack_padded_sequence`` it
-  needs no sorting, allows zero lengths and is not copied to the host here (the dispatcher still reads the
-  step plan on the host once per layer and direction).
+  needs no sorting and allows zero lengths. Lengths on the CPU cost the GPU nothing but a copy; lengths on
+  the GPU are range-checked there, which makes the host wait for the GPU once per layer and direction.
 - ``mask`` (padded input only): the input's first two dimensions (``(B, T)`` with ``batch_first``, else
   ``(T, B)``), bool or integer 0/1 such as a tokenizer's attention mask; True/1 = real step. Holes are
   allowed: a masked step is skipped (states carried over it, its input never read).
@@ -125,7 +125,7 @@ class _MaskedRNN:
         if self.CELL == "lstm" and self.proj_size:
             mask = steps.get("mask")
             if "lengths" in steps:
-                mask = torch.arange(x.shape[0], device=x.device)[:, None] < steps["lengths"][None, :]
+                mask = torch.arange(x.shape[0], device=x.device)[:, None] < steps["lengths"].to(x.device)[None, :]
             elif mask is None:
                 mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             return lstm_proj_direction(x, *params, getattr(self, f"weight_hr{sfx}"), h0, c0, mask, reverse)
@@ -191,7 +191,7 @@ class _MaskedRNN:
         real = torch.arange(B)[None, :] < batch_sizes[:, None]
         where = real.flatten().nonzero().squeeze(1).to(data.device, non_blocking=True)
         x = data.new_zeros(T * B, data.shape[1]).index_copy(0, where, data).view(T, B, -1)
-        lengths = real.sum(0).to(data.device, non_blocking=True)
+        lengths = real.sum(0)  # on the CPU, as batch_sizes: the GPU never waits for their check
         h0, c0 = self._hx(hx, B)
         if sorted_indices is not None:
             order = sorted_indices.to(data.device)
@@ -239,7 +239,8 @@ class _MaskedRNN:
             if lengths.device.type == "cpu" and B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
                 raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got min {int(lengths.min())}, "
                                  f"max {int(lengths.max())}")
-            return dict(lengths=lengths.to(input.device, non_blocking=True))
+            # CPU lengths stay there (checked above; the dispatcher copies them to the GPU without waiting for it).
+            return dict(lengths=lengths if lengths.device.type == "cpu" else lengths.to(input.device))
         if mask is None:
             return {}
         mask = torch.as_tensor(mask)
