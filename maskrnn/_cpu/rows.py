@@ -17,7 +17,7 @@ import threading
 import numba
 import numpy as np
 
-from . import gemm
+from . import gemm, omp
 
 MIN_ROWS = 8  # rows per thread at least: the native product's register tile (8 rows on AVX-512)
 # Per-step multiply-adds (rows x recurrent weights) below which one thread runs the call: a thread start and join
@@ -58,8 +58,8 @@ os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def parallel(tasks):
-    """Runs the callables: the first on this thread, the others on helper threads; returns when all have
-    finished and re-raises the first failure."""
+    """Runs the callables: on PyTorch's OpenMP team when there is one (omp.py), else the first on this thread and
+    the others on helper threads; returns when all have finished and re-raises the first failure."""
     errors = []
 
     def guarded(task):
@@ -71,6 +71,10 @@ def parallel(tasks):
 
         return run
 
+    if omp.run([guarded(task) for task in tasks]):
+        if errors:
+            raise errors[0]
+        return
     with _helpers_lock:
         while len(_helpers) < len(tasks) - 1:
             q = queue.SimpleQueue()
