@@ -8,7 +8,7 @@
 namespace maskrnn {
 namespace {
 
-constexpr int kPlanThreads = 256;
+constexpr int kPlanThreads = 128;
 
 // Last real step + 1 of row b (0 if it has none), searched from the last step down, 8 steps a round so that the
 // loads of a round are in flight together.
@@ -26,8 +26,9 @@ __device__ int row_span(int T, int B, const uint8_t* mask, int b) {
 
 // One block. order holds each row's span until the rows are placed; work (T+1 int32) counts, per span, the rows
 // of that span placed so far.
-__global__ void __launch_bounds__(kPlanThreads) row_plan_kernel(int T, int B, const uint8_t* mask, int32_t* order,
-                                                                int32_t* inverse, int32_t* counts, int32_t* work) {
+// (No __launch_bounds__: with it ptxas capped the kernel at 32 registers, for occupancy it never has, and spilled.)
+__global__ void row_plan_kernel(int T, int B, const uint8_t* mask, int32_t* order, int32_t* inverse, int32_t* counts,
+                                int32_t* work) {
   __shared__ int32_t buf[kPlanThreads];
   const int tid = int(threadIdx.x);
   for (int s = tid; s <= T; s += kPlanThreads) counts[s] = work[s] = 0;
@@ -39,23 +40,17 @@ __global__ void __launch_bounds__(kPlanThreads) row_plan_kernel(int T, int B, co
     atomicAdd(&counts[span], 1);
   }
   __syncthreads();
-  // counts[t] := rows with a span above t, a suffix sum over tiles of spans from the top (Hillis-Steele in buf).
-  int above = 0;
-  for (int top = T + 1; top > 0; top -= kPlanThreads) {
-    const int s = top - 1 - tid;
-    const int n = s >= 0 ? counts[s] : 0;
-    buf[tid] = n;
-    __syncthreads();
-    for (int d = 1; d < kPlanThreads; d *= 2) {
-      const int add = tid >= d ? buf[tid - d] : 0;
-      __syncthreads();
-      buf[tid] += add;
-      __syncthreads();
+  // counts[t] := rows with a span above t: a suffix sum by one thread (its loads do not wait on each other; block
+  // barriers, costly in the host emulation, were 16 per tile of spans in a parallel scan).
+  if (tid == 0) {
+    int above = 0;
+    for (int s = T; s >= 0; --s) {
+      const int n = counts[s];
+      counts[s] = above;
+      above += n;
     }
-    if (s >= 0) counts[s] = above + buf[tid] - n;
-    above += buf[kPlanThreads - 1];
-    __syncthreads();  // buf is read above before the next tile writes it
   }
+  __syncthreads();
   // A row's place: after the rows of longer span, and after the rows before it of its own span (a stable sort).
   // Rows go a tile at a time; within a tile each counts the earlier ones of its span.
   for (int base = 0; base < B; base += kPlanThreads) {

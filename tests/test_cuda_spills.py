@@ -1,5 +1,6 @@
 """The CUDA kernels compile for sm_90 with no register spills and no compiler warnings (issue 13): every
-per-dtype translation unit of csrc/ through `nvcc -Xptxas -v`, in parallel. Skipped where nvcc is missing."""
+per-dtype translation unit of csrc/ and the row plan's through `nvcc -Xptxas -v`, in parallel. Skipped where nvcc
+is missing."""
 
 import os
 import re
@@ -18,8 +19,8 @@ SPILLS = re.compile(r"Function properties for (\w+)\s+\d+ bytes stack frame, "
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 def test_sm90_kernels_do_not_spill(tmp_path):
-    units = sorted(CSRC.glob("scan_*.cu"))
-    assert len(units) == 4  # one per dtype: float32, float64, float16, bfloat16
+    units = sorted(CSRC.glob("scan_*.cu")) + [CSRC / "plan.cu"]
+    assert len(units) == 5  # one per dtype (float32, float64, float16, bfloat16), and the row plan
     jobs = {u.name: subprocess.Popen(
         [NVCC, "-arch=sm_90", "-O3", "-Xptxas", "-v", "--expt-relaxed-constexpr", "-lineinfo", f"-I{CSRC}", "-c",
          str(u), "-o", str(tmp_path / f"{u.stem}.o")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -65,7 +65,7 @@ def test_example(xp):
 @pytest.mark.parametrize("kind", ["post", "pre", "holes", "post_holes", "empty"])
 @pytest.mark.parametrize("B, T", [(1, 1), (1, 7), (9, 1), (13, 11), (40, 3), (0, 5), (300, 9), (5, 600)])
 def test_random_masks(rng, xp, kind, B, T):
-    # (300, 9): rows in two tiles of the kernel's 256 threads; (5, 600): spans summed in three tiles.
+    # (300, 9): rows in three tiles of the kernel's 128 threads; (5, 600): a long suffix sum of the spans.
     mask = make_mask(rng, kind, max(B, 1), T)[:B].T.copy()
     check(xp, mask)
 
