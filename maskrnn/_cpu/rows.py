@@ -71,26 +71,29 @@ def parallel(tasks):
 
         return run
 
-    if omp.run([guarded(task) for task in tasks]):
-        if errors:
-            raise errors[0]
-        return
+    runs = [guarded(task) for task in tasks]
+    if not omp.run(runs):
+        _on_helpers(runs)
+    if errors:
+        raise errors[0]
+
+
+def _on_helpers(runs):
+    """The callables (which must not raise): the first on this thread, the others on helper threads."""
     with _helpers_lock:
-        while len(_helpers) < len(tasks) - 1:
+        while len(_helpers) < len(runs) - 1:
             q = queue.SimpleQueue()
             threading.Thread(target=_helper, args=(q,), daemon=True, name="maskrnn-cpu").start()
             _helpers.append(q)
-        helpers = _helpers[: len(tasks) - 1]
+        helpers = _helpers[: len(runs) - 1]
     done = queue.SimpleQueue()
-    for q, task in zip(helpers, tasks[1:]):
-        q.put((guarded(task), done))
+    for q, run in zip(helpers, runs[1:]):
+        q.put((run, done))
     try:
-        guarded(tasks[0])()
+        runs[0]()
     finally:
         for _ in helpers:
             done.get()
-    if errors:
-        raise errors[0]
 
 
 def split(run, sizes, n):
