@@ -347,7 +347,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     B, H = init[0].shape
     I, GH = W.shape
     dtype = init[0].dtype
-    per_step = B * (2 * I + 1 + GH + (2 * len(init) + n_extra + 1) * H)
+    per_step = B * (I + GH + (2 * len(init) + n_extra + 1) * H)
     whole = getattr(K, "WHOLE_SCAN", False)  # the GPU's: chunks bounded by its own workspace alone
     room = getattr(K, "INFER_WORKSPACE", INFER_WORKSPACE) // dtype.itemsize
     spans = chunks(T, B, H, GH, (per_step, room if whole else max(T * B * (I + H) // 4, room)), whole)
@@ -355,16 +355,16 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
     states = [_states(xp, K, n, B, H, dtype, s) for s in init]
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
     out = xp.empty((n, B, H), dtype)
-    # One input buffer, with the bias's column of ones (``_with_bias``), and one W[+b] for every chunk.
-    Wb = _bias_row(xp, W, b)
-    xb = xp.empty((n, B, Wb.shape[0]), dtype)
-    xb[..., I:] = 1
     gx = xp.empty((n, B, GH), dtype)
     prev = None
     for t0, t1 in spans:
         k = t1 - t0
-        xb[:k, :, :I] = x_at(t0, t1)
-        _project_rows(xp, K, xb[:k], Wb, gx[:k], plan.host_sizes(t0, t1))
+        # The chunk's inputs straight into the GEMM, the bias added after: on the GPU, W[+b] and a copy of the
+        # inputs with the column of ones (``_with_bias``) cost three more launches before the scan's, and the
+        # forward's wall time waits for the host to queue them (the CPU engine has its own fused inference).
+        _project_rows(xp, K, x_at(t0, t1), W, gx[:k], plan.host_sizes(t0, t1))
+        if b is not None:
+            gx[:k] += b
         o = out[:k]
         call(gx[:k], plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
         if prev is not None:
