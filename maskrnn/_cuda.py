@@ -4,8 +4,9 @@ the native extension (csrc/scan.h). Raw device pointers and CuPy's current strea
 dispatcher builds the plan on the device, ``DEVICE_PLAN``), so a call only queues work. The all-step GEMMs run on
 CuPy (cuBLAS): the driver's default ``xp.matmul``.
 
-Host <-> device transfers per call, beyond kernel arguments: none with a mask or no mask; with ``lengths=``, one
-bool read back (their range check in maskrnn._validate, which waits for the work queued before it).
+Host <-> device transfers per call, beyond kernel arguments: none with a mask or no mask; with ``lengths=`` on
+the GPU, one bool read back (their range check in maskrnn._validate, which waits for the work queued before it);
+with lengths on the host, the plan copied over (``_dispatch.host_plan``), nothing read back.
 
 Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch wait for its kernel and raise
 at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.

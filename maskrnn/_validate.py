@@ -22,7 +22,7 @@ class Problem:
     recurrent_kernel: Any
     bias: Any
     has_bias: bool
-    mask_tm: Any  # (T,B) bool, time-major, caller's time order
+    mask_tm: Any  # (T,B) bool, time-major, caller's time order; on the host for host lengths of a GPU problem
     mask_source: str  # "mask", "lengths" (then post-padded) or "none" (then all True): known without reading it
     h0: Any
     c0: Any
@@ -94,6 +94,8 @@ def _to_device(a, device, name):
         return np.asarray(a)
     import cupy
 
+    if isinstance(a, cupy.ndarray):  # as cupy.asarray would return it, without its ~15 us on the host
+        return a
     if hasattr(a, "__cuda_array_interface__") or _where(a) != "cuda":
         return cupy.asarray(a)
     return cupy.from_dlpack(a)
@@ -223,8 +225,8 @@ def _source(mask, lengths):
 
 
 def _mask(xp, mask, lengths, T, B, time_major, lengths_xp):
-    """The (T,B) time-major bool mask on xp's device. lengths_xp: where the lengths are checked (NumPy for host
-    lengths of a GPU problem, which are then copied to the device; else xp)."""
+    """The (T,B) time-major bool mask on xp's device, or on the host for host lengths of a GPU problem.
+    lengths_xp: where the lengths are (NumPy for host lengths of a GPU problem; else xp)."""
     mask = None if mask is None else _from_list(xp, mask, "mask")
     if lengths is not None:
         lengths = _from_list(lengths_xp, lengths, "lengths")
@@ -237,9 +239,9 @@ def _mask(xp, mask, lengths, T, B, time_major, lengths_xp):
         if B and bool(((lengths < 0) | (lengths > T)).any()):
             raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got min {int(lengths.min())}, "
                              f"max {int(lengths.max())}")
-        if lengths_xp is not xp:
-            lengths = xp.asarray(lengths)  # one copy to the device, queued: the host does not wait for it
-        return xp.arange(T)[:, None] < lengths[None, :]
+        # Host lengths of a GPU problem: a host mask, from which the dispatcher makes the plan on the host
+        # (_dispatch.host_plan) and copies it over.
+        return lengths_xp.arange(T)[:, None] < lengths[None, :]
     if mask is None:
         return xp.ones((T, B), dtype=bool)
     if mask.dtype != np.bool_:

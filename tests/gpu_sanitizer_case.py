@@ -4,10 +4,11 @@
     compute-sanitizer --tool racecheck python tests/gpu_sanitizer_case.py
     compute-sanitizer --tool initcheck python tests/gpu_sanitizer_case.py
 
-LSTM and GRU (both variants), masked (holes) and packed (post-padded, unsorted rows, an empty row), forward
-and backward with upstream gradients of outputs and final states, float32/float16/float64 (CuPy) and
-bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H not a multiple of the 32-unit tile
-and a batch not a multiple of the 8-row tile (two tiles each). bench/gpu_verify.sh runs it under all four tools.
+LSTM and GRU (both variants), masked (holes) and packed (post-padded, unsorted rows, an empty row; lengths on the
+GPU and on the host), forward and backward with upstream gradients of outputs and final states,
+float32/float16/float64 (CuPy) and bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H
+not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each).
+bench/gpu_verify.sh runs it under all four tools.
 """
 
 import cupy
@@ -30,7 +31,7 @@ for dtype in ("float32", "float16", "float64"):
     for cell, G, extra in (("lstm", 4, {}), ("gru", 3, {"reset_after": True}), ("gru", 3, {"reset_after": False})):
         W, U = rand((I, G * H), dtype, 0.3), rand((H, G * H), dtype, 0.3)
         vjp = maskrnn.lstm_vjp if cell == "lstm" else maskrnn.gru_vjp
-        for steps in ({"lengths": lengths}, {"mask": holes}):
+        for steps in ({"lengths": lengths}, {"lengths": lengths.get()}, {"mask": holes}):  # device, host lengths
             for go_backwards in (False, True):
                 outs, pullback = vjp(x, W, U, None, go_backwards=go_backwards, zero_output_for_mask=go_backwards,
                                      **steps, **extra)

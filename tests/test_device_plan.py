@@ -1,7 +1,7 @@
 """The GPU engine's plan (maskrnn._dispatch.device_plan, its kernel row_plan in csrc/plan.cu), which reads nothing
-back: against each row's last real step from the definition, the host plan's stable order and a direct count of
-the rows each step computes. Runs on the emulated kernels (``-p plugin``, see tests/cuda_emulation) and on a GPU;
-skipped otherwise."""
+back, and the same plan made on the host for host lengths (host_plan): against each row's last real step from
+the definition, the host plan's stable order and a direct count of the rows each step computes. Runs on the
+emulated kernels (``-p plugin``, see tests/cuda_emulation) and on a GPU; skipped otherwise."""
 
 import sys
 
@@ -28,8 +28,21 @@ def xp(request):
     return cupy
 
 
-def plan_of(xp, mask_tb, source="mask"):
-    plan = dispatch.device_plan(xp, _cuda, to_device(mask_tb, "cpu" if xp is np else "cuda"), source)
+@pytest.fixture(params=["row_plan", "host_plan"])
+def build(request):
+    """How the plan is made: on the device by row_plan (device masks), or on the host (host lengths)."""
+    return request.param
+
+
+def make(xp, build, mask_tb, source):
+    """The plan of a host (T,B) mask (any strides): built by row_plan from a device copy, or by host_plan."""
+    if build == "host_plan":
+        return dispatch.host_plan(xp, mask_tb, source)
+    return dispatch.device_plan(xp, _cuda, to_device(mask_tb, "cpu" if xp is np else "cuda"), source)
+
+
+def plan_of(xp, build, mask_tb, source="mask"):
+    plan = make(xp, build, mask_tb, source)
     return plan, {k: to_host(getattr(plan, k)) for k in ("order", "inverse", "batch_sizes", "mask")}
 
 
@@ -39,9 +52,9 @@ def spans(mask_tb):
     return np.array([max((t + 1 for t in range(T) if mask_tb[t, b]), default=0) for b in range(B)], int)
 
 
-def check(xp, mask_tb, source="mask"):
+def check(xp, build, mask_tb, source="mask"):
     T, B = mask_tb.shape
-    plan, got = plan_of(xp, mask_tb, source)
+    plan, got = plan_of(xp, build, mask_tb, source)
     span = spans(mask_tb)
     np.testing.assert_array_equal(got["order"], np.argsort(-span, kind="stable"))  # the host plan's order
     np.testing.assert_array_equal(got["inverse"][got["order"]], np.arange(B))
@@ -52,9 +65,9 @@ def check(xp, mask_tb, source="mask"):
     return plan
 
 
-def test_example(xp):
+def test_example(xp, build):
     mask = np.array([[1, 0, 1, 0, 0, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1]], bool)
-    plan, got = plan_of(xp, mask.T.copy())
+    plan, got = plan_of(xp, build, mask.T.copy())
     assert plan.variant == "masked"
     np.testing.assert_array_equal(got["order"], [3, 1, 0, 2])  # last real steps 5, 4, 2, none
     np.testing.assert_array_equal(got["inverse"], [2, 1, 3, 0])
@@ -64,24 +77,25 @@ def test_example(xp):
 
 @pytest.mark.parametrize("kind", ["post", "pre", "holes", "post_holes", "empty"])
 @pytest.mark.parametrize("B, T", [(1, 1), (1, 7), (9, 1), (13, 11), (40, 3), (0, 5), (300, 9), (5, 600)])
-def test_random_masks(rng, xp, kind, B, T):
+def test_random_masks(rng, xp, build, kind, B, T):
     # (300, 9): rows in three tiles of the kernel's 128 threads; (5, 600): a long suffix sum of the spans.
     mask = make_mask(rng, kind, max(B, 1), T)[:B].T.copy()
-    check(xp, mask)
+    check(xp, build, mask)
 
 
-def test_many_rows_of_few_spans(rng, xp):
+def test_many_rows_of_few_spans(rng, xp, build):
     """Long runs of equal spans across the kernel's row tiles: the stable order within each span."""
     B, T = 700, 4
     mask = np.arange(T)[:, None] < rng.integers(0, T + 1, B)[None, :]
-    check(xp, mask)
+    check(xp, build, mask)
 
 
-def test_views_and_the_plans_own_mask(rng, xp):
+def test_views_and_the_plans_own_mask(rng, xp, build):
     """A strided mask (go_backwards, batch-major callers) is read right, and the plan keeps its own copy."""
     mask_bt = make_mask(rng, "holes", 6, 8)
-    device_mask = to_device(mask_bt, "cpu" if xp is np else "cuda")
-    plan = dispatch.device_plan(xp, _cuda, device_mask.T[::-1], "mask")
+    device_mask = mask_bt if build == "host_plan" else to_device(mask_bt, "cpu" if xp is np else "cuda")
+    plan = (dispatch.host_plan(xp, device_mask.T[::-1], "mask") if build == "host_plan"
+            else dispatch.device_plan(xp, _cuda, device_mask.T[::-1], "mask"))
     want = mask_bt.T[::-1].copy()
     order = to_host(plan.order)
     np.testing.assert_array_equal(order, np.argsort(-spans(want), kind="stable"))
@@ -89,10 +103,10 @@ def test_views_and_the_plans_own_mask(rng, xp):
     np.testing.assert_array_equal(to_host(plan.mask), want[:, order])
 
 
-def test_lengths_pack_and_no_mask_computes_every_row(rng, xp):
+def test_lengths_pack_and_no_mask_computes_every_row(rng, xp, build):
     B, T = 8, 6
     lengths = rng.integers(0, T + 1, B)
-    plan = check(xp, np.arange(T)[:, None] < lengths[None, :], "lengths")
+    plan = check(xp, build, np.arange(T)[:, None] < lengths[None, :], "lengths")
     assert plan.variant == "packed"
     full = dispatch.device_plan(xp, _cuda, to_device(np.ones((T, B), bool), "cpu" if xp is np else "cuda"), "none")
     assert full.variant == "packed" and full.order is None and full.batch_sizes is None and full.steps is None
