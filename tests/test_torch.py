@@ -123,6 +123,29 @@ def test_gradients_equal_plain_torch(rng, tdevice, cell, mask_kind, go_backwards
         torch.testing.assert_close(g.cpu(), w, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.bfloat16, torch.bool,
+                                   torch.int64])
+def test_views_share_the_tensors_memory(rng, tdevice, dtype):
+    """The engine's views of tensors (maskrnn.torch._view; on CUDA wrapped by pointer, bfloat16 through DLPack):
+    strided, offset, broadcast and empty tensors read as torch reads them, and writes through a view reach the
+    tensor."""
+    if dtype == torch.bfloat16 and tdevice.type == "cpu":
+        pytest.skip("bfloat16 runs on CUDA only (maskrnn.torch refuses it on the CPU before any view)")
+    base = torch.tensor(rng.standard_normal((5, 6, 7)) * 10).to(dtype).to(tdevice)
+    for t in (base, base.transpose(0, 2), base[1:4, ::2, 3:], base[2], base[:, 1:2].expand(5, 3, 7), base[:0]):
+        v = mt._view(t)
+        host = v.get() if hasattr(v, "get") else v
+        if dtype == torch.bfloat16:  # no NumPy bfloat16 here: compare the bits
+            host, want = np.asarray(host).view(np.uint16), t.cpu().view(torch.int16).numpy().view(np.uint16)
+        else:
+            want = t.cpu().numpy()
+        assert host.shape == want.shape
+        np.testing.assert_array_equal(host, want)
+    if dtype != torch.bfloat16:
+        mt._view(base[1:4, ::2])[...] = 0
+        assert not base[1:4, ::2].any() and base[0].any()
+
+
 @pytest.mark.parametrize("bad", [-1, 8])
 def test_cpu_lengths_out_of_range_are_refused_on_any_device(rng, tdevice, bad):
     x, W, U, b, _, _, _ = problem(rng, "lstm", 3, 7, 2, 4, torch.float32, "post")
