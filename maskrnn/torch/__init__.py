@@ -34,10 +34,9 @@ def _view(t):
 
 
 def _cuda_view(t):
-    """A CuPy array on a CUDA tensor's memory, holding the tensor. cupy.from_dlpack makes the same array at ~28 us
-    a tensor on an H100's host (torch's side of the exchange asks for the current stream twice), ~4 per call: a
-    sixth of a forward's host time. No stream handshake is needed: maskrnn's GPU work runs on the tensor's current
-    stream (_stream)."""
+    """A CuPy array on a CUDA tensor's memory, holding the tensor. cupy.from_dlpack makes the same array for
+    18-28 us of host time a tensor (measured on the H100 machine: bench/results/gpu-H100-20261127), four or more
+    a call. No stream handshake is needed: maskrnn's GPU work runs on the tensor's current stream (_stream)."""
     import cupy
 
     dtype = _CUPY_DTYPES.get(t.dtype)
