@@ -94,8 +94,8 @@ def _to_device(a, device, name):
         return np.asarray(a)
     import cupy
 
-    if isinstance(a, cupy.ndarray):  # as cupy.asarray would return it, without its ~15 us on the host
-        return a
+    if isinstance(a, cupy.ndarray) and a.device.id == cupy.cuda.runtime.getDevice():
+        return a  # as cupy.asarray would return it, without its ~15 us of host time
     if hasattr(a, "__cuda_array_interface__") or _where(a) != "cuda":
         return cupy.asarray(a)
     return cupy.from_dlpack(a)
