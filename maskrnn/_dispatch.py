@@ -33,6 +33,11 @@ def _engine(device):
     return cupy, _cuda
 
 
+def _last_steps(mask):
+    """Each row's last real step + 1 (0 for a row with none) of a (T,B) host mask."""
+    return np.where(mask.any(axis=0), mask.shape[0] - np.argmax(mask[::-1], axis=0), 0)
+
+
 def make_plan(xp, mask):
     """mask (T,B) bool in scan order, on the host -> Plan (the CPU engine's). Rows are sorted by how many leading
     steps need computing, so that each step computes a prefix of rows. Post-padded masks (each row real, then
@@ -48,7 +53,7 @@ def make_plan(xp, mask):
         span = mask.sum(axis=0)
         active = span[None, :] >= T - steps
     else:
-        span = np.where(mask.any(axis=0), T - np.argmax(mask[::-1], axis=0), 0)  # last real step + 1
+        span = _last_steps(mask)
         active = span[None, :] > steps
     plan = _scan.Plan(mask=mask, batch_sizes=active.sum(axis=1).astype(np.int32), packed=post or pre)
     order = np.argsort(-span, kind="stable")
@@ -82,7 +87,7 @@ def host_plan(xp, mask, source):
     kernel, no gather and nothing read back (row_plan and the mask's gather cost ~60 us of host time, which the
     forward's wall time waits for before the scan's launch)."""
     T, B = mask.shape
-    span = np.where(mask.any(axis=0), T - np.argmax(mask[::-1], axis=0), 0)  # last real step + 1
+    span = _last_steps(mask)
     order = np.argsort(-span, kind="stable")
     ints = np.empty(2 * B + T, np.int32)
     ints[:B] = order
