@@ -134,7 +134,7 @@ print(f"pytest: {n['tests'] - n['failures'] - n['errors'] - n['skipped']} passed
 EOF
     for tool in "${SANITIZERS[@]}"; do
       errors=$(sed -n "/^### $tool\$/,/^### /p" "$RES/sanitizers.log" 2>/dev/null |
-        grep -o 'ERROR SUMMARY: [0-9]*' | tail -1)
+        grep -E '(ERROR|RACECHECK) SUMMARY: [0-9]+' | tail -1 | sed 's/^=* *//')  # racecheck's own summary line
       echo "compute-sanitizer $tool: ${errors:-no summary (cut or crashed)}"
     done
     echo "bench (the end of its table):"
