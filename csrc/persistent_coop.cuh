@@ -12,8 +12,8 @@
 // row is computed (sizes[t] == 0) has no product and no barrier: the next computed step's barrier orders its
 // carries.
 //
-// A CTA's threads: (row group, unit) pairs, kRowsPerThread rows each, as in the one-cluster kernel, with as many
-// row groups as fit kMaxPersistThreads (or as the batch needs); a CTA loops over blocks of those rows. The gate
+// A CTA's threads: (row group, unit) pairs, kCoopRowsPerThread rows each, with as many row groups as fit
+// kMaxPersistThreads (or as the batch needs); a CTA loops over blocks of those rows. The gate
 // math and tape writes are the one-cluster kernel's (persist_cell, persist_gru_gates), the product an FMA loop
 // (coop_dot) in every dtype: float16/bfloat16 multiply in fp32 here (tensor cores are left for later). The
 // states run in the tape for float32/float64; float16/bfloat16 run them in float32 in scan.h's scratch (h, then
@@ -31,36 +31,37 @@
 namespace maskrnn {
 
 constexpr int kCoopDepth = 64;  // units of h per chunk staged in shared memory
+constexpr int kCoopRowsPerThread = 2;  // a thread's rows in the cell math and the product
 
-// Row groups of a CTA of HC units over B rows: kRowsPerThread rows a thread, at most kMaxPersistThreads threads.
+// Row groups of a CTA of HC units over B rows: kCoopRowsPerThread rows a thread, at most kMaxPersistThreads threads.
 __host__ __device__ constexpr int coop_row_groups(int B, int HC) {
-  const int fit = kMaxPersistThreads / HC, need = (B + kRowsPerThread - 1) / kRowsPerThread;
+  const int fit = kMaxPersistThreads / HC, need = (B + kCoopRowsPerThread - 1) / kCoopRowsPerThread;
   return need < 1 ? 1 : need < fit ? need : fit;
 }
 
 // Shared memory of one CTA: the h chunk [kCoopDepth][rows] (accumulation type), then U's slice [H][G][HC].
 template <typename T, Cell C>
 constexpr size_t coop_smem(int B, int H, int HC) {
-  return sizeof(acc_t<T>) * kCoopDepth * coop_row_groups(B, HC) * kRowsPerThread +
+  return sizeof(acc_t<T>) * kCoopDepth * coop_row_groups(B, HC) * kCoopRowsPerThread +
          sizeof(T) * size_t(H) * kGates<C> * HC;
 }
 
 // acc[i][g] += sum over k < K of hT[k][r0 + i] * Us[(k * G + g) * HC + jj] for the gates g in [g0, g1): the
-// thread's kRowsPerThread rows at unit jj; ld: hT's row stride (the row block's RB rows).
+// thread's kCoopRowsPerThread rows at unit jj; ld: hT's row stride (the row block's RB rows).
 template <int G, typename Acc, typename T>
 __device__ inline void coop_dot(const Acc* hT, const T* Us, int K, int HC, int jj, int r0, int g0, int g1, int ld,
-                                Acc (&acc)[kRowsPerThread][G]) {
+                                Acc (&acc)[kCoopRowsPerThread][G]) {
 #pragma unroll 2
   for (int k = 0; k < K; ++k) {
-    Acc hv[kRowsPerThread];
+    Acc hv[kCoopRowsPerThread];
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) hv[i] = hT[k * ld + r0 + i];
+    for (int i = 0; i < kCoopRowsPerThread; ++i) hv[i] = hT[k * ld + r0 + i];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g < g0 || g >= g1) continue;
       const Acc u = to_acc(Us[(k * G + g) * HC + jj]);
 #pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) acc[i][g] += hv[i] * u;
+      for (int i = 0; i < kCoopRowsPerThread; ++i) acc[i][g] += hv[i] * u;
     }
   }
 }
@@ -69,7 +70,8 @@ __device__ inline void coop_dot(const Acc* hT, const T* Us, int K, int HC, int j
 // chunks staged in hT; Us [K][G][HC]. Every thread of the block calls it (barriers).
 template <int G, typename T, typename Acc>
 __device__ inline void coop_product(const T* src, int B, int64_t ld, int K, int HC, int rb0, int RB, int jj, int r0,
-                                    bool unit, const T* Us, Acc* hT, int g0, int g1, Acc (&acc)[kRowsPerThread][G]) {
+                                    bool unit, const T* Us, Acc* hT, int g0, int g1,
+                                    Acc (&acc)[kCoopRowsPerThread][G]) {
   for (int k0 = 0; k0 < K; k0 += kCoopDepth) {
     const int kc = K - k0 < kCoopDepth ? K - k0 : kCoopDepth;
     __syncthreads();  // every thread is done with the previous chunk
@@ -90,7 +92,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
                         T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape, acc_t<T>* state) {
   namespace cg = cooperative_groups;
   using Acc = acc_t<T>;
-  constexpr int G = kGates<kCell>, RT = kRowsPerThread;
+  constexpr int G = kGates<kCell>, RT = kCoopRowsPerThread;
   constexpr bool kLstm = kCell == Cell::kLstm, kSplit = kCell == Cell::kGru, kSep = kSeparateState<T>;
   const cg::grid_group grid = cg::this_grid();
   const int tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT, RB = int(blockDim.x) / HC * RT;

@@ -21,7 +21,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
                              T* dgx, acc_t<T>* scratch) {
   namespace cg = cooperative_groups;
   using Acc = acc_t<T>;
-  constexpr int RT = kRowsPerThread;
+  constexpr int RT = kCoopRowsPerThread;
   const cg::grid_group grid = cg::this_grid();
   const int tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT, RB = int(blockDim.x) / HC * RT, K = 4 * H;
   const int j = int(blockIdx.x) * HC + jj;
@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
                             T* dh, T* dgx, T* dgr, acc_t<T>* scratch) {
   namespace cg = cooperative_groups;
   using Acc = acc_t<T>;
-  constexpr int RT = kRowsPerThread;
+  constexpr int RT = kCoopRowsPerThread;
   const cg::grid_group grid = cg::this_grid();
   const int tid = int(threadIdx.x), jj = tid % HC, r0 = tid / HC * RT, RB = int(blockDim.x) / HC * RT, K = 3 * H;
   const int j = int(blockIdx.x) * HC + jj;

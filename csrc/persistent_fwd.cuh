@@ -28,8 +28,13 @@ template <Cell C> constexpr int kGates = C == Cell::kLstm ? 4 : 3;
 template <Cell C> constexpr int kHBuffers = C == Cell::kGru ? 1 : 2;
 
 constexpr int kPersistRows = 8;     // batch rows per cluster
-constexpr int kRowsPerThread = 2;   // a thread's rows in the cell math
-// Threads per unit (in persist_dot: quarters of k); a CTA runs kRowGroups * HC.
+// A thread's rows in the cell math. One: eight threads a unit, each summing an eighth of k in persist_dot. With
+// two rows, four threads summed quarters and each warp's instruction stream bound the step (one warp per
+// scheduler; ncu in bench/results/gpu-H100-20261126b). On an H100 (bench/results/gpu-H100-20261127c), fp32 scan
+// kernels at (64,100,128,256) / (16,200,64,128): LSTM forward 475 -> 416 / 663 -> 484 us, backward 718 -> 562 /
+// 909 -> 603 us; GRU forward 378 -> 341 / 552 -> 422 us, backward 605 -> 446 / 789 -> 532 us.
+constexpr int kRowsPerThread = 1;
+// Threads per unit (in persist_dot: k split kRowGroups ways); a CTA runs kRowGroups * HC.
 constexpr int kRowGroups = kPersistRows / kRowsPerThread;
 constexpr int kMaxPersistThreads = 256;  // __launch_bounds__: up to 255 registers a thread
 static_assert(kMmaM == kPersistRows, "a tensor-core tile's rows are a batch slice");
@@ -59,9 +64,9 @@ constexpr size_t persist_smem(int H, int HC) {
 
 // The one-cluster kernels' product: acc[i][g] += sum over k < K of hT[k][r0 + i] * Us[(k * G + g) * HC + jj] for
 // the gates g in [g0, g1), hT K x kPersistRows (k-major, 16-byte aligned). The CTA's kRowGroups thread groups
-// (q = r0 / kRowsPerThread) split k in quarters: thread (jj, q) sums its quarter for all kPersistRows rows of the
+// (q = r0 / kRowsPerThread) split k in parts: thread (jj, q) sums its part for all kPersistRows rows of the
 // slice, so one shared load of U feeds kPersistRows FMAs and the rows of h come in two vector loads (the same
-// address across a warp); the quarters' sums meet in red (persist_red_smem) and each thread adds up those of its
+// address across a warp); the parts' sums meet in red (persist_red_smem) and each thread adds up those of its
 // own rows. Every thread of the CTA calls it (block barriers); threads past the last unit sum U's zero columns.
 template <int G, typename Acc, typename T>
 __device__ inline void persist_dot(const Acc* hT, const T* Us, int K, int HC, int jj, int r0, int g0, int g1,

@@ -8,7 +8,7 @@
 // Shape m8n32k16. M = 8 is the slice's row count, so the slice size and the cluster layout stay those of the
 // FMA path and no tile row is padding (m16n16k16 would need 16-row slices: half as many clusters at a given B,
 // and half of every tile wasted at B <= 8, the latency-bound case these kernels are for). N = 32: a CTA of
-// kRowGroups * HC = 4 HC threads (rounded up to whole warps) has ceil(HC / 8) warps and ceil(G HC / 32) <= that
+// kRowGroups * HC = 8 HC threads (rounded up to whole warps) has ceil(HC / 4) warps and ceil(G HC / 32) <= that
 // many column tiles, so warp w computes column tile w over all of K with one accumulator fragment: no split-K
 // sums, no second barrier. K = H is padded to a multiple of 16 with zero rows of h and U, and the CTA's G HC
 // columns to a multiple of 32 with zero columns of U (their products are never read).

@@ -252,9 +252,10 @@ def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernel
 def test_gru_backward_choice(monkeypatch, rng, cell):
     """The backward's own choice, on one forward tape: unforced where it fits, the persistent backward's results
     (float32 at H=40: they differ from the step kernels' in the last bits); forced where it cannot run, a clear
-    error, and unforced there the step kernels' results: float64 at H=290 (reset_after) or H=330, where the
-    forward's U slice fits a 16-CTA cluster but the backward's exchange buffers do not fit beside it, and
-    without clusters."""
+    error, and unforced there the step kernels' results: float64 at H=290 with reset_after, where the forward's U
+    slice fits a 16-CTA cluster but the backward's exchange buffers do not fit beside it; float64 at H=330
+    without reset_after, on the step kernels' tape (neither fits there: its backward has one exchange buffer, so
+    no H fits the forward and not the backward); and without clusters."""
     upstream = random_upstream(rng, cell, 6, 5, 40)
     p = cast(make_problem(rng, cell, 6, 5, 3, 40), np.float32)
     auto = backward(monkeypatch, "auto", cell, p, upstream)
@@ -263,8 +264,8 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
     assert any(not np.array_equal(persistent[k], step[k]) for k in step)
     for k in auto:
         np.testing.assert_array_equal(auto[k], persistent[k])
-    big = 290 if cell == "gru" else 330
-    for sm_major, H, forward_kernel, why in (("9", big, "persistent", f"at H={big} a 16-CTA cluster's CTA needs"),
+    big, big_forward = (290, "persistent") if cell == "gru" else (330, "step")
+    for sm_major, H, forward_kernel, why in (("9", big, big_forward, f"at H={big} a 16-CTA cluster's CTA needs"),
                                              ("8", 6, "step", "thread-block clusters need sm_90")):
         monkeypatch.setenv("EMU_SM_MAJOR", sm_major)
         upstream = random_upstream(rng, cell, 1, 2, H)

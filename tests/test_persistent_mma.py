@@ -19,9 +19,9 @@ from conftest import make_mask  # noqa: E402
 from plugin import allow_half  # noqa: E402
 from test_persistent import check_both_kernels, nan_in_padding  # noqa: E402
 
-# (B, T, I, H, dtype). H=9: 8 CTAs of 2 units (8 threads, one warp), K padded 9 -> 16; B=1, T=1.
-# H=22: CTAs of 3 units, the last with 1; B=11: two slices, the second of 3 rows. H=72: CTAs of 9 units (36
-# threads: two warps; LSTM's 36 gate columns two column tiles, GRU's 27 one), K padded to 80. H=33: 7 CTAs of 5
+# (B, T, I, H, dtype). H=9: 8 CTAs of 2 units (16 threads, one warp), K padded 9 -> 16; B=1, T=1.
+# H=22: CTAs of 3 units, the last with 1; B=11: two slices, the second of 3 rows. H=72: CTAs of 9 units (72
+# threads: three warps; LSTM's 36 gate columns two column tiles, GRU's 27 one), K padded to 80. H=33: 7 CTAs of 5
 # units, K padded to 48; B=17: three slices.
 SHAPES = [(1, 1, 3, 9, "float16"), (11, 6, 4, 22, "bfloat16"), (3, 5, 2, 72, "float16"), (17, 4, 3, 33, "bfloat16")]
 
