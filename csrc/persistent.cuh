@@ -8,8 +8,12 @@
 // step kernels' time where they were the choice before (H = 512, bench/results/gpu-H100-20261126b/README.md).
 // Forced where it cannot run, a kernel raises why.
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "persistent_bwd.cuh"
 #include "persistent_coop_bwd.cuh"
@@ -64,6 +68,42 @@ inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
   return plan;
 }
 
+// How many clusters of this launch shape can be resident at once (0 where none can: MIG slices, MPS limits), after
+// raising the kernel's shared-memory limit to the launch's and allowing clusters over 8 CTAs where it has them.
+// Found once per device, kernel and shape, and each attribute set only when it must grow: three runtime calls on
+// every launch were ~15 us of a small forward's host time. (The limit is the kernel's, not the shape's: lowering
+// it for a smaller shape would fail the next launch of a larger one.)
+template <typename K>
+int resident_clusters(K* kernel, const cudaLaunchConfig_t& cfg, const PersistPlan& plan) {
+  struct Set {
+    size_t smem = 0;
+    bool non_portable = false;
+  };
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, Set> attributes;
+  static std::map<std::tuple<int, const void*, size_t, int, unsigned>, int> known;
+  int dev = 0;
+  MASKRNN_CHECK(cudaGetDevice(&dev));
+  const void* f = reinterpret_cast<const void*>(kernel);
+  const auto shape = std::make_tuple(dev, f, plan.smem, plan.ctas, cfg.blockDim.x);
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto it = known.find(shape);
+  if (it != known.end()) return it->second;
+  Set& set = attributes[{dev, f}];
+  if (plan.smem > set.smem) {
+    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)));
+    set.smem = plan.smem;
+  }
+  if (plan.ctas > 8 && !set.non_portable) {
+    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    set.non_portable = true;
+  }
+  int clusters = 0;
+  MASKRNN_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+  known.emplace(shape, clusters);
+  return clusters;
+}
+
 // Runs a persistent kernel (arguments: steps, B, H, HC, p.n_rows, mask, zero_output, then args) and returns
 // true, or returns false for the step kernels (see the top). kWarps: CTAs of whole warps (tensor cores).
 template <bool kWarps = false, typename... P, typename... A>
@@ -84,10 +124,7 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   if (plan.why.empty()) {
-    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)));
-    MASKRNN_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, plan.ctas > 8));
-    int clusters = 0;  // 0 where a cluster cannot be co-scheduled (MIG slices, MPS limits, other kernels' use)
-    MASKRNN_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    const int clusters = resident_clusters(kernel, cfg, plan);
     if (clusters < 1)
       plan.why = "no cluster of " + std::to_string(plan.ctas) + " CTAs with " + std::to_string(plan.smem) +
                  " bytes of shared memory each can be resident on this GPU";
