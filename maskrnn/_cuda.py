@@ -20,6 +20,7 @@ _ready = False
 DEVICE_PLAN = True  # the dispatcher builds this engine's plans on the device (row_plan), never reading them
 WHOLE_SCAN = True  # one launch per training scan, whatever T (maskrnn/_scan.py, chunks)
 INFER_WORKSPACE = 256 << 20  # bytes of an inference scan's buffers: its chunks' only bound (WHOLE_SCAN)
+ZERO_STATES = True  # zero initial states reach the driver as None: its state buffers' first step is zeroed in place
 
 
 def available():

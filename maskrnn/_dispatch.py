@@ -87,7 +87,8 @@ def host_plan(xp, mask, source):
     kernel, no gather and nothing read back (row_plan and the mask's gather cost ~60 us of host time, which the
     forward's wall time waits for before the scan's launch)."""
     T, B = mask.shape
-    span = _last_steps(mask)
+    # Post-padded ("lengths"): each row's last real step + 1 is its count of real steps.
+    span = np.count_nonzero(mask, axis=0) if source == "lengths" else _last_steps(mask)
     order = np.argsort(-span, kind="stable")
     ints = np.empty(2 * B + T, np.int32)
     ints[:B] = order
@@ -117,7 +118,7 @@ class _Layout:
     """Moves arrays between the caller's layout and the scan layout for one call."""
 
     def __init__(self, xp, K, p: Problem):
-        self.xp, self.p = xp, p
+        self.xp, self.K, self.p = xp, K, p
         mask = self._to_scan_time(p.mask_tm)
         if getattr(K, "DEVICE_PLAN", False):
             # Lengths post-pad in the caller's time order: scanned backwards, the padding comes first.
@@ -139,13 +140,24 @@ class _Layout:
         return self.xp.ascontiguousarray(a)
 
     def states(self, a):
-        """Initial states (B,H) in plan order; zeros (no initial_state) are that already, with no gather."""
-        return a if self.p.zero_states else self.rows(a)
+        """Initial states (B,H) in plan order; zeros (no initial_state, a None) are that already, with no gather:
+        None for an engine whose scans zero their state buffers in place (ZERO_STATES: the GPU's, where a zeros
+        array and its copy were two more operations queued before the scan), else zeros."""
+        if a is not None:
+            return self.rows(a)
+        if getattr(self.K, "ZERO_STATES", False):
+            return None
+        return self.xp.zeros((self.p.batch, self.p.units), self.p.dtype)
 
     def unrows(self, a, axis=0):
         if self.plan.order is not None:
             a = _take(self.xp, a, self.plan.inverse, axis)
         return a
+
+    def final(self, a):
+        """A final state (B,H) from a view of the scan's buffers: in the caller's row order, always a copy (the
+        backward reads the tape, and a caller may change the result in place); the reorder is that copy."""
+        return self.unrows(a) if self.plan.order is not None else a.copy()
 
     def seq_in(self, a, time_major, flip):
         """Caller's (B,T,F) or (T,B,F) -> scan (T,B,F)."""
@@ -169,12 +181,16 @@ class _Layout:
         return self.seq_in(a[lo:hi] if self.p.time_major else a[:, lo:hi], self.p.time_major, self.p.go_backwards)
 
     def put_seq(self, dst, t0, t1, chunk):
-        """Scan-layout outputs (k,B,F) of steps [t0, t1) into dst in the caller's layout (processing order)."""
-        chunk = self.unrows(chunk, axis=1)
+        """Scan-layout outputs (k,B,F) of steps [t0, t1) into dst in the caller's layout (processing order): one
+        pass, the reorder (a gather straight into dst) or the copy."""
         if self.p.time_major:
-            dst[t0:t1] = chunk
+            src, axis, dst = chunk, 1, dst[t0:t1]
         else:
-            dst[:, t0:t1] = chunk.transpose(1, 0, 2)
+            src, axis, dst = chunk.transpose(1, 0, 2), 0, dst[:, t0:t1]
+        if self.plan.order is not None:
+            self.xp.take(src, self.plan.inverse, axis=axis, out=dst)
+        else:
+            dst[...] = src
 
     def inputs(self):
         """The training inputs in scan layout, one copy. Padded steps are zeroed so NaN/Inf there reach no
@@ -204,11 +220,11 @@ def _infer(cell, p, xp, K, lay):
     if cell == "lstm":
         h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, p.bias, h0, lay.states(p.c0),
                                 lay.plan, p.zero_output_for_mask, put)
-        return out, lay.unrows(h), lay.unrows(c)
+        return out, lay.final(h), lay.final(c)
     b_in, b_rec = p.bias_in_rec(xp)
     h = _scan.gru_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan,
                         p.zero_output_for_mask, put)
-    return out, lay.unrows(h)
+    return out, lay.final(h)
 
 
 def _infer_in_place(cell, p, K, lay, fused, out):
@@ -242,12 +258,12 @@ def _run(cell, args, kwargs, training):
     if cell == "lstm":
         c0 = lay.states(p.c0)
         out, h, c, tape = _scan.lstm_forward(xp, K, x, W, U, p.bias, h0, c0, plan, p.zero_output_for_mask)
-        results = (lay.seq_out(out, False), lay.unrows(h), lay.unrows(c))
+        results = (lay.seq_out(out, False), lay.final(h), lay.final(c))
     else:
         b_in, b_rec = p.bias_in_rec(xp)
         out, h, tape = _scan.gru_forward(xp, K, x, W, U, b_in, b_rec, h0, p.reset_after, plan,
                                          p.zero_output_for_mask)
-        results = (lay.seq_out(out, False), lay.unrows(h))
+        results = (lay.seq_out(out, False), lay.final(h))
 
     def grad_in(d, name, shape):
         if d is None:

@@ -282,8 +282,12 @@ def _empty(xp, K, shape, dtype):
 
 
 def _states(xp, K, T, B, H, dtype, init):
+    """(T+1,B,H) states, s[0] = init (zeros when None: the GPU's zero initial states, one memset)."""
     s = _empty(xp, K, (T + 1, B, H), dtype)
-    s[0] = init
+    if init is None:
+        s[0].fill(0)
+    else:
+        s[0] = init
     return s
 
 
@@ -340,13 +344,13 @@ def _forward(xp, K, x, W, b, plan, zero_output, out, spans, call):
     return gx, x2
 
 
-def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
+def _infer(xp, K, x_at, T, W, b, H, init, n_extra, call, plan, zero_output, put):
     """Forward without a tape: each chunk's inputs are projected, scanned and handed to put(t0, t1, out),
-    reusing one chunk's buffers. init: initial states (B,H); call(gx, steps, out, states, extras) runs the
-    kernel. Returns the final states."""
-    B, H = init[0].shape
+    reusing one chunk's buffers. init: initial states (B,H) (None: zeros); call(gx, steps, out, states, extras)
+    runs the kernel. Returns the final states (views of the state buffers)."""
+    B = plan.mask.shape[1]
     I, GH = W.shape
-    dtype = init[0].dtype
+    dtype = W.dtype
     per_step = B * (I + GH + (2 * len(init) + n_extra + 1) * H)
     whole = getattr(K, "WHOLE_SCAN", False)  # the GPU's: chunks bounded by its own workspace alone
     room = getattr(K, "INFER_WORKSPACE", INFER_WORKSPACE) // dtype.itemsize
@@ -371,7 +375,7 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
             _carry_outputs(xp, plan.mask[t0:t1], o, prev)
         put(t0, t1, o)
         if t1 == T:
-            return [s[k].copy() for s in states]  # copies: the buffers go
+            return [s[k] for s in states]  # views: the dispatcher copies them (_Layout.final)
         prev = None if zero_output else o[k - 1].copy()
         for s in states:
             s[0] = s[k]
@@ -379,7 +383,8 @@ def _infer(xp, K, x_at, T, W, b, init, n_extra, call, plan, zero_output, put):
 
 @_engine_call
 def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
-    """x (T,B,I) with padded steps zeroed; h0, c0 (B,H). Returns out (T,B,H), h_T, c_T and the tape."""
+    """x (T,B,I) with padded steps zeroed; h0, c0 (B,H) or None (zeros). Returns out (T,B,H), h_T, c_T (views of
+    the tape) and the tape."""
     T, B, _ = x.shape
     H = U.shape[0]
     out = _empty(xp, K, (T, B, H), x.dtype)
@@ -393,8 +398,9 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     spans = chunks(T, B, H, 4 * H, whole=getattr(K, "WHOLE_SCAN", False))
     gx, x2 = _forward(xp, K, x, W, b, plan, zero_output, out, spans, call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, cs=cs)
-    # Copies: the backward reads the tape, and a caller may change the returned states in place.
-    return out, hs[T].copy(), cs[T].copy(), tape
+    # Views of the tape: the dispatcher copies them (_Layout.final), as the backward reads the tape and a caller may
+    # change the returned states in place.
+    return out, hs[T], cs[T], tape
 
 
 @_engine_call
@@ -406,7 +412,7 @@ def lstm_infer(xp, K, x_at, T, W, U, b, h0, c0, plan, zero_output, put):
     def call(gx, steps, out, states, extras):
         kernel(gx, U, steps, zero_output, out, *states)
 
-    return _infer(xp, K, x_at, T, W, b, [h0, c0], 0, call, plan, zero_output, put)
+    return _infer(xp, K, x_at, T, W, b, U.shape[0], [h0, c0], 0, call, plan, zero_output, put)
 
 
 @_engine_call
@@ -443,7 +449,7 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     spans = chunks(T, B, H, 3 * H, whole=getattr(K, "WHOLE_SCAN", False))
     gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, spans, call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, hr=hr)
-    return out, hs[T].copy(), tape  # a copy, as in lstm_forward
+    return out, hs[T], tape  # a view, as in lstm_forward
 
 
 @_engine_call
@@ -454,7 +460,7 @@ def gru_infer(xp, K, x_at, T, W, U, b_in, b_rec, h0, reset_after, plan, zero_out
     def call(gx, steps, out, states, extras):
         kernel(gx, U, b_rec, steps, zero_output, reset_after, out, *states, *extras)
 
-    return _infer(xp, K, x_at, T, W, b_in, [h0], 1, call, plan, zero_output, put)[0]
+    return _infer(xp, K, x_at, T, W, b_in, U.shape[0], [h0], 1, call, plan, zero_output, put)[0]
 
 
 @_engine_call

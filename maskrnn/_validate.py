@@ -24,9 +24,8 @@ class Problem:
     has_bias: bool
     mask_tm: Any  # (T,B) bool, time-major, caller's time order; on the host for host lengths of a GPU problem
     mask_source: str  # "mask", "lengths" (then post-padded) or "none" (then all True): known without reading it
-    h0: Any
+    h0: Any  # None (and c0 None) when no initial_state is given: zeros, the same in any row order
     c0: Any
-    zero_states: bool  # no initial_state given: h0 (and c0) are zeros, the same in any row order
     reset_after: bool
     go_backwards: bool
     zero_output_for_mask: bool
@@ -38,12 +37,9 @@ class Problem:
 
     def bias_in_rec(self, xp):
         """GRU biases for the driver: (input bias or None, recurrent bias (3H,), zeros when none)."""
-        zeros = xp.zeros(3 * self.units, self.dtype)
-        if not self.has_bias:
-            return None, zeros
-        if self.reset_after:
+        if self.has_bias and self.reset_after:
             return self.bias[0], xp.ascontiguousarray(self.bias[1])
-        return self.bias, zeros
+        return (self.bias if self.has_bias else None), xp.zeros(3 * self.units, self.dtype)
 
 
 def _where(a):
@@ -188,7 +184,6 @@ def validate(cell, args, kw) -> Problem:
     h0, c0 = (_state(xp, arrs.get(n), n, dtype, B, H) for n in ("h0", "c0"))
     return Problem(cell=cell, device=device, x=x, kernel=W, recurrent_kernel=U, bias=b, has_bias=b is not None,
                    mask_tm=mask_tm, mask_source=_source(mask, lengths), h0=h0, c0=c0 if cell == "lstm" else None,
-                   zero_states=initial_state is None,
                    reset_after=reset_after, go_backwards=bool(kw["go_backwards"]),
                    zero_output_for_mask=bool(kw["zero_output_for_mask"]), time_major=time_major, dtype=dtype,
                    batch=B, steps=T, units=H)
@@ -214,7 +209,7 @@ def _gru_states(initial_state):
 
 def _state(xp, a, name, dtype, B, H):
     if a is None:
-        return xp.zeros((B, H), dtype)
+        return None  # zeros: the dispatcher's _Layout.states makes them where an engine needs them
     a = _array(xp, a, f"initial_state {name}", dtype)
     _shape(a, f"initial_state {name}", (B, H))
     return a
