@@ -87,8 +87,7 @@ def host_plan(xp, mask, source):
     kernel, no gather and nothing read back (row_plan and the mask's gather cost ~60 us of host time, which the
     forward's wall time waits for before the scan's launch)."""
     T, B = mask.shape
-    # Post-padded ("lengths"): each row's last real step + 1 is its count of real steps.
-    span = np.count_nonzero(mask, axis=0) if source == "lengths" else _last_steps(mask)
+    span = _last_steps(mask)
     order = np.argsort(-span, kind="stable")
     ints = np.empty(2 * B + T, np.int32)
     ints[:B] = order
