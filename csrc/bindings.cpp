@@ -1,5 +1,6 @@
 // The only file that includes pybind11: converts Python arguments (sizes, raw device pointers as integers, a
 // CUDA stream handle) to the framework-free C++ API of scan.h. Releases the GIL while kernels are queued.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -103,6 +104,44 @@ void row_plan(int T, int B, uptr mask, uptr order, uptr inverse, uptr counts, up
                     ptr<int32_t>(work), reinterpret_cast<cudaStream_t>(stream));
 }
 
+// The row plan of a (T,B) bool host mask (any strides), on the host: the same plan as row_plan (scan.h) makes on
+// the device, for host lengths (maskrnn/_dispatch.py host_plan). One uint8 buffer for one upload: order (B),
+// inverse (B) and counts[0..T) (T) as int32, then the mask's columns in plan order ((T,B) bytes). A counting sort
+// by span (stable): O(T*B), ~10 NumPy calls before, which a GPU forward's launch waited for.
+py::array_t<uint8_t> host_plan(const py::array_t<bool, 0>& mask_in) {
+  if (mask_in.ndim() != 2) throw std::invalid_argument("host_plan needs a 2-D (T, B) bool mask");
+  const auto mask = mask_in.unchecked<2>();
+  const int T = static_cast<int>(mask.shape(0)), B = static_cast<int>(mask.shape(1));
+  py::array_t<uint8_t> buffer(static_cast<py::ssize_t>(4) * (2 * B + T) + static_cast<py::ssize_t>(T) * B);
+  uint8_t* bytes = buffer.mutable_data();
+  auto* order = reinterpret_cast<int32_t*>(bytes);
+  int32_t* inverse = order + B;
+  int32_t* counts = inverse + B;
+  uint8_t* plan_mask = reinterpret_cast<uint8_t*>(counts + T);
+  std::vector<int32_t> span(B, 0), first(T + 2, 0);
+  for (int b = 0; b < B; ++b) {
+    for (int t = T - 1; t >= 0; --t) {
+      if (mask(t, b)) {
+        span[b] = t + 1;
+        break;
+      }
+    }
+    ++first[T - span[b] + 1];  // longest first: bucket T - span, counted one place on
+  }
+  for (int k = 1; k <= T + 1; ++k) first[k] += first[k - 1];  // first[T - s]: plan position of span s's first row
+  for (int b = 0; b < B; ++b) order[first[T - span[b]]++] = b;
+  for (int i = 0; i < B; ++i) inverse[order[i]] = i;
+  int rows = 0;  // rows with span > t, from t = T - 1 down
+  for (int t = T - 1; t >= 0; --t) {
+    while (rows < B && span[order[rows]] > t) ++rows;
+    counts[t] = rows;
+  }
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < B; ++i) plan_mask[static_cast<std::size_t>(t) * B + i] = mask(t, order[i]) ? 1 : 0;
+  }
+  return buffer;
+}
+
 }  // namespace
 #endif
 
@@ -118,6 +157,7 @@ PYBIND11_MODULE(_ext, m) {
   m.def("gru_fwd", &gru_fwd, nogil);
   m.def("gru_bwd", &gru_bwd, nogil);
   m.def("row_plan", &row_plan, nogil);
+  m.def("host_plan", &host_plan);
 #else
   m.attr("cuda_built") = false;
   m.attr("cuda_archs") = std::string();

@@ -92,6 +92,12 @@ def row_plan(xp, mask):
     return order, inverse, counts
 
 
+def host_plan(mask):
+    """The row plan of a (T,B) bool host mask, made on the host (csrc/bindings.cpp, host_plan): one uint8 host
+    buffer of order (B), inverse (B) and counts (T) as int32, then the mask's columns in plan order."""
+    return _ext().host_plan(mask)
+
+
 def _opt_ptr(a):
     return 0 if a is None else _ptr(a)
 

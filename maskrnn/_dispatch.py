@@ -81,21 +81,15 @@ def device_plan(xp, K, mask, source):
                       packed=source == "lengths", order=order, inverse=inverse, on_device=True)
 
 
-def host_plan(xp, mask, source):
+def host_plan(xp, K, mask, source):
     """device_plan's plan (the same order, counts and mask) from a host mask: host lengths of a GPU problem, as
-    torch's pack_padded_sequence takes them. Worked out on the host and copied over in one transfer, queued: no
-    kernel, no gather and nothing read back (row_plan and the mask's gather cost ~60 us of host time, which the
-    forward's wall time waits for before the scan's launch)."""
+    torch's pack_padded_sequence takes them. Worked out on the host by the engine's ``host_plan`` (one native call,
+    csrc/bindings.cpp) and copied over in one transfer, queued: no kernel, no gather and nothing read back (the
+    forward's wall time waits for this host work before the scan's launch)."""
     T, B = mask.shape
-    span = _last_steps(mask)
-    order = np.argsort(-span, kind="stable")
-    ints = np.empty(2 * B + T, np.int32)
-    ints[:B] = order
-    ints[B + order] = np.arange(B)
-    ints[2 * B :] = np.cumsum(np.bincount(span, minlength=T + 1)[::-1])[::-1][1:]  # rows with span > t
-    # One buffer: the ints, then the plan's mask (bytes).
-    both = xp.asarray(np.concatenate([ints.view(np.uint8), mask.take(order, axis=1).reshape(-1).view(np.uint8)]))
-    ints, mask = both[: ints.nbytes].view(np.int32), both[ints.nbytes :].view(np.bool_).reshape(T, B)
+    both = xp.asarray(K.host_plan(mask))  # order, inverse, counts (int32), then the plan's mask (bytes)
+    n = 4 * (2 * B + T)
+    ints, mask = both[:n].view(np.int32), both[n:].view(np.bool_).reshape(T, B)
     return _scan.Plan(mask=mask, batch_sizes=ints[2 * B :], packed=source == "lengths", order=ints[:B],
                       inverse=ints[B : 2 * B], on_device=True)
 
@@ -123,7 +117,7 @@ class _Layout:
             # Lengths post-pad in the caller's time order: scanned backwards, the padding comes first.
             source = "mask" if p.mask_source == "lengths" and p.go_backwards else p.mask_source
             if xp is not np and isinstance(mask, np.ndarray):  # host lengths of a GPU problem
-                self.plan = host_plan(xp, mask, source)
+                self.plan = host_plan(xp, K, mask, source)
             else:
                 self.plan = device_plan(xp, K, mask, source)
         else:

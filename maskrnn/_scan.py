@@ -281,14 +281,20 @@ def _empty(xp, K, shape, dtype):
     return getattr(K, "empty", xp.empty)(shape, dtype)
 
 
-def _states(xp, K, T, B, H, dtype, init):
-    """(T+1,B,H) states, s[0] = init (zeros when None: the GPU's zero initial states, one memset)."""
-    s = _empty(xp, K, (T + 1, B, H), dtype)
-    if init is None:
-        s[0].fill(0)
+def _states(xp, K, T, B, H, dtype, inits):
+    """[(T+1,B,H) states, one per init in inits], from one allocation: s[0] = init, zeros for None (the GPU's zero
+    initial states; when every one is None, one fill for them all: each operation costs a GPU forward host time
+    before its scan's launch)."""
+    s = _empty(xp, K, (len(inits), T + 1, B, H), dtype)
+    if all(init is None for init in inits):
+        s[:, 0].fill(0)
     else:
-        s[0] = init
-    return s
+        for buf, init in zip(s, inits):
+            if init is None:
+                buf[0].fill(0)
+            else:
+                buf[0] = init
+    return list(s)
 
 
 def _upstream(xp, tape, *grads):
@@ -356,7 +362,7 @@ def _infer(xp, K, x_at, T, W, b, H, init, n_extra, call, plan, zero_output, put)
     room = getattr(K, "INFER_WORKSPACE", INFER_WORKSPACE) // dtype.itemsize
     spans = chunks(T, B, H, GH, (per_step, room if whole else max(T * B * (I + H) // 4, room)), whole)
     n = spans[0][1]
-    states = [_states(xp, K, n, B, H, dtype, s) for s in init]
+    states = _states(xp, K, n, B, H, dtype, init)
     extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
     out = xp.empty((n, B, H), dtype)
     gx = xp.empty((n, B, GH), dtype)
@@ -388,8 +394,7 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     T, B, _ = x.shape
     H = U.shape[0]
     out = _empty(xp, K, (T, B, H), x.dtype)
-    hs = _states(xp, K, T, B, H, x.dtype, h0)
-    cs = _states(xp, K, T, B, H, x.dtype, c0)
+    hs, cs = _states(xp, K, T, B, H, x.dtype, [h0, c0])
     kernel = getattr(K, f"lstm_{plan.variant}_fwd")
 
     def call(gx, t0, t1):
@@ -438,7 +443,7 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     T, B, _ = x.shape
     H = U.shape[0]
     out = _empty(xp, K, (T, B, H), x.dtype)
-    hs = _states(xp, K, T, B, H, x.dtype, h0)
+    (hs,) = _states(xp, K, T, B, H, x.dtype, [h0])
     hr = _empty(xp, K, (T, B, H), x.dtype)
     kernel = getattr(K, f"gru_{plan.variant}_fwd")
 

@@ -37,7 +37,7 @@ def build(request):
 def make(xp, build, mask_tb, source):
     """The plan of a host (T,B) mask (any strides): built by row_plan from a device copy, or by host_plan."""
     if build == "host_plan":
-        return dispatch.host_plan(xp, mask_tb, source)
+        return dispatch.host_plan(xp, _cuda, mask_tb, source)
     return dispatch.device_plan(xp, _cuda, to_device(mask_tb, "cpu" if xp is np else "cuda"), source)
 
 
@@ -94,7 +94,7 @@ def test_views_and_the_plans_own_mask(rng, xp, build):
     """A strided mask (go_backwards, batch-major callers) is read right, and the plan keeps its own copy."""
     mask_bt = make_mask(rng, "holes", 6, 8)
     device_mask = mask_bt if build == "host_plan" else to_device(mask_bt, "cpu" if xp is np else "cuda")
-    plan = (dispatch.host_plan(xp, device_mask.T[::-1], "mask") if build == "host_plan"
+    plan = (dispatch.host_plan(xp, _cuda, device_mask.T[::-1], "mask") if build == "host_plan"
             else dispatch.device_plan(xp, _cuda, device_mask.T[::-1], "mask"))
     want = mask_bt.T[::-1].copy()
     order = to_host(plan.order)
