@@ -79,7 +79,9 @@ def test_gram_refuses_what_it_cannot_read(rng, monkeypatch):
 @pytest.mark.parametrize("cell", CELLS)
 def test_weight_gradients_run_the_native_gram_when_the_extension_has_it(rng, monkeypatch, cell):
     """Fails if the backward's weight gradients silently go to OpenBLAS while the native product is there: every
-    weight gradient comes from gram, and no GEMM takes a transposed left operand."""
+    weight gradient comes from gram, and no GEMM takes a transposed left operand (PyTorch's GEMM switched off:
+    with PyTorch loaded it takes these products instead, test_torch_gemm_takes_the_all_step_products)."""
+    monkeypatch.setattr(blas, "TORCH_GEMM", False)
     monkeypatch.setattr(gemm, "_native", gemm.addresses("auto"))
     if not gemm.level():
         pytest.skip("no native product")
@@ -104,3 +106,60 @@ def test_weight_gradients_run_the_native_gram_when_the_extension_has_it(rng, mon
     pullback(*random_upstream(rng, cell, B, T, H, "float32"))
     assert (B * T, I + 1) in made and (B * T, H) in made and "refused" not in made, made
     assert not any(transposed)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B, T, kind", [(1, 1, "post"), (5, 1, "holes"), (1, 40, "post"), (16, 23, "post"),
+                                        (16, 23, "holes"), (9, 7, "all_masked_row"), (6, 5, "empty"),
+                                        (64, 30, "post")])
+def test_torch_gemm_takes_the_all_step_products(rng, monkeypatch, cell, B, T, kind):
+    """With PyTorch loaded, the projection and every gradient GEMM run on torch.mm (no native gram), and every
+    result agrees with the native product's at float32 rounding, and with the float64 run; read-only weights
+    fall back to the native product without a warning."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    from conftest import make_mask
+
+    I, H = 5, 16
+    p = make_problem(rng, cell, B, T, I, H, "float32", initial_state=True)
+    if kind == "all_masked_row":
+        mask = make_mask(rng, "holes", B, T)
+        mask[2] = False
+    elif kind == "empty":
+        mask = np.zeros((B, T), bool)
+    else:
+        mask = make_mask(rng, kind, B, T)
+    ups = random_upstream(rng, cell, B, T, H, "float32")
+    _, vjp, _, extra = cell_fns(cell)
+
+    def run(torch_gemm, q):
+        monkeypatch.setattr(blas, "TORCH_GEMM", torch_gemm)
+        q = dict(q)
+        outs, pullback = vjp(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias"), **q, mask=mask,
+                             **extra)
+        return [np.asarray(o, np.float64) for o in outs] + [np.asarray(g, np.float64) for g in
+                                                            pullback(*ups) if g is not None]
+
+    calls, mm = [], torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: calls.append(a[0].shape) or mm(*a, **k))
+    monkeypatch.setattr(maskrnn._cpu, "gram", lambda *a, **k: pytest.fail("gram ran beside torch's GEMM"))
+    on = run(True, p)
+    if mask.any():  # the projection ([x | 1] W[; b]) and the gradient of W[; b] (its left operand transposed)
+        assert any(s[1] == I + 1 for s in calls) and any(s[0] in (I + 1, I + 1 + H) for s in calls), calls
+    monkeypatch.undo()
+    off = run(False, p)
+    wide = run(False, {k: (tuple(s.astype(np.float64) for s in v) if isinstance(v, tuple) else v.astype(np.float64))
+                       for k, v in p.items()})
+    for a, b, c in zip(on, off, wide):
+        scale = np.max(np.abs(c)) + 1
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale)
+        np.testing.assert_allclose(a, c, rtol=0, atol=2e-5 * scale)
+    frozen = {k: v for k, v in p.items()}
+    frozen["kernel"] = p["kernel"].copy()
+    frozen["kernel"].flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_only = run(True, frozen)
+    for a, b in zip(read_only, off):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * (np.max(np.abs(b)) + 1))

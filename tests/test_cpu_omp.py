@@ -10,7 +10,7 @@ import pytest
 from cells import CELLS, cell_fns, make_problem, random_upstream
 
 torch = pytest.importorskip("torch")
-from maskrnn._cpu import omp, rows  # noqa: E402
+from maskrnn._cpu import blas, omp, rows  # noqa: E402
 
 if omp.runtime() is None:
     pytest.skip("no GNU OpenMP runtime behind this PyTorch (or not Linux)", allow_module_level=True)
@@ -32,6 +32,8 @@ def teams(monkeypatch):
 
 
 def _call(monkeypatch, on_team, cell, p, mask, ups):
+    # The engine's own products and threads (PyTorch's GEMM, which would take the all-step products, off).
+    monkeypatch.setattr(blas, "TORCH_GEMM", False)
     monkeypatch.setenv("MASKRNN_TORCH_OMP", "1" if on_team else "0")
     _, vjp, _, extra = cell_fns(cell)
     args = [p[k] for k in ("x", "kernel", "recurrent_kernel", "bias")]
@@ -91,6 +93,6 @@ def test_off_without_torch_with_the_switch_and_in_a_forked_child(monkeypatch):
         return
     pid = os.fork()
     if pid == 0:  # the child: no pytest here, only an exit code
-        os._exit(0 if omp.runtime() is None else 1)
+        os._exit(0 if omp.runtime() is None and blas._torch() is None else 1)  # nor PyTorch's GEMM (blas.py)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -128,3 +128,25 @@ def test_no_bias_gives_no_bias_gradient(rng):
     p = make_problem(rng, "lstm", 2, 3, 2, 2, bias=False)
     _, g = grads("cpu", "lstm", p, [rng.standard_normal((2, 3, 2))])
     assert g["bias"] is None
+
+
+@pytest.mark.parametrize("torch_gemm", [False, True])
+@pytest.mark.parametrize("mask_kind", ["post", "holes"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_cpu_gradients_match_finite_differences_on_either_gemm(rng, monkeypatch, cell, mask_kind, torch_gemm):
+    """The CPU engine's all-step GEMMs on PyTorch's (when it is loaded, maskrnn/_cpu/blas.py _torch) and on its own
+    product: every gradient against finite differences of the float64 reference, either way."""
+    from maskrnn._cpu import blas
+
+    if torch_gemm:
+        pytest.importorskip("torch")
+    monkeypatch.setattr(blas, "TORCH_GEMM", torch_gemm)
+    B, T, I, H = 3, 5, 2, 3
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
+    kw = dict(mask=make_mask(rng, mask_kind, B, T))
+    upstream = random_upstream(rng, cell, B, T, H)
+    _, g = grads("cpu", cell, p, upstream, **kw)
+    for name in ARGS + (["h0", "c0"] if cell == "lstm" else ["h0"]):
+        shape = (B, H) if name in ("h0", "c0") else p[name].shape
+        fd = np.array([finite_difference(cell, p, upstream, name, i, **kw) for i in np.ndindex(*shape)])
+        np.testing.assert_allclose(g[name], fd.reshape(shape), rtol=1e-6, atol=1e-7, err_msg=name)

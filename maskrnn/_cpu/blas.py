@@ -9,13 +9,15 @@ The next call starts them again (a thread start, microseconds).
 """
 
 import ctypes
+import os
+import sys
 import threading
 from contextlib import contextmanager
 
 import numba
 import numpy as np
 
-from . import gemm, pool, rows
+from . import gemm, omp, pool, rows
 from .cache import njit
 from .cells import JIT
 
@@ -66,8 +68,9 @@ A_BLOCK_BYTES = 1 << 20
 
 
 def gram_runs(dtype):
-    """Whether ``gram`` runs for dtype (the native product is there and not switched off)."""
-    return gemm.gemm_tn_function(dtype) is not None
+    """Whether ``gram`` runs for dtype (the native product is there and not switched off, and PyTorch's GEMM
+    does not take the weight gradients: ``_torch``)."""
+    return gemm.gemm_tn_function(dtype) is not None and _torch() is None
 
 
 def gram(a, d, idx=None, a2=None):
@@ -139,10 +142,44 @@ def _gram_columns(fn, N, m1, m2, idx, a, a2, d, ld, cols):
     return out
 
 
+TORCH_GEMM = os.environ.get("MASKRNN_TORCH_GEMM", "1") != "0"
+
+
+def _torch():
+    """PyTorch, when it is imported and its GEMM should run the all-step products (else None). Its BLAS (MKL or
+    OpenBLAS with its own kernels, on the same OpenMP team as the engine's tasks: omp.py) ran them 1.4-1.6x
+    faster than the native product here: (N, 193) x (N, 512) weight gradient at N = 2000 in 2.0 ms against 3.3,
+    its input gradient 1.1 against 1.6, the projection 0.7 against 1.1 (2 threads). Never in a forked child
+    (omp.py); ``MASKRNN_TORCH_GEMM=0`` turns it off."""
+    if not TORCH_GEMM or "torch" not in sys.modules or omp.forked():
+        return None
+    return sys.modules["torch"]
+
+
+def _torch_mm(torch, a, b, out):
+    """a @ b on torch.mm over the arrays' memory (no copies), or None where it does not apply: read-only or empty
+    arrays, negative strides, an out that is not C-contiguous."""
+    arrays = (a, b) if out is None else (a, b, out)
+    if any(m.size == 0 or not m.flags.writeable or any(s < 0 for s in m.strides) for m in arrays):
+        return None
+    if out is not None and not out.flags.c_contiguous:
+        return None
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if out is None:
+        return torch.mm(ta, tb).numpy()
+    torch.mm(ta, tb, out=torch.from_numpy(out))
+    return out
+
+
 def matmul(a, b, out=None):
-    """(m,k) @ (k,n) for float32/float64 matrices; out: a C-contiguous (m,n) result. The native product where a's
-    rows are contiguous (``_native``), else OpenBLAS; there a strided view is copied first (Numba's np.dot would
-    copy it too, after a performance warning at compile time)."""
+    """(m,k) @ (k,n) for float32/float64 matrices; out: a C-contiguous (m,n) result. PyTorch's GEMM when it is
+    loaded (``_torch``), else the native product where a's rows are contiguous (``_native``), else OpenBLAS;
+    there a strided view is copied first (Numba's np.dot would copy it too, after a performance warning at
+    compile time)."""
+    torch = _torch()
+    done = None if torch is None or a.dtype != b.dtype else _torch_mm(torch, a, b, out)
+    if done is not None:
+        return done
     done = _native(a, b, out)
     if done is not None:
         return done

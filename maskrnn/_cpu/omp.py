@@ -34,6 +34,11 @@ def _after_fork():
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def forked():
+    """Whether this process is a forked child (of a parent that imported maskrnn)."""
+    return _forked
+
+
 def _torch_library():
     """Path of PyTorch's CPU library mapped into this process, or None (Linux: /proc/self/maps). Its own OpenMP
     entry points are looked up through it: the process may map a second libgomp (Numba's OpenMP layer loads the
