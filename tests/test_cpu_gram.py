@@ -155,7 +155,7 @@ def test_torch_gemm_takes_the_all_step_products(rng, monkeypatch, cell, B, T, ki
         scale = np.max(np.abs(c)) + 1
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale)
         np.testing.assert_allclose(a, c, rtol=0, atol=2e-5 * scale)
-    frozen = {k: v for k, v in p.items()}
+    frozen = dict(p)
     frozen["kernel"] = p["kernel"].copy()
     frozen["kernel"].flags.writeable = False
     with warnings.catch_warnings():
