@@ -12,6 +12,12 @@
 #include <immintrin.h>
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#define MASKRNN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define MASKRNN_PREFETCH(p) ((void)(p))
+#endif
+
 namespace maskrnn {
 namespace {
 

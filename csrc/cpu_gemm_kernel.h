@@ -20,7 +20,7 @@ inline void tile(std::int64_t k, const S* A, std::int64_t lda, const S* P, S* C,
   for (std::int64_t kk = 0; kk < k; ++kk) {
     V b[NV];
     for (int line = 0; line < W * static_cast<int>(sizeof(S)); line += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(P + kk * W) + kPrefetchBytes + line, 0, 3);
+      MASKRNN_PREFETCH(reinterpret_cast<const char*>(P + kk * W) + kPrefetchBytes + line);
     for (int v = 0; v < NV; ++v) b[v] = O::load(P + kk * W + v * O::L);
     for (int i = 0; i < R; ++i) {
       const V a = O::set1(A[i * lda + kk]);
