@@ -44,7 +44,7 @@ def split(monkeypatch):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_unit_split_matches_reference(rng, monkeypatch, split, cell, mask_kind, threads):
     """H = 40 units: blocks of 32 + 8 (float32) or 24 + 16 (float64) on 2 threads, 16 + 16 + 8 on 3."""
-    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: threads)
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: threads)
     monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)  # 9 steps: three kernel calls, states carried across
     B = int(rng.integers(1, 6))
     T, I, H = 9, 5, 40
@@ -59,7 +59,7 @@ def test_unit_split_matches_reference(rng, monkeypatch, split, cell, mask_kind, 
 
 def test_gru_without_reset_after_keeps_one_thread(rng, monkeypatch, split):
     """Its candidate's product (r * h_{t-1}) U_h needs every unit's r: no unit split (and still right)."""
-    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 2)
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: 2)
     p = make_problem(rng, "gru_v1", 3, 5, 4, 40, "float64", initial_state=True)
     _check("gru_v1", p, "float64", mask=make_mask(rng, "holes", 3, 5))
     assert not split
@@ -67,7 +67,7 @@ def test_gru_without_reset_after_keeps_one_thread(rng, monkeypatch, split):
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 40), (2, 3, 1, 40)])
 def test_unit_split_edge_shapes(rng, monkeypatch, split, shape):
-    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 2)
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: 2)
     B, T, I, H = shape
     for cell, dtype in (("lstm", "float32"), ("gru", "float64")):
         p = make_problem(rng, cell, B, T, I, H, dtype, initial_state=True)
@@ -103,7 +103,7 @@ def test_small_batch_takes_the_unit_split(rng, monkeypatch, split, cell):
 def test_unit_split_training_matches_reference(rng, monkeypatch, split, mask_kind, threads):
     """Float64 outputs against the reference and gradients against its finite differences; forward and backward in three
     kernel calls each way (states and carried output gradients crossing them)."""
-    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: threads)
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: threads)
     monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)
     B, T, I, H = int(rng.integers(1, 6)), 9, 5, 40
     p = make_problem(rng, "lstm", B, T, I, H, "float64", initial_state=True)
@@ -125,17 +125,18 @@ def test_unit_split_training_matches_reference(rng, monkeypatch, split, mask_kin
 
 
 def test_small_batch_trains_on_the_unit_split(rng, monkeypatch, split):
-    """Float32 at (3, 12, 64, 256) on two threads: gradients as the one-thread kernels' (tested against finite
+    """Float32 at (3, 64, 64, 256) on two threads: gradients as the one-thread kernels' (tested against finite
     differences in test_cpu_rows.py), and the split kernels ran."""
     monkeypatch.setattr(cols.numba, "get_num_threads", lambda: 2)
-    B, T, I, H = 3, 12, 64, 256
-    assert cols.threads_for(B, H, 4 * H) == 2
+    B, T, I, H = 3, 64, 64, 256
     p = make_problem(rng, "lstm", B, T, I, H, "float32", initial_state=True, scale=H**-0.5)
     kw = dict(mask=make_mask(rng, "holes", B, T))
+    last = T - np.argmax(kw["mask"][:, ::-1], axis=1) * kw["mask"].any(axis=1)  # rows with steps left, per step
+    assert cols.threads_for(B, H, 4 * H, (np.arange(T)[:, None] < last[None, :]).sum(axis=1)) == 2
     upstream = random_upstream(rng, "lstm", B, T, H, "float32")
     outs, grads = _run("lstm", p, upstream, **kw)
     assert {c[0] for c in split} == {"_lstm_fwd", "_lstm_bwd"}
-    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH: 1)
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: 1)
     outs1, grads1 = _run("lstm", p, upstream, **kw)
     for got, want in zip(outs, outs1):
         assert rel_err(got, want) < TOLERANCE["float32"]
@@ -164,3 +165,13 @@ def test_weight_gradients_of_few_rows_split_the_columns(rng, monkeypatch, dtype)
             want = left.astype(np.float64).T @ d[sel].astype(np.float64)
             assert got.shape == want.shape and rel_err(got, want) < TOLERANCE[dtype]
     assert [len(c) for c in taken] == [2, 2, 3, 3] and taken[-1][-1][1] == n
+
+
+def test_small_calls_keep_one_thread(monkeypatch):
+    """A small batch's unit split needs a barrier per step: a call too small to share (rows.small_call) runs on
+    one thread however large its steps."""
+    monkeypatch.setattr(cols.numba, "get_num_threads", lambda: 2)
+    B, H = 4, 512
+    assert cols.threads_for(B, H, 4 * H) == 2
+    assert cols.threads_for(B, H, 4 * H, np.array([B, B], np.int32)) == 1  # two steps
+    assert cols.threads_for(B, H, 4 * H, np.full(20, B, np.int32)) == 2

@@ -54,7 +54,7 @@ def calls(monkeypatch):
 def test_fused_inference_matches_reference(rng, monkeypatch, calls, cell, mask_kind, threads, block):
     """block: infer.BLOCK_ROWS: 1 projects the inputs step by step, 32 in blocks of several steps (of 3-7 rows
     here: blocks of 4-10 steps, cut short by the kernel calls' ends)."""
-    monkeypatch.setattr(rows, "threads_for", lambda B, H, GH: threads)
+    monkeypatch.setattr(rows, "threads_for", lambda B, H, GH, sizes=None: threads)
     monkeypatch.setattr(infer, "BLOCK_ROWS", block)
     monkeypatch.setattr(_scan, "MAX_CHUNK_STEPS", 4)  # 9 steps: three kernel calls, states carried across
     B, T, I, H = 7, 9, 5, 11  # 7 rows over 3 threads: shares of 3, 2 and 2 rows

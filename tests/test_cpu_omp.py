@@ -42,11 +42,12 @@ def _call(monkeypatch, on_team, cell, p, mask, ups):
     return [np.array(o) for o in outs] + [g for g in pullback(*ups) if g is not None]
 
 
-# B=48, H=64: rows split over threads; B=4, H=256: units split (cols.py, a spin barrier per step).
+# B=48, H=64: rows split over threads; B=4, H=256: units split (cols.py, a spin barrier per step). 40 steps: a
+# call large enough to be shared (rows.small_call).
 @pytest.mark.parametrize("B, H", [(48, 64), (4, 256)])
 @pytest.mark.parametrize("cell", CELLS)
 def test_same_results_as_the_helper_threads(rng, monkeypatch, teams, cell, B, H):
-    T = 9
+    T = 40
     p = make_problem(rng, cell, B, T, 7, H, "float32", initial_state=True)
     mask = rng.random((B, T)) > 0.25
     ups = random_upstream(rng, cell, B, T, H, "float32")

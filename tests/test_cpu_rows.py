@@ -45,7 +45,7 @@ def _reference(cell, p, **kw):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("level", [*NATIVE, "off"], indirect=True)
 def test_split_scan_matches_reference(rng, monkeypatch, level, cell, mask_kind, threads):
-    monkeypatch.setattr(rows, "threads_for", lambda B, H, GH: threads)
+    monkeypatch.setattr(rows, "threads_for", lambda B, H, GH, sizes=None: threads)
     B, T, I, H = 7, 9, 5, 11  # 7 rows over 3 threads: shares of 3, 2 and 2 rows
     p = make_problem(rng, cell, B, T, I, H, "float64", initial_state=True)
     kw = dict(mask=make_mask(rng, mask_kind, B, T), zero_output_for_mask=bool(rng.integers(2)))
@@ -68,11 +68,15 @@ def test_split_scan_matches_reference(rng, monkeypatch, level, cell, mask_kind, 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("level", NATIVE, indirect=True)
 def test_engine_split_at_a_benchmark_like_shape_matches_reference(rng, level, cell, dtype):
-    """The split as the engine chooses it (rows.threads_for), lengths uniform in [T/4, T] with 10% holes."""
-    B, T, I, H = 40, 12, 16, 48
+    """The split as the engine chooses it (rows.threads_for), lengths uniform in [T/4, T] with 10% holes: a call
+    large enough to be shared (rows.small_call) on as many threads as the engine has, up to B // MIN_ROWS."""
+    B, T, I, H = 40, 16, 16, 128
     p = make_problem(rng, cell, B, T, I, H, dtype, scale=H**-0.5)
     lengths = rng.integers(T // 4, T + 1, B)
     mask = (np.arange(T)[None, :] < lengths[:, None]) & (rng.random((B, T)) > 0.1)
+    G = 4 if cell == "lstm" else 3
+    sizes = (np.arange(T)[:, None] < lengths[None, :]).sum(axis=1)
+    assert rows.threads_for(B, H, G * H, sizes) == min(B // rows.MIN_ROWS, numba.get_num_threads())
     for kw in (dict(lengths=lengths), dict(mask=mask)):
         op, _, _, extra = cell_fns(cell)
         got = op(p["x"], p["kernel"], p["recurrent_kernel"], p["bias"], **kw, **extra)
@@ -123,3 +127,17 @@ def test_weights_are_packed_once_per_call_and_forgotten_after_it(rng, monkeypatc
             assert rel_err(g, want) < TOLERANCE["float64"]
         args[2] *= 0.5  # in place: the caller's recurrent kernel
         assert p["recurrent_kernel"] is args[2]
+
+
+def test_small_calls_keep_one_thread():
+    """A call whose step products sum to less than MIN_CALL_WORK multiply-adds runs on one thread (handing it to a
+    second one costs more than it saves), whatever its steps' size; the same batch over more steps is shared."""
+    B, H, GH = 32, 128, 512  # each step's product is big enough to share (rows.MIN_STEP_WORK)
+    assert B * H * GH >= rows.MIN_STEP_WORK
+    one_step = np.array([B], np.int32)
+    assert rows.small_call(one_step, H, GH) and rows.threads_for(B, H, GH, one_step) == 1
+    many = np.full(-(-rows.MIN_CALL_WORK // (B * H * GH)), B, np.int32)
+    assert not rows.small_call(many, H, GH)
+    assert rows.threads_for(B, H, GH, many) == rows.threads_for(B, H, GH) == min(B // rows.MIN_ROWS,
+                                                                                 numba.get_num_threads())
+    assert not rows.small_call(None, H, GH)

@@ -92,12 +92,13 @@ def wait(counter, target):
         spins += 1
 
 
-def threads_for(B, H, GH):
+def threads_for(B, H, GH, sizes=None):
     """Threads of a unit split for B rows and recurrent weights (H, GH): where the row split cannot give two
-    threads MIN_ROWS rows each, the step's product is at least rows.MIN_STEP_WORK and each thread gets MIN_UNITS
-    units; else 1 (the caller splits the rows or runs one thread). Not on Windows: the barrier's spin calls the
-    POSIX sched_yield (_relax)."""
-    if B >= 2 * rows.MIN_ROWS or not gemm.level() or B * H * GH < rows.MIN_STEP_WORK or not _POSIX:
+    threads MIN_ROWS rows each, the step's product is at least rows.MIN_STEP_WORK, the call is not small
+    (rows.small_call; sizes: the rows computed per step) and each thread gets MIN_UNITS units; else 1 (the caller
+    splits the rows or runs one thread). Not on Windows: the barrier's spin calls the POSIX sched_yield (_relax)."""
+    if (B >= 2 * rows.MIN_ROWS or not gemm.level() or B * H * GH < rows.MIN_STEP_WORK or not _POSIX
+            or rows.small_call(sizes, H, GH)):
         return 1
     return max(1, min(numba.get_num_threads(), H // MIN_UNITS))
 

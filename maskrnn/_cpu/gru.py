@@ -127,7 +127,7 @@ def _fwd(gx, U, b_rec, mask, sizes, zero_output, reset_after, out, hs, hr):
         _gru_fwd(gx[:, r], main, cand, b_rec, None if mask is None else mask[:, r], n, zero_output, reset_after,
                  out[:, r], hs[:, r], hr[:, r])
 
-    rows.split(run, sizes, rows.threads_for(B, G // 3, G))
+    rows.split(run, sizes, rows.threads_for(B, G // 3, G, sizes))
 
 
 def _gru_bwd_chunks(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
@@ -136,7 +136,7 @@ def _gru_bwd_chunks(gx, U, mask, batch_sizes, zero_output, reset_after, hs, hr, 
     H = G // 3
     main, cand = _operands(U, reset_after, True)
     d_carry = np.zeros((B, H), gx.dtype)
-    n_threads = rows.threads_for(B, H, G)
+    n_threads = rows.threads_for(B, H, G, batch_sizes)
     for t0, t1 in reversed(_scan.chunks(T, B, H, G)):
         m = None if mask is None else mask[t0:t1]
 

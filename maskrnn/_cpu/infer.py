@@ -155,7 +155,7 @@ def _input_buffers(k, I, F, GH, dtype):
 def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
-    n = cols.threads_for(B, H, 4 * H)
+    n = cols.threads_for(B, H, 4 * H, plan.sizes)
     if n > 1:  # a small batch: the hidden units split across threads (cols.py)
         return cols.lstm_infer(_unit_rows(x), W, U, b, h0, c0, plan, zero_output, out, n)
     op_x, F = _input_operand(W, b)
@@ -165,7 +165,8 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
         xb, pre = _input_buffers(k, I, F, 4 * H, dtype)
         return xb, h0[r].copy(), c0[r].copy(), pre, np.empty((k, 4 * H), dtype)
 
-    parts = _run(_lstm_steps, _unit_rows(x), out, plan, H, 4 * H, rows.threads_for(B, I + H, 4 * H), buffers,
+    threads = rows.threads_for(B, I + H, 4 * H, plan.sizes)
+    parts = _run(_lstm_steps, _unit_rows(x), out, plan, H, 4 * H, threads, buffers,
                  (zero_output, op_x, gemm.operand(U)))
     h, c = np.empty_like(h0), np.empty_like(c0)
     for r, bufs in parts:
@@ -176,7 +177,7 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
 def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
-    n = cols.threads_for(B, H, 3 * H) if reset_after else 1
+    n = cols.threads_for(B, H, 3 * H, plan.sizes) if reset_after else 1
     if n > 1:  # as lstm_infer (not reset_after: the candidate's product of r * h_{t-1} would need a second barrier)
         return cols.gru_infer(_unit_rows(x), W, U, b_in, np.ascontiguousarray(b_rec), h0, plan, zero_output, out, n)
     op_x, F = _input_operand(W, b_in)
@@ -191,7 +192,8 @@ def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
         scratch = [np.empty((k, w), dtype) for w in (3 * H if reset_after else 2 * H, H, H)]
         return xb, h0[r].copy(), pre, *scratch
 
-    parts = _run(_gru_steps, _unit_rows(x), out, plan, H, 3 * H, rows.threads_for(B, I + H, 3 * H), buffers,
+    threads = rows.threads_for(B, I + H, 3 * H, plan.sizes)
+    parts = _run(_gru_steps, _unit_rows(x), out, plan, H, 3 * H, threads, buffers,
                  (zero_output, reset_after, op_x, op_h, op_c, np.ascontiguousarray(b_rec)))
     h = np.empty_like(h0)
     for r, bufs in parts:

@@ -66,7 +66,7 @@ def _lstm_bwd(gx, Ut, mask, batch_sizes, zero_output, t_base, cs, d_out, dh, dc,
 
 def _fwd(gx, U, mask, sizes, zero_output, out, hs, cs):
     T, B, G = gx.shape
-    n = cols.threads_for(B, G // 4, G)
+    n = cols.threads_for(B, G // 4, G, sizes)
     if n > 1:  # a small batch: the hidden units split across threads (cols.py)
         return cols.lstm_fwd(gx, U, mask, sizes, zero_output, out, hs, cs, n)
     op = gemm.operand(U)
@@ -74,18 +74,18 @@ def _fwd(gx, U, mask, sizes, zero_output, out, hs, cs):
     def run(r, n):
         _lstm_fwd(gx[:, r], op, None if mask is None else mask[:, r], n, zero_output, out[:, r], hs[:, r], cs[:, r])
 
-    rows.split(run, sizes, rows.threads_for(B, G // 4, G))
+    rows.split(run, sizes, rows.threads_for(B, G // 4, G, sizes))
 
 
 def _lstm_bwd_chunks(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, dgx):
     """The backward scan in chunks of steps, last chunk first: Python regains control (Ctrl-C) between them."""
     T, B, G = gx.shape
-    n = cols.threads_for(B, G // 4, G)
+    n = cols.threads_for(B, G // 4, G, batch_sizes)
     if n > 1:
         return cols.lstm_bwd(gx, U, mask, batch_sizes, zero_output, cs, d_out, dh, dc, dgx, n)
     Ut = gemm.operand(U.T)
     d_carry = np.zeros((B, G // 4), gx.dtype)
-    n_threads = rows.threads_for(B, G // 4, G)
+    n_threads = rows.threads_for(B, G // 4, G, batch_sizes)
     for t0, t1 in reversed(_scan.chunks(T, B, G // 4, G)):
         m = None if mask is None else mask[t0:t1]
 

@@ -23,13 +23,24 @@ MIN_ROWS = 8  # rows per thread at least: the native product's register tile (8 
 # Per-step multiply-adds (rows x recurrent weights) below which one thread runs the call: a thread start and join
 # (~50 us) outweighs the halved step time of small problems.
 MIN_STEP_WORK = 1 << 18
+# Multiply-adds of a whole call's step products below which one thread runs it: handing a call to a second thread
+# costs 0.1-0.2 ms (waking the worker, and each task's way into Python and the Numba dispatcher, which holds the
+# GIL). One step of the LSTM forward at (32,1,64,128) took 0.64 ms on two threads against 0.42 ms on one.
+MIN_CALL_WORK = 1 << 24
 
 
-def threads_for(B, H, GH):
+def small_call(sizes, H, GH):
+    """Whether a call computing sizes[t] rows at each step (None: unknown) with weights (H, GH) is too small to
+    share (MIN_CALL_WORK)."""
+    return sizes is not None and int(np.sum(sizes, dtype=np.int64)) * H * GH < MIN_CALL_WORK
+
+
+def threads_for(B, H, GH, sizes=None):
     """How many threads run a scan of B rows with recurrent weights (H, GH): the engine's thread count
-    (numba.get_num_threads(), NUMBA_NUM_THREADS), at most B // MIN_ROWS, and 1 for small steps or without the
-    native product (np.dot runs OpenBLAS's own threads)."""
-    if not gemm.level() or B * H * GH < MIN_STEP_WORK:
+    (numba.get_num_threads(), NUMBA_NUM_THREADS), at most B // MIN_ROWS, and 1 for small steps, small calls
+    (sizes: the rows computed per step, ``small_call``) or without the native product (np.dot runs OpenBLAS's
+    own threads)."""
+    if not gemm.level() or B * H * GH < MIN_STEP_WORK or small_call(sizes, H, GH):
         return 1
     return max(1, min(numba.get_num_threads(), B // MIN_ROWS))
 
