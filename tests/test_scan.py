@@ -114,6 +114,50 @@ def test_time_major_and_non_contiguous(device, rng, cell):
         assert rel_err(g, w) < TOLERANCE["float64"]
 
 
+@pytest.mark.parametrize("shape", [(300, 260), (1, 517), (517, 1), (0, 40), (128, 256), (7, 5)])
+def test_c_order_copies_any_layout_exactly(rng, shape):
+    """The tiled copy of a transposed host matrix (maskrnn._validate.c_order): every element in place, C order,
+    at sizes that end in partial tiles, for transposed, strided and reversed views."""
+    from maskrnn._validate import TILE, c_order
+
+    base = rng.standard_normal((shape[1] * 2, shape[0] * 3))
+    views = (base[: shape[1], : shape[0]].T, base[::2, ::3].T, base[::-2, ::-3].T,
+             np.asfortranarray(base[: shape[0], : shape[1]]))
+    assert any(max(shape) > TILE and not a.flags.c_contiguous for a in views) or max(shape) <= TILE
+    for a in views:
+        got = c_order(np, a)
+        assert got.flags.c_contiguous and got.shape == a.shape
+        assert (got is a) if a.flags.c_contiguous else not np.shares_memory(got, a)
+        np.testing.assert_array_equal(got, a)
+    c = np.ascontiguousarray(base[: shape[0], : shape[1]])
+    assert c_order(np, c) is c and c_order(np, c, copy=True) is not c
+    np.testing.assert_array_equal(c_order(np, c, copy=True), c)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_transposed_weights_give_the_same_results(device, rng, cell):
+    """Weights as transposed views (torch.nn's parameters in Keras's layout), larger than one copy tile: outputs
+    and every gradient bit for bit those of the same weights in C order."""
+    B, T, I, H = 3, 5, 150, 40
+    p = make_problem(rng, cell, B, T, I, H, "float32")
+    mask = make_mask(rng, "holes", B, T)
+    _, vjp, _, extra = cell_fns(cell)
+    results = []
+    for transpose in (False, True):
+        q = dict(p)
+        if transpose:
+            q["kernel"], q["recurrent_kernel"] = (np.ascontiguousarray(q[k].T).T
+                                                  for k in ("kernel", "recurrent_kernel"))
+            assert not q["kernel"].flags.c_contiguous and not q["recurrent_kernel"].flags.c_contiguous
+        q = {k: to_device(v, device) for k, v in q.items()}
+        outs, pullback = vjp(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias"), **q,
+                             mask=to_device(mask, device), **extra)
+        ups = [to_device(np.ones(o.shape, "float32"), device) for o in outs]
+        results.append([to_host(a) for a in (*outs, *pullback(*ups)) if a is not None])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_empty_batch(rng):
     p = make_problem(rng, "lstm", 0, 4, 3, 2)
     out, h, c = run("cpu", "lstm", p, lengths=np.zeros(0, np.int64))
