@@ -8,7 +8,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _scan
-from ._validate import Problem, c_order, validate
+from ._validate import Problem, c_copy, validate
 
 LSTMGrads = namedtuple("LSTMGrads", "x kernel recurrent_kernel bias h0 c0")
 LSTMGrads.__doc__ = "Gradients from ``lstm_vjp``'s pullback, each shaped like its argument (bias: None if absent)."
@@ -247,7 +247,7 @@ def _run(cell, args, kwargs, training):
     h0 = lay.states(p.h0)
     # The pullback reads the weights: copies (small next to the tape) keep a caller's in-place update between
     # forward and pullback from changing the gradients. A checksum would cost a pass over them at each call.
-    W, U = (c_order(xp, p.kernel, copy=True), p.recurrent_kernel.copy()) if training else (p.kernel, p.recurrent_kernel)
+    W, U = (c_copy(xp, p.kernel), c_copy(xp, p.recurrent_kernel)) if training else (p.kernel, p.recurrent_kernel)
     if cell == "lstm":
         c0 = lay.states(p.c0)
         out, h, c, tape = _scan.lstm_forward(xp, K, x, W, U, p.bias, h0, c0, plan, p.zero_output_for_mask)

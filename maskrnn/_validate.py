@@ -42,16 +42,16 @@ class Problem:
         return (self.bias if self.has_bias else None), xp.zeros(3 * self.units, self.dtype)
 
 
-TILE = 128  # rows and columns of the tiles that c_order copies a transposed host matrix in
+TILE = 128  # rows and columns of the tiles that c_copy copies a transposed host matrix in
 
 
-def c_order(xp, a, copy=False):
-    """a C-contiguous: itself, or a copy (always a copy when copy). A 2-D host array that is not (a transposed
-    matrix: torch.nn's weights in Keras's layout) is copied tile by tile, each tile's rows and columns in L1:
-    NumPy's own copy walked the source one strided column at a time (4 MB in 5.0 ms, 1.9 ms in tiles; 8 MB in
-    10.5 ms, 3.0 ms in tiles)."""
+def c_copy(xp, a):
+    """A copy of a in C order (the training path's own copies of the weights). A 2-D host array that is not
+    C-contiguous (a transposed matrix: torch.nn's weights in Keras's layout) is copied tile by tile, each tile's
+    rows and columns in L1: NumPy's own copy walked the source one strided column at a time (4 MB in 5.0 ms, 1.9 ms
+    in tiles; 8 MB in 10.5 ms, 3.0 ms in tiles)."""
     if xp is not np or a.ndim != 2 or a.flags.c_contiguous:
-        return a.copy() if copy else xp.ascontiguousarray(a)
+        return a.copy()
     out = np.empty(a.shape, a.dtype)
     for i in range(0, a.shape[0], TILE):
         for j in range(0, a.shape[1], TILE):
@@ -188,7 +188,9 @@ def validate(cell, args, kw) -> Problem:
     if W.ndim != 2 or W.shape[0] != In or W.shape[1] == 0 or W.shape[1] % G:
         raise ValueError(f"kernel must have shape (I, {G}*units) = ({In}, {G}*units), got {tuple(W.shape)}")
     H = W.shape[1] // G
-    U = c_order(xp, _array(xp, arrs["recurrent_kernel"], "recurrent_kernel", dtype))
+    U = _array(xp, arrs["recurrent_kernel"], "recurrent_kernel", dtype)
+    if device == "cuda":  # the kernels read it densely; the CPU engine packs it from any strides (gemm.pack)
+        U = xp.ascontiguousarray(U)
     _shape(U, "recurrent_kernel", (H, G * H))
     b = _array(xp, arrs["bias"], "bias", dtype)
     if b is not None:

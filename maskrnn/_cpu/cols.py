@@ -110,9 +110,14 @@ def units(H, n, dtype):
     return list(zip(edges[:-1], edges[1:]))
 
 
+def gate_spans(H, G, j0, j1):
+    """[(s0, s1)] of the columns of units [j0, j1) in each of the G gates of a (.., G H) array."""
+    return [(g * H + j0, g * H + j1) for g in range(G)]
+
+
 def gate_columns(a, H, G, j0, j1):
     """The columns of a (.., G H) of units [j0, j1) in each of the G gates, gate after gate (a copy)."""
-    return np.concatenate([a[..., g * H + j0 : g * H + j1] for g in range(G)], axis=-1)
+    return np.concatenate([a[..., s0:s1] for s0, s1 in gate_spans(H, G, j0, j1)], axis=-1)
 
 
 @njit(**JIT)
@@ -195,7 +200,8 @@ def gru_infer(x, W, U, b_in, b_rec, h0, plan, zero_output, out, n):
     threads = []
     for j0, j1 in units(H, n, dtype):
         xb, pre = _input_buffers(B, I, Wb.shape[0], 3 * (j1 - j0), dtype)
-        threads.append((j0, gemm.operand(gate_columns(Wb, H, 3, j0, j1)), gemm.operand(gate_columns(U, H, 3, j0, j1)),
+        spans = gate_spans(H, 3, j0, j1)
+        threads.append((j0, gemm.operand_columns(Wb, spans), gemm.operand_columns(U, spans),
                         gate_columns(b_rec, H, 3, j0, j1), xb, pre, np.empty((B, 3 * (j1 - j0)), dtype),
                         np.empty((B, j1 - j0), dtype)))
     for t0, t1 in _scan.chunks(T, B, H + I, 3 * H) if B else ():
@@ -216,8 +222,9 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out, n):
     threads = []
     for j0, j1 in units(H, n, dtype):
         xb, pre = _input_buffers(B, I, Wb.shape[0], 4 * (j1 - j0), dtype)
-        threads.append((j0, gemm.operand(gate_columns(Wb, H, 4, j0, j1)), gemm.operand(gate_columns(U, H, 4, j0, j1)),
-                        xb, pre, np.empty((B, 4 * (j1 - j0)), dtype)))
+        spans = gate_spans(H, 4, j0, j1)
+        threads.append((j0, gemm.operand_columns(Wb, spans), gemm.operand_columns(U, spans), xb, pre,
+                        np.empty((B, 4 * (j1 - j0)), dtype)))
     for t0, t1 in _scan.chunks(T, B, H + I, 4 * H) if B else ():
         counter = np.zeros(1, np.int64)
         rows.parallel([lambda t0=t0, t1=t1, c=counter, a=a: _lstm_steps(
@@ -309,8 +316,8 @@ def _lstm_bwd(gx, op_ut, mask, sizes, zero_output, t_base, cs, d_out, dh, dc, dg
 def _blocks(U, n, transpose):
     """[(j0, k, operand)] of n threads: gate_columns of U, or U's rows of the units transposed (the backward)."""
     H = U.shape[0]
-    return [(j0, j1 - j0, gemm.operand(np.ascontiguousarray(U[j0:j1].T) if transpose else
-                                       gate_columns(U, H, 4, j0, j1))) for j0, j1 in units(H, n, U.dtype)]
+    return [(j0, j1 - j0, gemm.operand(U[j0:j1].T) if transpose else gemm.operand_columns(U, gate_spans(H, 4, j0, j1)))
+            for j0, j1 in units(H, n, U.dtype)]
 
 
 def lstm_fwd(gx, U, mask, sizes, zero_output, out, hs, cs, n):

@@ -83,12 +83,12 @@ def gemm_tn_function(dtype, where=None):
     return _GEMM_TN(address) if address else None
 
 
-def pack(b, where=None):
-    """b (k, n), any strides -> its panels (n_panels, k, W), zero-padded past column n."""
+def pack(b, where=None, out=None):
+    """b (k, n), any strides -> its panels (n_panels, k, W), zero-padded past column n (into out when given)."""
     where = where or _native
     k, n = b.shape
     W = PANEL_BYTES // b.itemsize
-    P = np.empty((-(-n // W), k, W), b.dtype)
+    P = np.empty((-(-n // W), k, W), b.dtype) if out is None else out
     stride = [s // b.itemsize for s in b.strides]
     _PACK(where[f"pack_{b.dtype.name}"])(k, n, b.ctypes.data, stride[0], stride[1], P.ctypes.data)
     return P
@@ -127,6 +127,23 @@ def operand(b):
     if _held:
         _kept[key] = (b, op)
     return op
+
+
+def operand_columns(a, spans):
+    """``operand`` of the column spans [(s0, s1), ...] of a (k, n) side by side (a thread's gate columns, cols.py),
+    packed from a's own memory (any strides) where every span is whole panels wide: packing their concatenated copy
+    was a second pass over the weights on every call (4 MB at H = 512), and over a transposed matrix (torch.nn's
+    weights) a slow one. Otherwise the operand of that copy."""
+    W = PANEL_BYTES // a.itemsize
+    address = _native.get(f"gemm_{a.dtype.name}", 0)
+    if not address or any((s1 - s0) % W for s0, s1 in spans):
+        return operand(np.concatenate([a[:, s0:s1] for s0, s1 in spans], axis=1))
+    P = np.empty((sum(s1 - s0 for s0, s1 in spans) // W, a.shape[0], W), a.dtype)
+    at = 0
+    for s0, s1 in spans:
+        pack(a[:, s0:s1], out=P[at : at + (s1 - s0) // W])
+        at += (s1 - s0) // W
+    return address, P, np.empty((0, 0), a.dtype)
 
 
 @intrinsic
