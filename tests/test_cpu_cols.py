@@ -12,6 +12,7 @@ from test_cpu_infer import _check
 from test_cpu_rows import _reference, _run
 from test_grad import finite_difference
 
+import maskrnn
 from maskrnn import _cpu, _dispatch, _scan
 from maskrnn._cpu import blas, cols, gemm, rows
 
@@ -175,3 +176,44 @@ def test_small_calls_keep_one_thread(monkeypatch):
     assert cols.threads_for(B, H, 4 * H) == 2
     assert cols.threads_for(B, H, 4 * H, np.array([B, B], np.int32)) == 1  # two steps
     assert cols.threads_for(B, H, 4 * H, np.full(20, B, np.int32)) == 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gate_columns_packed_in_place_as_from_their_copy(rng, dtype):
+    """gemm.operand_columns: the panels of a thread's gate columns packed straight from the weights (C order,
+    transposed, strided) are those of their concatenated copy; spans that are not whole panels take the copy."""
+    H, G = 96, 4
+    W = 128 // np.dtype(dtype).itemsize
+    base = rng.standard_normal((2 * G * H, 70)).astype(dtype)
+    for a in (np.ascontiguousarray(base[: G * H].T), base[: G * H].T, base[::2].T):
+        for j0, j1 in ((0, W), (W, 3 * W), (1, 1 + W)):
+            spans = cols.gate_spans(H, G, j0, j1)
+            got = gemm.operand_columns(a, spans)
+            want = gemm.operand(cols.gate_columns(a, H, G, j0, j1))
+            assert got[0] == want[0] and got[1].shape == want[1].shape
+            np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unit_split_takes_transposed_weights(rng, monkeypatch, split, cell):
+    """H = 64 on two threads: blocks of whole panels, packed from the weights in place; transposed weights
+    (torch.nn's in Keras's layout) give the outputs, final states and gradients of C-order ones bit for bit."""
+    monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: 2)
+    B, T, I, H = 3, 7, 5, 64
+    p = make_problem(rng, cell, B, T, I, H, "float32", initial_state=True)
+    mask = make_mask(rng, "holes", B, T)
+    op, vjp = (maskrnn.lstm, maskrnn.lstm_vjp) if cell == "lstm" else (maskrnn.gru, maskrnn.gru_vjp)
+    results = []
+    for transpose in (False, True):
+        q = dict(p)
+        if transpose:
+            q["kernel"], q["recurrent_kernel"] = (np.ascontiguousarray(q[k].T).T
+                                                  for k in ("kernel", "recurrent_kernel"))
+        args = (q["x"], q["kernel"], q["recurrent_kernel"], q["bias"])
+        inferred = op(*args, initial_state=q["initial_state"], mask=mask)
+        outs, pullback = vjp(*args, initial_state=q["initial_state"], mask=mask)
+        grads = pullback(*(np.ones_like(o) for o in outs))
+        results.append([*inferred, *outs, *(g for g in grads if g is not None)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert {c[0] for c in split} >= {f"_{cell}_steps"}
