@@ -39,6 +39,30 @@ def on_device(p, device):
             for k, v in p.items()}
 
 
+def results_with_transposed_weights(cell, p, device="cpu", **kw):
+    """[C-order weights' results, transposed weights' results] of one problem: the inference outputs, then the
+    training outputs and every gradient (upstream ones), as host arrays. Transposed: kernel and recurrent_kernel
+    as transposed views of their transposes (torch.nn's parameters in Keras's layout), same values."""
+    from conftest import to_device, to_host
+
+    op, vjp, _, extra = cell_fns(cell)
+    results = []
+    for transpose in (False, True):
+        q = dict(p)
+        if transpose:
+            for k in ("kernel", "recurrent_kernel"):
+                q[k] = q[k].T.copy().T
+                assert not q[k].flags.c_contiguous
+        q = on_device(q, device)
+        args = [q.pop(k) for k in ("x", "kernel", "recurrent_kernel", "bias")]
+        steps = {k: to_device(v, device) for k, v in kw.items()}
+        inferred = op(*args, **q, **steps, **extra)
+        outs, pullback = vjp(*args, **q, **steps, **extra)
+        grads = pullback(*(a * 0 + 1 for a in outs))
+        results.append([to_host(a) for a in (*inferred, *outs, *grads) if a is not None])
+    return results
+
+
 def random_upstream(rng, cell, B, T, H, dtype="float64"):
     """Random upstream gradients of (outputs, h_T[, c_T]), never ones."""
     shapes = [(B, T, H), (B, H), (B, H)][: 3 if cell == "lstm" else 2]

@@ -6,13 +6,12 @@ the split, in inference and in training."""
 
 import numpy as np
 import pytest
-from cells import make_problem, random_upstream
+from cells import make_problem, random_upstream, results_with_transposed_weights
 from conftest import TOLERANCE, make_mask, rel_err
 from test_cpu_infer import _check
 from test_cpu_rows import _reference, _run
 from test_grad import finite_difference
 
-import maskrnn
 from maskrnn import _cpu, _dispatch, _scan
 from maskrnn._cpu import blas, cols, gemm, rows
 
@@ -199,21 +198,7 @@ def test_unit_split_takes_transposed_weights(rng, monkeypatch, split, cell):
     """H = 64 on two threads: blocks of whole panels, packed from the weights in place; transposed weights
     (torch.nn's in Keras's layout) give the outputs, final states and gradients of C-order ones bit for bit."""
     monkeypatch.setattr(cols, "threads_for", lambda B, H, GH, sizes=None: 2)
-    B, T, I, H = 3, 7, 5, 64
-    p = make_problem(rng, cell, B, T, I, H, "float32", initial_state=True)
-    mask = make_mask(rng, "holes", B, T)
-    op, vjp = (maskrnn.lstm, maskrnn.lstm_vjp) if cell == "lstm" else (maskrnn.gru, maskrnn.gru_vjp)
-    results = []
-    for transpose in (False, True):
-        q = dict(p)
-        if transpose:
-            q["kernel"], q["recurrent_kernel"] = (np.ascontiguousarray(q[k].T).T
-                                                  for k in ("kernel", "recurrent_kernel"))
-        args = (q["x"], q["kernel"], q["recurrent_kernel"], q["bias"])
-        inferred = op(*args, initial_state=q["initial_state"], mask=mask)
-        outs, pullback = vjp(*args, initial_state=q["initial_state"], mask=mask)
-        grads = pullback(*(np.ones_like(o) for o in outs))
-        results.append([*inferred, *outs, *(g for g in grads if g is not None)])
-    for a, b in zip(*results):
+    p = make_problem(rng, cell, 3, 7, 5, 64, "float32", initial_state=True)
+    for a, b in zip(*results_with_transposed_weights(cell, p, mask=make_mask(rng, "holes", 3, 7))):
         np.testing.assert_array_equal(a, b)
     assert {c[0] for c in split} >= {f"_{cell}_steps"}

@@ -3,7 +3,16 @@ padding, edge shapes. The same tests run on the GPU through the device fixture."
 
 import numpy as np
 import pytest
-from cells import CELLS, cell_fns, device_planned, force_masked_all_rows, make_problem, on_device, record_plans
+from cells import (
+    CELLS,
+    cell_fns,
+    device_planned,
+    force_masked_all_rows,
+    make_problem,
+    on_device,
+    record_plans,
+    results_with_transposed_weights,
+)
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 import maskrnn._dispatch as dispatch
@@ -134,23 +143,8 @@ def test_c_copy_copies_any_layout_exactly(rng, shape):
 def test_transposed_weights_give_the_same_results(device, rng, cell):
     """Weights as transposed views (torch.nn's parameters in Keras's layout), larger than one copy tile: outputs
     and every gradient bit for bit those of the same weights in C order."""
-    B, T, I, H = 3, 5, 150, 40
-    p = make_problem(rng, cell, B, T, I, H, "float32")
-    mask = make_mask(rng, "holes", B, T)
-    _, vjp, _, extra = cell_fns(cell)
-    results = []
-    for transpose in (False, True):
-        q = dict(p)
-        if transpose:
-            q["kernel"], q["recurrent_kernel"] = (np.ascontiguousarray(q[k].T).T
-                                                  for k in ("kernel", "recurrent_kernel"))
-            assert not q["kernel"].flags.c_contiguous and not q["recurrent_kernel"].flags.c_contiguous
-        q = {k: to_device(v, device) for k, v in q.items()}
-        outs, pullback = vjp(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias"), **q,
-                             mask=to_device(mask, device), **extra)
-        ups = [to_device(np.ones(o.shape, "float32"), device) for o in outs]
-        results.append([to_host(a) for a in (*outs, *pullback(*ups)) if a is not None])
-    for a, b in zip(*results):
+    p = make_problem(rng, cell, 3, 5, 150, 40, "float32")
+    for a, b in zip(*results_with_transposed_weights(cell, p, device, mask=make_mask(rng, "holes", 3, 5))):
         np.testing.assert_array_equal(a, b)
 
 
