@@ -210,12 +210,13 @@ def _infer(cell, p, xp, K, lay):
     x_at = lambda t0, t1: lay.seq_chunk(p.x, t0, t1)  # noqa: E731
     put = lambda t0, t1, o: lay.put_seq(out, t0, t1, o)  # noqa: E731
     h0 = lay.states(p.h0)
+    U = xp.ascontiguousarray(p.recurrent_kernel)  # the generic driver's kernels (the GPU's) read it densely
     if cell == "lstm":
-        h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, p.bias, h0, lay.states(p.c0),
-                                lay.plan, p.zero_output_for_mask, put)
+        h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, U, p.bias, h0, lay.states(p.c0), lay.plan,
+                                p.zero_output_for_mask, put)
         return out, lay.final(h), lay.final(c)
     b_in, b_rec = p.bias_in_rec(xp)
-    h = _scan.gru_infer(xp, K, x_at, T, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan,
+    h = _scan.gru_infer(xp, K, x_at, T, p.kernel, U, b_in, b_rec, h0, p.reset_after, lay.plan,
                         p.zero_output_for_mask, put)
     return out, lay.final(h)
 

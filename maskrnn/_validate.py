@@ -188,9 +188,7 @@ def validate(cell, args, kw) -> Problem:
     if W.ndim != 2 or W.shape[0] != In or W.shape[1] == 0 or W.shape[1] % G:
         raise ValueError(f"kernel must have shape (I, {G}*units) = ({In}, {G}*units), got {tuple(W.shape)}")
     H = W.shape[1] // G
-    U = _array(xp, arrs["recurrent_kernel"], "recurrent_kernel", dtype)
-    if device == "cuda":  # the kernels read it densely; the CPU engine packs it from any strides (gemm.pack)
-        U = xp.ascontiguousarray(U)
+    U = _array(xp, arrs["recurrent_kernel"], "recurrent_kernel", dtype)  # any layout: the engines copy what they need
     _shape(U, "recurrent_kernel", (H, G * H))
     b = _array(xp, arrs["bias"], "bias", dtype)
     if b is not None:

@@ -142,10 +142,17 @@ def test_c_copy_copies_any_layout_exactly(rng, shape):
 @pytest.mark.parametrize("cell", CELLS)
 def test_transposed_weights_give_the_same_results(device, rng, cell):
     """Weights as transposed views (torch.nn's parameters in Keras's layout), larger than one copy tile: outputs
-    and every gradient bit for bit those of the same weights in C order."""
+    and every gradient those of the same weights in C order, bit for bit on the CPU engine (it packs either layout
+    into the same panels), within float32 rounding where a BLAS takes the layout as given (the GPU's GEMMs)."""
+    from maskrnn import _cpu
+
+    exact = device == "cpu" and dispatch._engine("cpu")[1] is _cpu
     p = make_problem(rng, cell, 3, 5, 150, 40, "float32")
     for a, b in zip(*results_with_transposed_weights(cell, p, device, mask=make_mask(rng, "holes", 3, 5))):
-        np.testing.assert_array_equal(a, b)
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert rel_err(a, b) < TOLERANCE["float32"]
 
 
 def test_empty_batch(rng):
