@@ -42,23 +42,6 @@ class Problem:
         return (self.bias if self.has_bias else None), xp.zeros(3 * self.units, self.dtype)
 
 
-TILE = 128  # rows and columns of the tiles that c_copy copies a transposed host matrix in
-
-
-def c_copy(xp, a):
-    """A copy of a in C order (the training path's own copies of the weights). A 2-D host array that is not
-    C-contiguous (a transposed matrix: torch.nn's weights in Keras's layout) is copied tile by tile, each tile's
-    rows and columns in L1: NumPy's own copy walked the source one strided column at a time (4 MB in 5.0 ms, 1.9 ms
-    in tiles; 8 MB in 10.5 ms, 3.0 ms in tiles)."""
-    if xp is not np or a.ndim != 2 or a.flags.c_contiguous:
-        return a.copy()
-    out = np.empty(a.shape, a.dtype)
-    for i in range(0, a.shape[0], TILE):
-        for j in range(0, a.shape[1], TILE):
-            out[i : i + TILE, j : j + TILE] = a[i : i + TILE, j : j + TILE]
-    return out
-
-
 def _where(a):
     """'cpu', 'cuda', or None for host objects without a device of their own (lists, scalars)."""
     if isinstance(a, np.ndarray):

@@ -125,9 +125,9 @@ def test_time_major_and_non_contiguous(device, rng, cell):
 
 @pytest.mark.parametrize("shape", [(300, 260), (1, 517), (517, 1), (0, 40), (128, 256), (7, 5)])
 def test_c_copy_copies_any_layout_exactly(rng, shape):
-    """The tiled copy of a transposed host matrix (maskrnn._validate.c_copy): every element in place, C order,
+    """The tiled copy of a transposed host matrix (maskrnn._dispatch.c_copy): every element in place, C order,
     a copy, at sizes that end in partial tiles, for transposed, strided, reversed and C-contiguous views."""
-    from maskrnn._validate import TILE, c_copy
+    from maskrnn._dispatch import TILE, c_copy
 
     base = rng.standard_normal((shape[1] * 2, shape[0] * 3))
     views = (base[: shape[1], : shape[0]].T, base[::2, ::3].T, base[::-2, ::-3].T,
