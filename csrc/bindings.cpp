@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -99,6 +100,63 @@ void gru_bwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr ma
   });
 }
 
+// Cell gates, state buffers and whether the scan keeps hr: the workspace of an inference chunk (scan.h).
+struct InferCell {
+  int G, n_states;
+  bool hr;
+  explicit InferCell(const std::string& cell)
+      : G(cell == "lstm" ? 4 : 3), n_states(cell == "lstm" ? 2 : 1), hr(cell != "lstm") {
+    if (cell != "lstm" && cell != "gru") throw std::invalid_argument("maskrnn inference: lstm or gru, got " + cell);
+  }
+};
+
+std::size_t infer_workspace(const std::string& cell, const std::string& dtype, int T, int B, int H) {
+  const InferCell k(cell);
+  std::size_t bytes = 0;
+  by_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    // The accumulation type (cell_math.cuh acc_t): double for double, float otherwise; half types keep their
+    // running states in scratch.
+    const std::size_t acc = sizeof(S) == sizeof(double) ? sizeof(double) : sizeof(float);
+    bytes = maskrnn::infer_layout(k.G, k.n_states, k.hr, T, B, H, sizeof(S), acc, sizeof(S) < sizeof(float)).bytes;
+  });
+  return bytes;
+}
+
+// One chunk of an inference forward (scan.h InferChunk; maskrnn/_cuda.py _infer): pointers and element strides.
+void infer(const std::string& cell, const std::string& dtype, int T, int B, int H, uptr n_rows, uptr mask,
+           bool zero_output, bool reset_after, int t0, int work_steps, int carry, uptr proj, int64_t proj_t,
+           int64_t proj_b, uptr bias, uptr order, uptr inverse, uptr plan_mask, uptr out, int64_t out_t, int64_t out_b,
+           uptr init0, uptr init1, uptr final0, uptr final1, uptr U, uptr b_rec, uptr work, uptr stream) {
+  const InferCell k(cell);
+  Call call(T, B, H, n_rows, mask, zero_output, reset_after, 0, stream);
+  maskrnn::InferChunk c;
+  c.t0 = t0;
+  c.work_steps = work_steps;
+  c.carry = carry;
+  c.proj = ptr<const void>(proj);
+  c.proj_t = proj_t;
+  c.proj_b = proj_b;
+  c.bias = ptr<const void>(bias);
+  c.order = ptr<const int32_t>(order);
+  c.inverse = ptr<const int32_t>(inverse);
+  c.plan_mask = ptr<const uint8_t>(plan_mask);
+  c.out = ptr<void>(out);
+  c.out_t = out_t;
+  c.out_b = out_b;
+  c.init[0] = ptr<const void>(init0);
+  c.init[1] = ptr<const void>(init1);
+  c.final[0] = ptr<void>(final0);
+  c.final[1] = ptr<void>(final1);
+  by_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    if (k.G == 4)
+      maskrnn::lstm_infer<S>(call.p, c, ptr<const S>(U), ptr<void>(work));
+    else
+      maskrnn::gru_infer<S>(call.p, c, ptr<const S>(U), ptr<const S>(b_rec), ptr<void>(work));
+  });
+}
+
 void row_plan(int T, int B, uptr mask, uptr order, uptr inverse, uptr counts, uptr work, uptr stream) {
   maskrnn::row_plan(T, B, ptr<const uint8_t>(mask), ptr<int32_t>(order), ptr<int32_t>(inverse), ptr<int32_t>(counts),
                     ptr<int32_t>(work), reinterpret_cast<cudaStream_t>(stream));
@@ -156,6 +214,8 @@ PYBIND11_MODULE(_ext, m) {
   m.def("lstm_bwd", &lstm_bwd, nogil);
   m.def("gru_fwd", &gru_fwd, nogil);
   m.def("gru_bwd", &gru_bwd, nogil);
+  m.def("infer", &infer, nogil);
+  m.def("infer_workspace", &infer_workspace);
   m.def("row_plan", &row_plan, nogil);
   m.def("host_plan", &host_plan);
 #else

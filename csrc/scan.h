@@ -5,6 +5,7 @@
 // device pointers: nothing of a scan is read on the host, so a call queues its kernels without waiting.
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace maskrnn {
@@ -29,6 +30,43 @@ template <typename T> void gru_fwd(const ScanParams& p, T* gx, const T* U, const
 template <typename T>
 void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh, T* dgx,
              T* dgr);
+
+// One chunk of an inference forward in one call (csrc/infer.cu; maskrnn/_cuda.py lstm_infer): ScanParams are the
+// chunk's (T its steps, n_rows and mask from its first step on); three launches: the chunk's projection gathered
+// into plan row order with the bias added and the states before its first step set, the scan, then its outputs
+// written into the caller's array and, for the last chunk, the final states in the caller's row order. The
+// workspace holds the scan's buffers (infer_layout for work_steps steps), the same for every chunk of a scan.
+struct InferChunk {
+  int t0 = 0;          // the chunk's first step in the whole scan
+  int work_steps = 0;  // steps the workspace's buffers hold (infer_layout's T: the longest chunk's, at least T)
+  int carry = 0;  // > 0: the states before the chunk are the workspace's states at step `carry` (the previous
+                  // chunk's last); 0: init
+  // The chunk's input projection x W in the caller's layout and row order: step t of caller row b at
+  // proj + t * proj_t + b * proj_b (elements, either sign), its G*H gates contiguous.
+  const void* proj = nullptr;
+  int64_t proj_t = 0, proj_b = 0;
+  const void* bias = nullptr;         // (G*H,) added to the projection, or null
+  const int32_t* order = nullptr;     // (B,) plan position -> caller row; null: the identity
+  const int32_t* inverse = nullptr;   // (B,) caller row -> plan position; null: the identity
+  const uint8_t* plan_mask = nullptr;  // the chunk's (T,B) mask in plan order (every plan, packed or not)
+  // The caller's outputs of the chunk's steps: step t of caller row b at out + t * out_t + b * out_b, H contiguous.
+  void* out = nullptr;
+  int64_t out_t = 0, out_b = 0;
+  const void* init[2] = {nullptr, nullptr};  // initial states (B,H) in plan order, null for zeros (carry == 0)
+  void* final[2] = {nullptr, nullptr};       // the last chunk: final states (B,H) in the caller's order; else null
+};
+
+// Byte offsets of the chunk's buffers in its workspace: gx (T,B,G*H) at 0, out (T,B,H), n_states state buffers
+// (T+1,B,H) each, hr (T,B,H) when hr, the scan's scratch (3*B*H accumulation-type values) when scratch; bytes: the
+// workspace's size.
+struct InferLayout {
+  std::size_t gx = 0, out = 0, states = 0, hr = 0, scratch = 0, bytes = 0;
+};
+InferLayout infer_layout(int G, int n_states, bool hr, int T, int B, int H, std::size_t item, std::size_t acc_item,
+                         bool scratch);
+template <typename T> void lstm_infer(const ScanParams& p, const InferChunk& c, const T* U, void* work);
+template <typename T>
+void gru_infer(const ScanParams& p, const InferChunk& c, const T* U, const T* b_rec, void* work);
 
 // The row plan of a (T,B) bool mask (device pointers; maskrnn/_dispatch.py device_plan), queued on stream: span_b =
 // row b's last real step + 1 (0 for none); rows sorted by span, longest first, rows of equal span in their order (a

@@ -2,7 +2,13 @@
 the native extension (csrc/scan.h). Raw device pointers and CuPy's current stream go to C++; nothing is copied
 (except a strided mask, made dense) and nothing is read back: the per-step row counts are a device array (the
 dispatcher builds the plan on the device, ``DEVICE_PLAN``), so a call only queues work. The all-step GEMMs run on
-CuPy (cuBLAS): the driver's default ``xp.matmul``.
+CuPy (cuBLAS, ``matmul``).
+
+Inference (``lstm_infer``, ``gru_infer``: the CPU engine's fused contract, maskrnn/_cpu/infer.py) is one GEMM and
+one native call per chunk of steps (csrc/infer.cu): the projection of the caller's inputs in their own memory order,
+then the gather into plan order with the bias, the states, the scan, the outputs into the caller's array and the
+final states, queued from C++ (a forward's wall time waits for the host to queue its work: each CuPy operation
+those replaced cost 20-70 us in a cold call).
 
 Host <-> device transfers per call, beyond kernel arguments: none with a mask or no mask; with ``lengths=`` on
 the GPU, one bool read back (their range check in maskrnn._validate, which waits for the work queued before it);
@@ -14,6 +20,7 @@ at the launch that faulted: slow, for a first run on new hardware or under compu
 
 import numpy as np
 
+from . import _scan
 from ._info import _extension, cuda_ready
 
 _ready = False
@@ -43,11 +50,36 @@ def _stream():
     return cupy.cuda.get_current_stream().ptr
 
 
+def _addr(a):
+    """The device address of a's first element (a view's, whatever its strides)."""
+    return a.data.ptr
+
+
 def _ptr(a):
     # The kernels index every array as dense C order; a strided view would be read as garbage.
     if not a.flags.c_contiguous:
         raise ValueError(f"maskrnn CUDA kernels need C-contiguous arrays, got shape {a.shape} strides {a.strides}")
-    return a.data.ptr
+    return _addr(a)
+
+
+def _strided(a):
+    """(address, step stride, row stride) of a (k,B,F) view with unit-stride rows; strides in elements."""
+    if a.strides[2] != a.itemsize and a.shape[2] > 1 and a.size:
+        raise ValueError(f"maskrnn CUDA kernels need unit-stride rows, got shape {a.shape} strides {a.strides}")
+    return _addr(a), a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
+
+
+def _empty(shape, dtype):
+    import cupy
+
+    return cupy.empty(shape, dtype)
+
+
+def matmul(a, b, out=None):
+    """The all-step GEMMs (maskrnn/_scan.py): cuBLAS through CuPy."""
+    import cupy
+
+    return cupy.matmul(a, b, out=out)
 
 
 def _ptrs(gx, *arrays):
@@ -154,3 +186,62 @@ def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dg
 # The packed and masked kernels are the same C++ entry points; `steps` tells them apart.
 lstm_packed_fwd, lstm_packed_bwd = lstm_masked_fwd, lstm_masked_bwd
 gru_packed_fwd, gru_packed_bwd = gru_masked_fwd, gru_masked_bwd
+
+
+def _project(x, W):
+    """x W for a (k,B,I) view x of the caller's inputs (any strides): one GEMM over x's rows in their memory order,
+    which needs no copy where the caller's array is dense (batch-major or time-major, either time direction).
+    Returns the product's (k,B,GH) view in x's axis order."""
+    flip_t, flip_b = x.strides[0] < 0, x.strides[1] < 0
+    v = x[::-1] if flip_t else x
+    v = v[:, ::-1] if flip_b else v
+    swap = abs(v.strides[0]) < abs(v.strides[1])  # rows in batch-major memory order
+    v = v.transpose(1, 0, 2) if swap else v
+    y = matmul(v.reshape(v.shape[0] * v.shape[1], v.shape[2]), W).reshape(v.shape[0], v.shape[1], W.shape[1])
+    y = y.transpose(1, 0, 2) if swap else y
+    y = y[:, ::-1] if flip_b else y
+    return y[::-1] if flip_t else y
+
+
+def _rows(plan):
+    """Addresses of the plan's order and inverse (0, 0 for the caller's row order)."""
+    if plan.order is None:
+        return 0, 0
+    if plan.order.dtype != np.int32 or plan.inverse.dtype != np.int32:
+        raise TypeError(f"maskrnn CUDA kernels need int32 row orders, got {plan.order.dtype}")
+    return _ptr(plan.order), _ptr(plan.inverse)
+
+
+def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
+    """The fused inference of the CPU engine's contract (maskrnn/_cpu/infer.py) in one native call per chunk of
+    steps (csrc/infer.cu): x (T,B,I) and out (T,B,H) views of the caller's arrays in scan time order, init the
+    initial states in plan order (None: zeros). Returns the final states in the caller's row order."""
+    T, B, _ = x.shape
+    H, GH, dtype, n = U.shape[0], W.shape[1], x.dtype, len(init)
+    U, b, b_rec = (a if a is None or a.flags.c_contiguous else a.copy(order="C") for a in (U, b, b_rec))
+    per_step = B * (2 * GH + (n + 2) * H)  # the projection, its gathered copy, out, the states, hr
+    spans = _scan.chunks(T, B, H, GH, (per_step, INFER_WORKSPACE // dtype.itemsize), whole=True)
+    k = spans[0][1]
+    ext = _ext()
+    work = _empty((ext.infer_workspace(cell, dtype.name, k, B, H),), np.uint8)
+    finals = _empty((n, B, H), dtype)
+    sizes, mask = _steps(plan.steps)
+    plan_mask = plan.mask if plan.mask.flags.c_contiguous else plan.mask.copy(order="C")
+    inits = [_opt_ptr(s) for s in init] + [0] * (2 - n)
+    stream = _stream()
+    for t0, t1 in spans:
+        proj = _project(x[t0:t1], W)  # alive until its chunk's kernels are queued
+        ends = [_ptr(f) for f in finals] + [0] * (2 - n) if t1 == T else [0, 0]
+        ext.infer(cell, dtype.name, t1 - t0, B, H, 0 if sizes is None else _ptr(sizes) + 4 * t0,
+                  0 if mask is None else _ptr(mask) + B * t0, bool(zero_output), bool(reset_after), t0, k,
+                  k if t0 else 0, *_strided(proj), _opt_ptr(b), *_rows(plan), _ptr(plan_mask) + B * t0,
+                  *_strided(out[t0:t1]), *inits, *ends, _ptr(U), _opt_ptr(b_rec), _ptr(work), stream)
+    return list(finals)
+
+
+def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
+    return _infer("lstm", x, W, U, b, None, [h0, c0], plan, zero_output, False, out)
+
+
+def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
+    return _infer("gru", x, W, U, b_in, b_rec, [h0], plan, zero_output, reset_after, out)[0]

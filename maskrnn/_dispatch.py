@@ -3,6 +3,7 @@ scan layout (time-major, go_backwards applied, rows sorted for the packed kernel
 runs the shared driver (``_scan``) with that device's kernels and returns results in the caller's layout.
 """
 
+import contextlib
 from collections import namedtuple
 
 import numpy as np
@@ -184,24 +185,6 @@ class _Layout:
         # its negative stride, which torch.from_numpy refuses.
         return a.copy() if any(s < 0 for s in a.strides) else a
 
-    def seq_chunk(self, a, t0, t1):
-        """Scan steps [t0, t1) of the caller's sequence a, in scan layout (a chunk-sized copy)."""
-        T = a.shape[0 if self.p.time_major else 1]
-        lo, hi = (T - t1, T - t0) if self.p.go_backwards else (t0, t1)
-        return self.seq_in(a[lo:hi] if self.p.time_major else a[:, lo:hi], self.p.time_major, self.p.go_backwards)
-
-    def put_seq(self, dst, t0, t1, chunk):
-        """Scan-layout outputs (k,B,F) of steps [t0, t1) into dst in the caller's layout (processing order): one
-        pass, the reorder (a gather straight into dst) or the copy."""
-        if self.p.time_major:
-            src, axis, dst = chunk, 1, dst[t0:t1]
-        else:
-            src, axis, dst = chunk.transpose(1, 0, 2), 0, dst[:, t0:t1]
-        if self.plan.order is not None:
-            self.xp.take(src, self.plan.inverse, axis=axis, out=dst)
-        else:
-            dst[...] = src
-
     def inputs(self):
         """The training inputs in scan layout, one copy. Padded steps are zeroed so NaN/Inf there reach no
         weight-gradient GEMM."""
@@ -216,42 +199,22 @@ class _Layout:
 
 
 def _infer(cell, p, xp, K, lay):
-    """The inference path: no tape, inputs read and outputs written chunk by chunk (``_scan._infer``), or by the
-    engine's own ``{cell}_infer`` where it has one (the CPU's, maskrnn/_cpu/infer.py), on views of the caller's
-    arrays in scan time order."""
-    T, H = p.steps, p.units
-    out = xp.empty((T, p.batch, H) if p.time_major else (p.batch, T, H), p.dtype)
-    fused = getattr(K, f"{cell}_infer", None)
-    if fused is not None:
-        return _infer_in_place(cell, p, K, lay, fused, out)
-    x_at = lambda t0, t1: lay.seq_chunk(p.x, t0, t1)  # noqa: E731
-    put = lambda t0, t1, o: lay.put_seq(out, t0, t1, o)  # noqa: E731
-    h0 = lay.states(p.h0)
-    U = xp.ascontiguousarray(p.recurrent_kernel)  # the generic driver's kernels (the GPU's) read it densely
-    if cell == "lstm":
-        h, c = _scan.lstm_infer(xp, K, x_at, T, p.kernel, U, p.bias, h0, lay.states(p.c0), lay.plan,
-                                p.zero_output_for_mask, put)
-        return out, lay.final(h), lay.final(c)
-    b_in, b_rec = p.bias_in_rec(xp)
-    h = _scan.gru_infer(xp, K, x_at, T, p.kernel, U, b_in, b_rec, h0, p.reset_after, lay.plan,
-                        p.zero_output_for_mask, put)
-    return out, lay.final(h)
-
-
-def _infer_in_place(cell, p, K, lay, fused, out):
+    """The inference path: no tape, the engine's fused ``{cell}_infer`` (the CPU's maskrnn/_cpu/infer.py, the GPU's
+    maskrnn/_cuda.py) reads the caller's inputs and writes its outputs in place, on views in scan time order."""
+    out = xp.empty((p.steps, p.batch, p.units) if p.time_major else (p.batch, p.steps, p.units), p.dtype)
     x = p.x if p.time_major else p.x.transpose(1, 0, 2)
     x = x[::-1] if p.go_backwards else x
-    o = out if p.time_major else out.transpose(1, 0, 2)  # outputs in processing order, as put_seq
+    o = out if p.time_major else out.transpose(1, 0, 2)  # outputs in processing order, as Keras returns them
     h0 = lay.states(p.h0)
-    with K.session():
+    with getattr(K, "session", contextlib.nullcontext)():
         if cell == "lstm":
-            h, c = fused(x, p.kernel, p.recurrent_kernel, p.bias, h0, lay.states(p.c0), lay.plan,
-                         p.zero_output_for_mask, o)
-            return out, lay.unrows(h), lay.unrows(c)
-        b_in, b_rec = p.bias_in_rec(np)
-        h = fused(x, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan, p.zero_output_for_mask,
-                  o)
-    return out, lay.unrows(h)
+            h, c = K.lstm_infer(x, p.kernel, p.recurrent_kernel, p.bias, h0, lay.states(p.c0), lay.plan,
+                                p.zero_output_for_mask, o)
+            return out, h, c
+        b_in, b_rec = p.bias_in_rec(xp)
+        h = K.gru_infer(x, p.kernel, p.recurrent_kernel, b_in, b_rec, h0, p.reset_after, lay.plan,
+                        p.zero_output_for_mask, o)
+    return out, h
 
 
 def _run(cell, args, kwargs, training):

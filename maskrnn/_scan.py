@@ -39,10 +39,13 @@ step (b, t) every state is carried and ``out[t, b] = 0 if zero_output or t == 0 
   pre-activations. dgr (T,B,3H) written when reset_after: gradient of the recurrent pre-activations
   ``h_{t-1} U + b_rec`` (not written otherwise). Both zero at padded steps.
 
-The drivers call the forward kernels on chunks of steps (views of the time-major arrays, ``steps`` sliced to
-match): between chunks Python notices Ctrl-C, and inference holds one chunk's projection and states instead of
-the whole sequence's. A kernel sees a chunk's first step as ``t == 0``; ``_carry_outputs`` restores Keras's
-carried outputs there.
+The training drivers call the forward kernels on chunks of steps (views of the time-major arrays, ``steps``
+sliced to match): between chunks Python notices Ctrl-C. A kernel sees a chunk's first step as ``t == 0``;
+``_carry_outputs`` restores Keras's carried outputs there.
+
+Inference keeps no tape and has no driver here: each engine fuses it (``lstm_infer``, ``gru_infer``: the CPU's
+maskrnn/_cpu/infer.py, the GPU's maskrnn/_cuda.py, same contract), reading the caller's inputs and writing its
+outputs in place, in chunks of its own.
 """
 
 import contextlib
@@ -309,10 +312,6 @@ def _upstream(xp, tape, *grads):
 
 MAX_CHUNK_STEPS = 1024  # tiny steps run ~20 us each on the CPU: a chunk stays well under Ctrl-C's 0.5 s
 CHUNK_WORK = 1 << 30  # multiply-adds per chunk of step products (~10 ms on the CPU)
-# Bytes an inference chunk's buffers may take whatever the sequence's size: a quarter of the inputs and outputs
-# alone gave (64,100,128,256) chunks of 3 steps, and their per-chunk costs (a projection GEMM on 192 rows, the
-# bias column, the carried outputs, the output reorder) were a third of the CPU forward's time.
-INFER_WORKSPACE = 4 << 20
 
 
 def chunks(T, B, H, GH, workspace=None, whole=False):
@@ -350,43 +349,6 @@ def _forward(xp, K, x, W, b, plan, zero_output, out, spans, call):
     return gx, x2
 
 
-def _infer(xp, K, x_at, T, W, b, H, init, n_extra, call, plan, zero_output, put):
-    """Forward without a tape: each chunk's inputs are projected, scanned and handed to put(t0, t1, out),
-    reusing one chunk's buffers. init: initial states (B,H) (None: zeros); call(gx, steps, out, states, extras)
-    runs the kernel. Returns the final states (views of the state buffers)."""
-    B = plan.mask.shape[1]
-    I, GH = W.shape
-    dtype = W.dtype
-    per_step = B * (I + GH + (2 * len(init) + n_extra + 1) * H)
-    whole = getattr(K, "WHOLE_SCAN", False)  # the GPU's: chunks bounded by its own workspace alone
-    room = getattr(K, "INFER_WORKSPACE", INFER_WORKSPACE) // dtype.itemsize
-    spans = chunks(T, B, H, GH, (per_step, room if whole else max(T * B * (I + H) // 4, room)), whole)
-    n = spans[0][1]
-    states = _states(xp, K, n, B, H, dtype, init)
-    extras = [xp.empty((n, B, H), dtype) for _ in range(n_extra)]
-    out = xp.empty((n, B, H), dtype)
-    gx = xp.empty((n, B, GH), dtype)
-    prev = None
-    for t0, t1 in spans:
-        k = t1 - t0
-        # The chunk's inputs straight into the GEMM, the bias added after: on the GPU, W[+b] and a copy of the
-        # inputs with the column of ones (``_with_bias``) cost three more launches before the scan's, and the
-        # forward's wall time waits for the host to queue them (the CPU engine has its own fused inference).
-        _project_rows(xp, K, x_at(t0, t1), W, gx[:k], plan.host_sizes(t0, t1))
-        if b is not None:
-            gx[:k] += b
-        o = out[:k]
-        call(gx[:k], plan.chunk(t0, t1), o, [s[: k + 1] for s in states], [e[:k] for e in extras])
-        if prev is not None:
-            _carry_outputs(xp, plan.mask[t0:t1], o, prev)
-        put(t0, t1, o)
-        if t1 == T:
-            return [s[k] for s in states]  # views: the dispatcher copies them (_Layout.final)
-        prev = None if zero_output else o[k - 1].copy()
-        for s in states:
-            s[0] = s[k]
-
-
 @_engine_call
 def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     """x (T,B,I) with padded steps zeroed; h0, c0 (B,H) or None (zeros). Returns out (T,B,H), h_T, c_T (views of
@@ -406,18 +368,6 @@ def lstm_forward(xp, K, x, W, U, b, h0, c0, plan, zero_output):
     # Views of the tape: the dispatcher copies them (_Layout.final), as the backward reads the tape and a caller may
     # change the returned states in place.
     return out, hs[T], cs[T], tape
-
-
-@_engine_call
-def lstm_infer(xp, K, x_at, T, W, U, b, h0, c0, plan, zero_output, put):
-    """LSTM forward keeping no tape. x_at(t0, t1): the scan-layout inputs (k,B,I) of steps [t0, t1) (padded
-    steps need not be zeroed); put(t0, t1, out): takes their outputs (k,B,H). Returns h_T, c_T."""
-    kernel = getattr(K, f"lstm_{plan.variant}_fwd")
-
-    def call(gx, steps, out, states, extras):
-        kernel(gx, U, steps, zero_output, out, *states)
-
-    return _infer(xp, K, x_at, T, W, b, U.shape[0], [h0, c0], 0, call, plan, zero_output, put)
 
 
 @_engine_call
@@ -455,17 +405,6 @@ def gru_forward(xp, K, x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output)
     gx, x2 = _forward(xp, K, x, W, b_in, plan, zero_output, out, spans, call)
     tape = dict(x2=x2, W=W, U=U, gx=gx, hs=hs, hr=hr)
     return out, hs[T], tape  # a view, as in lstm_forward
-
-
-@_engine_call
-def gru_infer(xp, K, x_at, T, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, put):
-    """GRU forward keeping no tape (arguments as ``lstm_infer``, biases as ``gru_forward``). Returns h_T."""
-    kernel = getattr(K, f"gru_{plan.variant}_fwd")
-
-    def call(gx, steps, out, states, extras):
-        kernel(gx, U, b_rec, steps, zero_output, reset_after, out, *states, *extras)
-
-    return _infer(xp, K, x_at, T, W, b_in, U.shape[0], [h0], 1, call, plan, zero_output, put)[0]
 
 
 @_engine_call

@@ -7,7 +7,8 @@
 LSTM and GRU (both variants), masked (holes) and packed (post-padded, unsorted rows, an empty row; lengths on the
 GPU and on the host), forward and backward with upstream gradients of outputs and final states,
 float32/float16/float64 (CuPy) and bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H
-not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each).
+not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each). Inference
+(csrc/infer.cu) with biases and initial states, batch- and time-major, whole and in chunks of 3 steps.
 bench/gpu_verify.sh runs it under all four tools.
 """
 
@@ -39,6 +40,28 @@ for dtype in ("float32", "float16", "float64"):
                 grads = pullback(rand((B, T, H), dtype), *states)
                 cupy.cuda.get_current_stream().synchronize()
                 assert all(bool(cupy.isfinite(g).all()) for g in grads if g is not None), (dtype, cell, steps)
+
+from maskrnn import _cuda  # noqa: E402
+
+whole = _cuda.INFER_WORKSPACE
+for dtype in ("float32", "float16", "float64"):
+    x = rand((B, T, I), dtype)
+    for cell, G, extra in (("lstm", 4, {}), ("gru", 3, {"reset_after": True}), ("gru", 3, {"reset_after": False})):
+        W, U = rand((I, G * H), dtype, 0.3), rand((H, G * H), dtype, 0.3)
+        bias = rand((2, G * H) if extra.get("reset_after") else (G * H,), dtype, 0.2)
+        op = maskrnn.lstm if cell == "lstm" else maskrnn.gru
+        init = [rand((B, H), dtype) for _ in range(2 if cell == "lstm" else 1)]
+        for chunked, steps in ((False, {"lengths": lengths}), (True, {"lengths": lengths.get()}),
+                               (True, {"mask": holes})):
+            _cuda.INFER_WORKSPACE = 3 * B * 12 * H * 8 if chunked else whole  # chunks of 3-8 steps
+            for time_major in (False, True):
+                xs = x.transpose(1, 0, 2) if time_major else x
+                st = {k: v.T if k == "mask" and time_major else v for k, v in steps.items()}
+                outs = op(xs, W, U, bias, initial_state=init, time_major=time_major, go_backwards=time_major,
+                          zero_output_for_mask=chunked, **st, **extra)
+                cupy.cuda.get_current_stream().synchronize()
+                assert all(bool(cupy.isfinite(o).all()) for o in outs), (dtype, cell, steps, "inference")
+_cuda.INFER_WORKSPACE = whole
 
 import torch  # noqa: E402
 

@@ -118,7 +118,7 @@ def test_weights_are_packed_once_per_call_and_forgotten_after_it(rng, monkeypatc
     p = make_problem(rng, "lstm", B, T, I, H, "float64")
     args = [p["x"], p["kernel"], p["recurrent_kernel"], p["bias"]]
     lengths = rng.integers(1, T + 1, B)
-    monkeypatch.setattr(maskrnn._scan, "INFER_WORKSPACE", 1)  # one step per chunk
+    monkeypatch.setattr(maskrnn._scan, "CHUNK_WORK", 1)  # one step per chunk
     for _ in range(2):
         packed.clear()
         got = maskrnn.lstm(*args, lengths=lengths)

@@ -15,7 +15,7 @@ from cells import CELLS, cell_fns, make_problem, on_device, random_upstream
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 import maskrnn
-from maskrnn import _scan, reference
+from maskrnn import _scan
 
 
 def _call(fn, device, cell, p, **kw):
@@ -76,37 +76,6 @@ def test_inference_peak_memory_at_most_twice_the_minimum(rng, cell):
     inputs = sum(a.nbytes for a in args) + mask.nbytes
     minimum = inputs + item * (T * B * H + n_states * B * H + B * (I + G * H + 2 * H))
     assert inputs + peak <= 2 * minimum, (inputs + peak) / minimum
-
-
-def test_inference_chunks_use_the_workspace_floor(rng, monkeypatch):
-    """Where a quarter of the inputs and outputs is small, inference chunks still fill INFER_WORKSPACE (a few
-    chunks, not 34 of 3 steps at this shape) and stay within it. The generic driver: the CPU engine's fused
-    inference (tests/test_cpu_infer.py checks that one) is taken away."""
-    from maskrnn import _cpu
-    from maskrnn._cpu import gemm
-
-    monkeypatch.delattr(_cpu, "lstm_infer")
-
-    B, T, I, H = 64, 100, 128, 256
-    p = make_problem(rng, "lstm", B, T, I, H, "float32", scale=H**-0.5)  # not saturated: float32 stays close
-    args = (p["x"], p["kernel"], p["recurrent_kernel"], p["bias"])
-    lengths = rng.integers(T // 4, T + 1, B)
-    kernel, steps = _cpu.lstm_packed_fwd, []
-    monkeypatch.setattr(_cpu, "lstm_packed_fwd", lambda gx, *a: (steps.append(len(gx)), kernel(gx, *a))[1])
-    maskrnn.lstm(*args, lengths=lengths)  # compiles or loads the kernels
-    steps.clear()
-    peak, res = _peak_bytes(lambda: maskrnn.lstm(*args, lengths=lengths))
-    assert sum(steps) == T and len(steps) <= 20, steps
-    outputs = sum(r.nbytes for r in res)
-    # The native product's packed copies of U and W[+b] (maskrnn/_cpu/gemm.py), kept for the whole call: the
-    # size of the weights (panels zero-padded), whatever T.
-    packed = 0
-    if gemm.level():
-        packed = sum(gemm.pack(w).nbytes for w in (p["recurrent_kernel"], np.vstack([p["kernel"], p["bias"]])))
-    assert peak - outputs - packed <= 1.5 * _scan.INFER_WORKSPACE, (peak - outputs) / _scan.INFER_WORKSPACE
-    want = reference.lstm(*args, lengths=lengths)
-    for got, w in zip(res, want):
-        assert rel_err(got, w) < TOLERANCE["float32"]
 
 
 @pytest.mark.parametrize("cell", CELLS)

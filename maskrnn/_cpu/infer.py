@@ -1,8 +1,8 @@
 """Inference on the CPU without a tape, fused: each kernel call runs a chunk of steps on a thread's rows
 (rows.py) and reads the inputs and writes the outputs in the caller's layout and row order itself.
 
-The generic driver (``_scan._infer``) projects a chunk's inputs with one GEMM, scans, then restores the carried
-outputs and reorders the chunk into the caller's layout: at (64,100,128,256) those per-chunk passes and 17
+A generic driver (since removed) projected a chunk's inputs with one GEMM, scanned, then restored the carried
+outputs and reordered the chunk into the caller's layout: at (64,100,128,256) those per-chunk passes and 17
 chunks' thread hand-offs were ~13 ms of an LSTM forward's ~36. Here each step runs two products on the
 thread's rows: [x_t | 1] (rows gathered from the caller's array) by W[; b], and h_{t-1} by U. One product of
 [x_t | h_{t-1}] by [W; U] measured 12% slower at (64,100,128,256): a panel of 384 rows of [W; U] (48 KB) no
@@ -10,11 +10,12 @@ longer stays in L1 between the row tiles. The states stay in the thread's buffer
 scales with T but the caller's outputs, and a call still covers only ``_scan.chunks`` steps, so Ctrl-C is noticed
 between calls.
 
-Entry points (the dispatcher calls them when the engine has them; arrays in scan time order, caller's rows):
-``lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out)`` and
+Entry points (every engine has them, the GPU's in maskrnn/_cuda.py; the dispatcher's inference calls them; arrays
+in scan time order, caller's rows): ``lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out)`` and
 ``gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out)``: x (T,B,I) and out (T,B,H) views
 of the caller's arrays (any strides), h0, c0 (B,H) in plan order; they write out and return the final states in
-plan order. Padded steps follow the contract of ``_scan`` (states carried, output 0 or the previous one).
+the caller's row order. Padded steps follow the contract of ``_scan`` (states carried, output 0 or the previous
+one).
 """
 
 import numpy as np
@@ -152,12 +153,17 @@ def _input_buffers(k, I, F, GH, dtype):
     return xb, np.empty((rows_, GH), dtype)
 
 
+def _caller_rows(plan, *states):
+    """Final states (B,H) in plan order -> the caller's row order (new arrays where rows move)."""
+    return [s if plan.inverse is None else s[plan.inverse] for s in states]
+
+
 def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
     n = cols.threads_for(B, H, 4 * H, plan.sizes)
     if n > 1:  # a small batch: the hidden units split across threads (cols.py)
-        return cols.lstm_infer(_unit_rows(x), W, U, b, h0, c0, plan, zero_output, out, n)
+        return _caller_rows(plan, *cols.lstm_infer(_unit_rows(x), W, U, b, h0, c0, plan, zero_output, out, n))
     op_x, F = _input_operand(W, b)
 
     def buffers(r):
@@ -171,7 +177,7 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
     h, c = np.empty_like(h0), np.empty_like(c0)
     for r, bufs in parts:
         h[r], c[r] = bufs[1], bufs[2]
-    return h, c
+    return _caller_rows(plan, h, c)
 
 
 def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
@@ -179,7 +185,8 @@ def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     H, dtype = U.shape[0], x.dtype
     n = cols.threads_for(B, H, 3 * H, plan.sizes) if reset_after else 1
     if n > 1:  # as lstm_infer (not reset_after: the candidate's product of r * h_{t-1} would need a second barrier)
-        return cols.gru_infer(_unit_rows(x), W, U, b_in, np.ascontiguousarray(b_rec), h0, plan, zero_output, out, n)
+        h = cols.gru_infer(_unit_rows(x), W, U, b_in, np.ascontiguousarray(b_rec), h0, plan, zero_output, out, n)
+        return _caller_rows(plan, h)[0]
     op_x, F = _input_operand(W, b_in)
     if reset_after:
         op_h, op_c = gemm.operand(U), gemm.operand(U[:0, :0])
@@ -198,7 +205,7 @@ def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     h = np.empty_like(h0)
     for r, bufs in parts:
         h[r] = bufs[1]
-    return h
+    return _caller_rows(plan, h)[0]
 
 
 from . import cols  # noqa: E402 - cols builds on this module's _project and _input_buffers

@@ -166,7 +166,9 @@ def build(out, tsan=False, mutant=None):
     # The emulation headers come first (cooperative_groups.h), the rewritten sources next, the toolkit last.
     base = [HERE / "include", src, cuda]
     py = [Path(sysconfig.get_paths()["include"]), Path(pybind11.get_include())]
-    kernels = [*flags, "-include", "emu_device.h"]
+    # An OS thread per CUDA thread (this machine starts ~30000 at most): csrc/infer.cu's grid-stride kernels launch
+    # a few thousand threads.
+    kernels = [*flags, "-include", "emu_device.h", "-DMASKRNN_MAX_GRID_THREADS=4096"]
     jobs = [(f, base, kernels + (sanitize if f.name == "scan_f32.cu" else [])) for f in sorted(src.glob("*.cu"))]
     if mutant:
         mutated = out / "mutant"

@@ -30,14 +30,6 @@ _loader.exec_module(emulated)
 HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
-class _Host(np.ndarray):
-    """A NumPy view with CuPy's ``.data.ptr``, so the engine's own pointer checks run unchanged."""
-
-    @property
-    def data(self):
-        return type("Data", (), {"ptr": self.ctypes.data})
-
-
 def _matmul(a, b, *args, **kwargs):
     if a.dtype in HALF and b.dtype == a.dtype:
         return np.matmul(a.astype(np.float32), b.astype(np.float32), *args, **kwargs).astype(a.dtype)
@@ -50,13 +42,14 @@ def allow_half(monkeypatch):
     monkeypatch.setattr(validate, "CPU_DTYPES", validate.CPU_DTYPES + HALF)
 
 
-_device_ptr = engine._ptr
-engine._ptr = lambda a: _device_ptr(a.view(_Host))
+engine._addr = lambda a: a.ctypes.data  # the engine's own pointer checks run unchanged
 engine._ext = lambda: emulated
 engine._stream = lambda: 0
 engine._upload = lambda a: a  # host memory is the emulated device's
 engine.matmul = _matmul
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
+# Uninitialised buffers NaN-filled too (bytes of all ones: NaN in every float type), as the inference workspace.
+engine._empty = lambda shape, dtype: np.full(shape, 0xFF if np.dtype(dtype) == np.uint8 else np.nan, dtype)
 _engine = dispatch._engine
 dispatch._engine = lambda device: (np, engine) if device == "cpu" else _engine(device)
