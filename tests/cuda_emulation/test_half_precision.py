@@ -1,5 +1,6 @@
 """The float16 and bfloat16 CUDA kernels on the emulation, against the float64 reference with the tolerance
-table: float16 through NumPy arrays, bfloat16 through torch tensors (maskrnn.torch), forward and gradients.
+table: float16 through NumPy arrays, bfloat16 through torch tensors (maskrnn.torch), forward and gradients;
+inference in both, whole and in chunks.
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import sys
@@ -14,6 +15,8 @@ import numpy as np  # noqa: E402
 from cells import CELLS, cell_fns, make_problem, random_upstream  # noqa: E402
 from conftest import TOLERANCE, make_mask, rel_err  # noqa: E402
 from plugin import allow_half  # noqa: E402
+
+from maskrnn import _scan  # noqa: E402
 
 B, T, I, H = 6, 12, 8, 40  # two 32-unit column tiles, fewer rows than one 8-row tile
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -55,6 +58,26 @@ def test_float16_forward_and_gradients(rng, monkeypatch, cell, mask_kind):
             continue
         assert got.dtype == np.float16, name
         assert rel_err(got, want) < TOLERANCE["float16"], name
+
+
+@pytest.mark.parametrize("kernel", ["auto", "step"])
+@pytest.mark.parametrize("k", [None, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_inference_whole_and_in_chunks(rng, monkeypatch, cell, dtype, k, kernel):
+    """Inference (csrc/infer.cu), by the persistent kernels (auto, at this shape) and the step kernels, whose
+    running states live in the workspace's float32 scratch within a chunk; in the storage type from one chunk to
+    the next (chunks of k steps; None: one chunk); initial states, holes."""
+    allow_half(monkeypatch)
+    monkeypatch.setenv("MASKRNN_CUDA_KERNEL", kernel)
+    if k:
+        monkeypatch.setattr(_scan, "chunks", lambda T, *a, **kw: [(t0, min(T, t0 + k)) for t0 in range(0, T, k)])
+    half, wide = rounded(make_problem(rng, cell, B, T, I, H, initial_state=True), DTYPES[dtype])
+    mask = make_mask(rng, "holes", B, T)
+    op, _, ref, extra = cell_fns(cell)
+    for got, want in zip(call(op, half, extra, mask=mask), call(ref, wide, extra, mask=mask)):
+        assert got.dtype == DTYPES[dtype]
+        assert rel_err(got, want) < TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("mask_kind", ["post", "holes"])
