@@ -80,6 +80,21 @@ def test_inference_in_chunks_matches_reference(device, rng, steps_per_chunk, cel
     _check(got, want)
 
 
+@pytest.mark.parametrize("kernel", ["persistent", "step"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gpu_inference_in_chunks_on_each_kernel(device, rng, steps_per_chunk, monkeypatch, cell, kernel):
+    """The GPU engine's inference in chunks of 3 steps with each scan kernel forced (the persistent ones keep the
+    states on chip within a chunk, the step kernels in the state buffers)."""
+    if _dispatch._engine(device)[1].__name__ != "maskrnn._cuda":
+        pytest.skip("the GPU engine's kernels")
+    monkeypatch.setenv("MASKRNN_CUDA_KERNEL", kernel)
+    B, T, I, H = 9, 10, 3, 5
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
+    mask = make_mask(rng, "holes", B, T)
+    steps_per_chunk(3)
+    _check(_run(device, cell, p, mask=mask), _reference(cell, p, mask=mask))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("lengths", [True, False])
 def test_inference_in_chunks_with_lengths_and_zero_states(device, rng, steps_per_chunk, cell, lengths):
