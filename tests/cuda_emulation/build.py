@@ -168,7 +168,7 @@ def build(out, tsan=False, mutant=None):
     py = [Path(sysconfig.get_paths()["include"]), Path(pybind11.get_include())]
     # An OS thread per CUDA thread (this machine starts ~30000 at most): csrc/infer.cu's grid-stride kernels launch
     # a few thousand threads.
-    kernels = [*flags, "-include", "emu_device.h", "-DMASKRNN_MAX_GRID_THREADS=4096"]
+    kernels = [*flags, "-include", "emu_device.h", "-DMASKRNN_MAX_GRID_THREADS=256"]
     jobs = [(f, base, kernels + (sanitize if f.name == "scan_f32.cu" else [])) for f in sorted(src.glob("*.cu"))]
     if mutant:
         mutated = out / "mutant"
