@@ -16,7 +16,7 @@ namespace {
 // One block per row (a row of gx, of the outputs or of a state: G*H or H contiguous values), its threads along
 // the row: the row's indices are worked out once, the loads and stores are coalesced. Rows beyond the grid go
 // grid-stride: a launch has at most MASKRNN_MAX_GRID_THREADS threads (the host emulation, tests/cuda_emulation,
-// starts an OS thread per CUDA thread and builds with a few thousand).
+// starts an OS thread per CUDA thread and builds with 256).
 #ifndef MASKRNN_MAX_GRID_THREADS
 #define MASKRNN_MAX_GRID_THREADS (int64_t(1) << 24)
 #endif
