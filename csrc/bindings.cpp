@@ -100,26 +100,15 @@ void gru_bwd(const std::string& dtype, int T, int B, int H, uptr n_rows, uptr ma
   });
 }
 
-// Cell gates, state buffers and whether the scan keeps hr: the workspace of an inference chunk (scan.h).
-struct InferCell {
-  int G, n_states;
-  bool hr;
-  explicit InferCell(const std::string& cell)
-      : G(cell == "lstm" ? 4 : 3), n_states(cell == "lstm" ? 2 : 1), hr(cell != "lstm") {
-    if (cell != "lstm" && cell != "gru") throw std::invalid_argument("maskrnn inference: lstm or gru, got " + cell);
-  }
-};
+// Gates of an inference cell by name: 4 (LSTM), 3 (GRU).
+int infer_gates(const std::string& cell) {
+  if (cell != "lstm" && cell != "gru") throw std::invalid_argument("maskrnn inference: lstm or gru, got " + cell);
+  return cell == "lstm" ? 4 : 3;
+}
 
 std::size_t infer_workspace(const std::string& cell, const std::string& dtype, int T, int B, int H) {
-  const InferCell k(cell);
   std::size_t bytes = 0;
-  by_dtype(dtype, [&](auto tag) {
-    using S = decltype(tag);
-    // The accumulation type (cell_math.cuh acc_t): double for double, float otherwise; half types keep their
-    // running states in scratch.
-    const std::size_t acc = sizeof(S) == sizeof(double) ? sizeof(double) : sizeof(float);
-    bytes = maskrnn::infer_layout(k.G, k.n_states, k.hr, T, B, H, sizeof(S), acc, sizeof(S) < sizeof(float)).bytes;
-  });
+  by_dtype(dtype, [&](auto tag) { bytes = maskrnn::infer_workspace<decltype(tag)>(infer_gates(cell), T, B, H); });
   return bytes;
 }
 
@@ -128,7 +117,7 @@ void infer(const std::string& cell, const std::string& dtype, int T, int B, int 
            bool zero_output, bool reset_after, int t0, int work_steps, int carry, uptr proj, int64_t proj_t,
            int64_t proj_b, uptr bias, uptr order, uptr inverse, uptr plan_mask, uptr out, int64_t out_t, int64_t out_b,
            uptr init0, uptr init1, uptr final0, uptr final1, uptr U, uptr b_rec, uptr work, uptr stream) {
-  const InferCell k(cell);
+  const int G = infer_gates(cell);
   Call call(T, B, H, n_rows, mask, zero_output, reset_after, 0, stream);
   maskrnn::InferChunk c;
   c.t0 = t0;
@@ -150,7 +139,7 @@ void infer(const std::string& cell, const std::string& dtype, int T, int B, int 
   c.final[1] = ptr<void>(final1);
   by_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    if (k.G == 4)
+    if (G == 4)
       maskrnn::lstm_infer<S>(call.p, c, ptr<const S>(U), ptr<void>(work));
     else
       maskrnn::gru_infer<S>(call.p, c, ptr<const S>(U), ptr<const S>(b_rec), ptr<void>(work));

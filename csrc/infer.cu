@@ -83,18 +83,40 @@ __global__ void infer_finish(int T_, int B, int H, const uint8_t* plan_mask, boo
   }
 }
 
+// Byte offsets of an inference chunk's buffers in its workspace, for T steps of cell G (4: LSTM, 3: GRU): gx
+// (T,B,G*H) at 0, out (T,B,H), n_states state buffers (T+1,B,H) each, hr (T,B,H) for the GRU, the half types'
+// scratch (3*B*H accumulation-type values); bytes: the workspace's size.
+struct InferLayout {
+  int n_states;
+  bool hr;
+  std::size_t gx = 0, out = 0, states = 0, hr_at = 0, scratch = 0, bytes = 0;
+};
+
+template <typename S>
+InferLayout infer_layout(int G, int T, int B, int H) {
+  const auto aligned = [](std::size_t bytes) { return (bytes + 255) / 256 * 256; };
+  const std::size_t TBH = std::size_t(T) * B * H, BH = std::size_t(B) * H;
+  InferLayout at{G == 4 ? 2 : 1, G == 3};
+  at.out = aligned(TBH * G * sizeof(S));
+  at.states = at.out + aligned(TBH * sizeof(S));
+  at.hr_at = at.states + aligned(at.n_states * (TBH + BH) * sizeof(S));
+  at.scratch = at.hr_at + (at.hr ? aligned(TBH * sizeof(S)) : 0);
+  at.bytes = at.scratch + (kSeparateState<S> ? aligned(3 * BH * sizeof(acc_t<S>)) : 0);
+  return at;
+}
+
 // scan(params, gx, out, states0, states1, hr): the cell's forward scan on the chunk's buffers.
 template <typename T, class Scan>
-void infer_chunk(const ScanParams& p, const InferChunk& c, int G, int n_states, bool hr, void* work, Scan scan) {
+void infer_chunk(const ScanParams& p, const InferChunk& c, int G, void* work, Scan scan) {
   if (c.work_steps < p.T) throw std::invalid_argument("maskrnn inference: a chunk longer than its workspace");
-  const InferLayout at = infer_layout(G, n_states, hr, c.work_steps, p.B, p.H, sizeof(T), sizeof(acc_t<T>),
-                                      kSeparateState<T>);
+  const InferLayout at = infer_layout<T>(G, c.work_steps, p.B, p.H);
+  const int n_states = at.n_states;
   char* base = static_cast<char*>(work);
   T* gx = reinterpret_cast<T*>(base + at.gx);
   T* out = reinterpret_cast<T*>(base + at.out);
   T* s0 = reinterpret_cast<T*>(base + at.states);
   T* s1 = n_states > 1 ? s0 + int64_t(c.work_steps + 1) * p.B * p.H : nullptr;
-  T* hr_buf = hr ? reinterpret_cast<T*>(base + at.hr) : nullptr;
+  T* hr_buf = at.hr ? reinterpret_cast<T*>(base + at.hr_at) : nullptr;
   ScanParams q = p;
   q.scratch = kSeparateState<T> ? base + at.scratch : nullptr;
   const int64_t n_prep = (int64_t(p.T) + n_states) * p.B;  // rows
@@ -117,33 +139,25 @@ void infer_chunk(const ScanParams& p, const InferChunk& c, int G, int n_states, 
 
 }  // namespace
 
-InferLayout infer_layout(int G, int n_states, bool hr, int T, int B, int H, std::size_t item, std::size_t acc_item,
-                         bool scratch) {
-  const auto aligned = [](std::size_t bytes) { return (bytes + 255) / 256 * 256; };
-  const std::size_t TBH = std::size_t(T) * B * H, BH = std::size_t(B) * H;
-  InferLayout at;
-  at.out = aligned(TBH * G * item);
-  at.states = at.out + aligned(TBH * item);
-  at.hr = at.states + aligned(n_states * (TBH + BH) * item);
-  at.scratch = at.hr + (hr ? aligned(TBH * item) : 0);
-  at.bytes = at.scratch + (scratch ? aligned(3 * BH * acc_item) : 0);
-  return at;
+template <typename T> std::size_t infer_workspace(int G, int steps, int B, int H) {
+  return infer_layout<T>(G, steps, B, H).bytes;
 }
 
 template <typename T> void lstm_infer(const ScanParams& p, const InferChunk& c, const T* U, void* work) {
-  infer_chunk<T>(p, c, 4, 2, false, work, [U](const ScanParams& q, T* gx, T* out, T* hs, T* cs, T*) {
+  infer_chunk<T>(p, c, 4, work, [U](const ScanParams& q, T* gx, T* out, T* hs, T* cs, T*) {
     lstm_fwd<T>(q, gx, U, out, hs, cs);
   });
 }
 
 template <typename T>
 void gru_infer(const ScanParams& p, const InferChunk& c, const T* U, const T* b_rec, void* work) {
-  infer_chunk<T>(p, c, 3, 1, true, work, [U, b_rec](const ScanParams& q, T* gx, T* out, T* hs, T*, T* hr) {
+  infer_chunk<T>(p, c, 3, work, [U, b_rec](const ScanParams& q, T* gx, T* out, T* hs, T*, T* hr) {
     gru_fwd<T>(q, gx, U, b_rec, out, hs, hr);
   });
 }
 
 #define MASKRNN_INSTANTIATE_INFER(T)                                                     \
+  template std::size_t infer_workspace<T>(int, int, int, int);                           \
   template void lstm_infer<T>(const ScanParams&, const InferChunk&, const T*, void*);    \
   template void gru_infer<T>(const ScanParams&, const InferChunk&, const T*, const T*, void*);
 MASKRNN_INSTANTIATE_INFER(float)

@@ -35,10 +35,10 @@ void gru_bwd(const ScanParams& p, const T* gx, const T* U, const T* hs, const T*
 // chunk's (T its steps, n_rows and mask from its first step on); three launches: the chunk's projection gathered
 // into plan row order with the bias added and the states before its first step set, the scan, then its outputs
 // written into the caller's array and, for the last chunk, the final states in the caller's row order. The
-// workspace holds the scan's buffers (infer_layout for work_steps steps), the same for every chunk of a scan.
+// workspace holds the scan's buffers (infer_workspace for work_steps steps), the same for every chunk of a scan.
 struct InferChunk {
   int t0 = 0;          // the chunk's first step in the whole scan
-  int work_steps = 0;  // steps the workspace's buffers hold (infer_layout's T: the longest chunk's, at least T)
+  int work_steps = 0;  // steps the workspace's buffers hold (infer_workspace's steps: the longest chunk's)
   int carry = 0;  // > 0: the states before the chunk are the workspace's states at step `carry` (the previous
                   // chunk's last); 0: init
   // The chunk's input projection x W in the caller's layout and row order: step t of caller row b at
@@ -56,14 +56,9 @@ struct InferChunk {
   void* final[2] = {nullptr, nullptr};       // the last chunk: final states (B,H) in the caller's order; else null
 };
 
-// Byte offsets of the chunk's buffers in its workspace: gx (T,B,G*H) at 0, out (T,B,H), n_states state buffers
-// (T+1,B,H) each, hr (T,B,H) when hr, the scan's scratch (3*B*H accumulation-type values) when scratch; bytes: the
-// workspace's size.
-struct InferLayout {
-  std::size_t gx = 0, out = 0, states = 0, hr = 0, scratch = 0, bytes = 0;
-};
-InferLayout infer_layout(int G, int n_states, bool hr, int T, int B, int H, std::size_t item, std::size_t acc_item,
-                         bool scratch);
+// Bytes of the workspace of an inference chunk of `steps` steps (G = 4: LSTM, 3: GRU): gx, out, the state buffers,
+// hr (GRU), the half types' running states.
+template <typename T> std::size_t infer_workspace(int G, int steps, int B, int H);
 template <typename T> void lstm_infer(const ScanParams& p, const InferChunk& c, const T* U, void* work);
 template <typename T>
 void gru_infer(const ScanParams& p, const InferChunk& c, const T* U, const T* b_rec, void* work);
