@@ -62,6 +62,11 @@ def _ptr(a):
     return _addr(a)
 
 
+def _dense(a):
+    """a C-contiguous (itself, or a copy); None stays None."""
+    return a if a is None or a.flags.c_contiguous else a.copy(order="C")
+
+
 def _strided(a):
     """(address, step stride, row stride) of a (k,B,F) view with unit-stride rows; strides in elements."""
     if a.strides[2] != a.itemsize and a.shape[2] > 1 and a.size:
@@ -105,8 +110,7 @@ def _steps(steps):
         sizes = _upload(sizes)
     if sizes is not None and (sizes.dtype != np.int32 or not sizes.flags.c_contiguous):
         raise TypeError(f"maskrnn CUDA kernels need dense int32 row counts, got {sizes.dtype}")
-    if mask is not None and not mask.flags.c_contiguous:  # a row permutation of the plan can leave it strided
-        mask = mask.copy(order="C")
+    mask = _dense(mask)  # a row permutation of the plan can leave it strided
     if mask is not None and mask.dtype != np.bool_:
         raise TypeError(f"maskrnn CUDA kernels need a bool mask, got {mask.dtype}")
     return sizes, mask
@@ -218,7 +222,7 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     initial states in plan order (None: zeros). Returns the final states in the caller's row order."""
     T, B, _ = x.shape
     H, GH, dtype, n = U.shape[0], W.shape[1], x.dtype, len(init)
-    U, b, b_rec = (a if a is None or a.flags.c_contiguous else a.copy(order="C") for a in (U, b, b_rec))
+    U, b, b_rec = _dense(U), _dense(b), _dense(b_rec)
     per_step = B * (2 * GH + (n + 2) * H)  # the projection, its gathered copy, out, the states, hr
     spans = _scan.chunks(T, B, H, GH, (per_step, INFER_WORKSPACE // dtype.itemsize), whole=True)
     k = spans[0][1]
@@ -226,7 +230,7 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     work = _empty((ext.infer_workspace(cell, dtype.name, k, B, H),), np.uint8)
     finals = _empty((n, B, H), dtype)
     sizes, mask = _steps(plan.steps)
-    plan_mask = plan.mask if plan.mask.flags.c_contiguous else plan.mask.copy(order="C")
+    plan_mask = mask if mask is not None else _dense(plan.mask)  # the masked kernels' mask is the plan's
     inits = [_opt_ptr(s) for s in init] + [0] * (2 - n)
     stream = _stream()
     for t0, t1 in spans:

@@ -88,6 +88,19 @@ def record_plans(monkeypatch):
     return plans
 
 
+def record_ext_calls(monkeypatch, K, names):
+    """From now on the GPU engine K's calls of its extension's functions ``names``, as (name, args) in a list."""
+    import types
+
+    ext, calls = K._ext(), []
+    recording = types.SimpleNamespace(**{n: getattr(ext, n) for n in dir(ext) if not n.startswith("_")})
+    for name in names:
+        real = getattr(ext, name)
+        setattr(recording, name, lambda *a, _name=name, _real=real: calls.append((_name, a)) or _real(*a))
+    monkeypatch.setattr(K, "_ext", lambda: recording)
+    return calls
+
+
 def force_masked_all_rows(monkeypatch):
     """From now on every planner gives the masked kernels every row at every step, in the caller's row order."""
     from maskrnn import _dispatch

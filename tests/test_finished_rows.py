@@ -5,11 +5,9 @@ at once and csrc/finished_rows.cuh writes those rows' carried states, outputs an
 Outputs and states against the float64 reference; every gradient against a plan that computes every row at every
 step (no row finishes early, no reordering). The same on the CPU engine; CI also runs it on the host emulation."""
 
-import types
-
 import numpy as np
 import pytest
-from cells import CELLS, cell_fns, force_masked_all_rows, make_problem, on_device, random_upstream
+from cells import CELLS, cell_fns, force_masked_all_rows, make_problem, on_device, random_upstream, record_ext_calls
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 from maskrnn import _dispatch, _scan
@@ -66,13 +64,8 @@ def test_gpu_engine_scans_in_one_launch(device, rng, monkeypatch, cell, masking)
     if K.__name__ != "maskrnn._cuda":
         pytest.skip("the CPU engine scans in chunks")
     monkeypatch.setattr(_scan, "CHUNK_WORK", B * 4 * H * (H + 16) * 5)
-    launches = []  # calls of the extension's forward scans: training's, and inference's (prep, scan, finish)
-    ext = K._ext()
-    counting = types.SimpleNamespace(**{n: getattr(ext, n) for n in dir(ext) if not n.startswith("_")})
-    for name in ("lstm_fwd", "gru_fwd", "infer"):
-        real = getattr(ext, name)
-        setattr(counting, name, lambda *a, _real=real: launches.append(1) or _real(*a))
-    monkeypatch.setattr(K, "_ext", lambda: counting)
+    # The extension's forward scans: training's, and inference's (prep, scan, finish)
+    launches = record_ext_calls(monkeypatch, K, ("lstm_fwd", "gru_fwd", "infer"))
     p = make_problem(rng, cell, B, T, I, H, "float64", initial_state=True)
     mask = make_mask(rng, "post" if masking == "lengths" else masking, B, T)
     kw = dict(lengths=mask.sum(axis=1)) if masking == "lengths" else dict(mask=mask)

@@ -3,11 +3,9 @@ GPU's maskrnn/_cuda.py with csrc/infer.cu; CI runs this file on the CPU and on t
 float64 reference, in chunks of a few steps (the output carried into a chunk whose first steps are padded, the
 states across chunks), on inputs of any strides, and on the GPU engine within its workspace."""
 
-import types
-
 import numpy as np
 import pytest
-from cells import CELLS, cell_fns, make_problem, on_device
+from cells import CELLS, cell_fns, make_problem, on_device, record_ext_calls
 from conftest import TOLERANCE, make_mask, rel_err, to_device, to_host
 
 from maskrnn import _dispatch, _scan
@@ -146,16 +144,13 @@ def test_gpu_inference_stays_within_its_workspace(device, rng, monkeypatch):
     B, T, I, H = 70, 20, 8, 16
     per_step = B * (2 * 4 * H + 4 * H) * 8  # bytes: the projection, its gathered copy, out, h, c, hr (float64)
     monkeypatch.setattr(K, "INFER_WORKSPACE", 3 * per_step)
-    sizes, calls = [], []
-    empty, ext = K._empty, K._ext()
+    sizes, empty = [], K._empty
     monkeypatch.setattr(K, "_empty", lambda shape, dtype: sizes.append(np.prod(shape) * np.dtype(dtype).itemsize)
                         or empty(shape, dtype))
-    counting = types.SimpleNamespace(**{n: getattr(ext, n) for n in dir(ext) if not n.startswith("_")})
-    counting.infer = lambda *a: calls.append(a[2]) or ext.infer(*a)  # a[2]: the chunk's steps
-    monkeypatch.setattr(K, "_ext", lambda: counting)
+    calls = record_ext_calls(monkeypatch, K, ["infer"])
     p = make_problem(rng, "lstm", B, T, I, H)
     mask = make_mask(rng, "holes", B, T)
     got = _run(device, "lstm", p, mask=mask)
-    assert calls == [3] * 6 + [2]  # chunks of 3 steps, one call each
+    assert [a[2] for _, a in calls] == [3] * 6 + [2]  # a[2]: the chunk's steps; chunks of 3, one call each
     assert max(sizes) <= K.INFER_WORKSPACE
     _check(got, _reference("lstm", p, mask=mask))
