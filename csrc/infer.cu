@@ -49,7 +49,7 @@ __global__ void infer_prep(int T_, int B, int H, int G, InferChunk c, int n_stat
     }
     const int64_t q = (r - rows_gx) / B, i = (r - rows_gx) % B;
     T* state = q == 0 ? states0 : states1;
-    const T* init = static_cast<const T*>(c.init[q]);
+    const T* init = static_cast<const T*>(q == 0 ? c.init[0] : c.init[1]);  // c.init[q] would copy c to the stack
     const T* src = c.carry > 0 ? state + c.carry * BH + i * H : init ? init + i * H : nullptr;
     for (int64_t j = threadIdx.x; j < H; j += blockDim.x) state[i * H + j] = src ? src[j] : from_acc<T>(acc_t<T>(0));
   }
@@ -78,7 +78,7 @@ __global__ void infer_finish(int T_, int B, int H, const uint8_t* plan_mask, boo
     }
     const int64_t q = (r - rows_out) / B;
     const T* src = (q == 0 ? states0 : states1) + T_ * BH + i * H;
-    T* dst = static_cast<T*>(c.final[q]) + b * H;
+    T* dst = static_cast<T*>(q == 0 ? c.final[0] : c.final[1]) + b * H;  // not c.final[q]: see infer_prep
     for (int64_t j = threadIdx.x; j < H; j += blockDim.x) dst[j] = src[j];
   }
 }
