@@ -122,3 +122,37 @@ def test_fused_inference_memory_does_not_grow_with_time(rng, cell):
     weights = 4 * (I + 1 + H) * 4 * H  # the packed W[; b] and U
     buffers = 4 * B * (I + 1 + 10 * H)  # the threads' inputs, states and products
     assert extra_bytes[1] <= 2 * (weights + buffers), extra_bytes
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_single_step_calls_of_few_rows_skip_packing(rng, monkeypatch, cell):
+    """A call in which one step computes rows (T = 1 as a decoding loop calls, or pre-padded rows of one real
+    step) and at most infer.UNPACKED_ROWS rows runs its products on np.dot over the weights as they are; more
+    rows or more steps pack them for the native product. Both against the float64 reference, with and without a
+    bias and initial states, in either time direction and layout."""
+    from maskrnn._cpu import gemm
+
+    if not gemm.level():
+        pytest.skip("no native product on this machine: every call runs on np.dot")
+    packs = []
+    pack = gemm.pack
+    monkeypatch.setattr(gemm, "pack", lambda *a, **k: (packs.append(1), pack(*a, **k))[1])
+    n = infer.UNPACKED_ROWS
+    for B, T, one_step in ((1, 1, True), (n, 1, True), (n, 3, True), (n + 1, 1, False), (2, 3, False)):
+        I, H = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        dtype = ["float64", "float32"][int(rng.integers(2))]
+        p = make_problem(rng, cell, B, T, I, H, dtype, bias=bool(rng.integers(2)),
+                         initial_state=bool(rng.integers(2)))
+        mask = np.ones((B, T), bool)
+        if T > 1:  # pre-padded: the rows' one real step is the last (one_step), one row real throughout (else)
+            mask[:, :-1] = False
+            if not one_step:
+                mask[1, :] = True
+        kw = dict(zero_output_for_mask=bool(rng.integers(2)), go_backwards=bool(rng.integers(2)))
+        if rng.integers(2):  # time-major
+            p["x"] = np.ascontiguousarray(p["x"].transpose(1, 0, 2))
+            kw["time_major"] = True
+            mask = np.ascontiguousarray(mask.T)
+        packs.clear()
+        _check(cell, p, dtype, mask=mask, **kw)
+        assert (not packs) == one_step, (B, T, one_step, len(packs))

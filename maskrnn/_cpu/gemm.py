@@ -111,12 +111,14 @@ def release():
         _kept.clear()
 
 
-def operand(b):
+def operand(b, packed=True):
     """The right-hand side of a per-step product, as the kernels take it: (address, panels, matrix), either
     the native product with b packed (matrix empty) or address 0 and b C-contiguous for np.dot (panels empty).
     Within a maskrnn call the same weights are packed once: inference calls the kernels on chunks of a few
-    steps (packing 1 MB took ~0.3 ms per chunk). The entry holds b, so no other array takes its address."""
-    address = _native.get(f"gemm_{b.dtype.name}", 0)
+    steps (packing 1 MB took ~0.3 ms per chunk). The entry holds b, so no other array takes its address.
+    packed=False: np.dot's form even where the native product runs, for weights that one product reads (a
+    single step: packing them is a pass over them that no later step pays back)."""
+    address = _native.get(f"gemm_{b.dtype.name}", 0) if packed else 0
     key = (id(b.base if b.base is not None else b), b.ctypes.data, b.shape, b.strides, b.dtype.str, address)
     if key in _kept:
         return _kept[key][1]

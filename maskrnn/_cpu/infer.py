@@ -135,9 +135,10 @@ def _run(kernel, x, out, plan, H, GH, n, buffers, args):
     return [(r, bf) for (r, *_), bf in zip(shares, bufs)]
 
 
-def _input_operand(W, b):
+def _input_operand(W, b, packed=True):
     """gemm.operand of W[; b] and the width of the rows it takes (I[+1]: a column of ones carries the bias)."""
-    return gemm.operand(W if b is None else np.concatenate([W, b.reshape(1, -1)])), W.shape[0] + (b is not None)
+    Wb = W if b is None else np.concatenate([W, b.reshape(1, -1)])
+    return gemm.operand(Wb, packed), W.shape[0] + (b is not None)
 
 
 # Rows of a thread's input product at least (steps projected together, _project): with few rows per thread, a
@@ -153,6 +154,21 @@ def _input_buffers(k, I, F, GH, dtype):
     return xb, np.empty((rows_, GH), dtype)
 
 
+# Rows of a single-step call at most for which its products run on np.dot with the weights as they are.
+UNPACKED_ROWS = 4
+
+
+def _unpacked(plan):
+    """Whether one step computes rows, and at most UNPACKED_ROWS of them (a decoding loop's call: T = 1, a few
+    rows): its two products then run on the calling thread's np.dot (OpenBLAS) over the weights as they are, where
+    packing [W; b] and U for the native product was a pass over all the weights for one product.
+    ``bench/single_step_ab.py``: at one row the LSTM call took 1.6 ms instead of 8.2 at (I, H) = (512, 1024), 0.22
+    instead of 0.42 at (128, 256) (GRU: 2.7x and 2.0x); at 2-4 rows 1.1-2.1x; at 8 rows the native product on
+    packed weights is as fast (0.9-1.0x as they are), so they stay packed there."""
+    sizes = plan.sizes
+    return np.count_nonzero(sizes) == 1 and int(sizes.max()) <= UNPACKED_ROWS
+
+
 def _caller_rows(plan, *states):
     """Final states (B,H) in plan order -> the caller's row order (new arrays where rows move)."""
     return [s if plan.inverse is None else s[plan.inverse] for s in states]
@@ -161,19 +177,20 @@ def _caller_rows(plan, *states):
 def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
-    n = cols.threads_for(B, H, 4 * H, plan.sizes)
+    packed = not _unpacked(plan)
+    n = cols.threads_for(B, H, 4 * H, plan.sizes) if packed else 1
     if n > 1:  # a small batch: the hidden units split across threads (cols.py)
         return _caller_rows(plan, *cols.lstm_infer(_unit_rows(x), W, U, b, h0, c0, plan, zero_output, out, n))
-    op_x, F = _input_operand(W, b)
+    op_x, F = _input_operand(W, b, packed)
 
     def buffers(r):
         k = len(range(B)[r])
         xb, pre = _input_buffers(k, I, F, 4 * H, dtype)
         return xb, h0[r].copy(), c0[r].copy(), pre, np.empty((k, 4 * H), dtype)
 
-    threads = rows.threads_for(B, I + H, 4 * H, plan.sizes)
+    threads = rows.threads_for(B, I + H, 4 * H, plan.sizes) if packed else 1
     parts = _run(_lstm_steps, _unit_rows(x), out, plan, H, 4 * H, threads, buffers,
-                 (zero_output, op_x, gemm.operand(U)))
+                 (zero_output, op_x, gemm.operand(U, packed)))
     h, c = np.empty_like(h0), np.empty_like(c0)
     for r, bufs in parts:
         h[r], c[r] = bufs[1], bufs[2]
@@ -183,15 +200,16 @@ def lstm_infer(x, W, U, b, h0, c0, plan, zero_output, out):
 def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
     T, B, I = x.shape
     H, dtype = U.shape[0], x.dtype
-    n = cols.threads_for(B, H, 3 * H, plan.sizes) if reset_after else 1
+    packed = not _unpacked(plan)
+    n = cols.threads_for(B, H, 3 * H, plan.sizes) if reset_after and packed else 1
     if n > 1:  # as lstm_infer (not reset_after: the candidate's product of r * h_{t-1} would need a second barrier)
         h = cols.gru_infer(_unit_rows(x), W, U, b_in, np.ascontiguousarray(b_rec), h0, plan, zero_output, out, n)
         return _caller_rows(plan, h)[0]
-    op_x, F = _input_operand(W, b_in)
+    op_x, F = _input_operand(W, b_in, packed)
     if reset_after:
-        op_h, op_c = gemm.operand(U), gemm.operand(U[:0, :0])
+        op_h, op_c = gemm.operand(U, packed), gemm.operand(U[:0, :0], packed)
     else:
-        op_h, op_c = gemm.operand(U[:, : 2 * H]), gemm.operand(U[:, 2 * H :])
+        op_h, op_c = gemm.operand(U[:, : 2 * H], packed), gemm.operand(U[:, 2 * H :], packed)
 
     def buffers(r):
         k = len(range(B)[r])
@@ -199,7 +217,7 @@ def gru_infer(x, W, U, b_in, b_rec, h0, reset_after, plan, zero_output, out):
         scratch = [np.empty((k, w), dtype) for w in (3 * H if reset_after else 2 * H, H, H)]
         return xb, h0[r].copy(), pre, *scratch
 
-    threads = rows.threads_for(B, I + H, 3 * H, plan.sizes)
+    threads = rows.threads_for(B, I + H, 3 * H, plan.sizes) if packed else 1
     parts = _run(_gru_steps, _unit_rows(x), out, plan, H, 3 * H, threads, buffers,
                  (zero_output, reset_after, op_x, op_h, op_c, np.ascontiguousarray(b_rec)))
     h = np.empty_like(h0)
