@@ -12,11 +12,13 @@ those replaced cost 20-70 us in a cold call).
 
 Host <-> device transfers per call, beyond kernel arguments: none with a mask or no mask; with ``lengths=`` on
 the GPU, one bool read back (their range check in maskrnn._validate, which waits for the work queued before it);
-with lengths on the host, the plan copied over (``_dispatch.host_plan``), nothing read back.
+with lengths on the host, the plan copied over from a pinned buffer (``_upload``), nothing read back.
 
 Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch wait for its kernel and raise
 at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.
 """
+
+import threading
 
 import numpy as np
 
@@ -95,11 +97,40 @@ def _ptrs(gx, *arrays):
     return [_ptr(a) for a in (gx, *arrays)]
 
 
-def _upload(a):
-    """A host array on the device (only a plan made on the host, as some tests force, has host row counts)."""
-    import cupy
+STAGES = 4  # pinned host buffers that uploads take in turn (_upload)
+_stages = []  # [pinned uint8 NumPy array, the event of the copy last queued from it, or None] per buffer
+_staging = threading.Lock()
+_turn = 0
 
-    return cupy.asarray(a)
+
+def _upload(a):
+    """A device copy of host array a (a plan made on the host), queued on the current stream without the host
+    waiting: a goes into the next of STAGES pinned host buffers and from there to the device in one
+    cudaMemcpyAsync. A buffer is written again once the copy last queued from it has run (its event): only a host
+    STAGES calls ahead of the GPU waits. cupy.asarray of a NumPy array (staged through CuPy's pinned pool) took
+    ~70 us of host time per call, before the scan's launch (bench/results/gpu-H100-20261127e, call2-gaps.txt)."""
+    import cupy
+    import cupyx
+
+    global _turn
+    a = np.ascontiguousarray(a)
+    with _staging:
+        _turn = (_turn + 1) % STAGES
+        while len(_stages) < STAGES:
+            _stages.append([np.empty(0, np.uint8), None])
+        stage = _stages[_turn]
+        if stage[1] is not None:
+            stage[1].synchronize()
+        if stage[0].nbytes < a.nbytes:
+            stage[0] = cupyx.empty_pinned(max(a.nbytes, 2 * stage[0].nbytes, 4096), np.uint8)
+        stage[0][: a.nbytes] = a.reshape(-1).view(np.uint8)
+        out = cupy.empty(a.shape, a.dtype)
+        cupy.cuda.runtime.memcpyAsync(out.data.ptr, stage[0].ctypes.data, a.nbytes,
+                                      cupy.cuda.runtime.memcpyHostToDevice, _stream())
+        if stage[1] is None:
+            stage[1] = cupy.cuda.Event(disable_timing=True)
+        stage[1].record()
+    return out
 
 
 def _steps(steps):
@@ -129,9 +160,10 @@ def row_plan(xp, mask):
 
 
 def host_plan(mask):
-    """The row plan of a (T,B) bool host mask, made on the host (csrc/bindings.cpp, host_plan): one uint8 host
-    buffer of order (B), inverse (B) and counts (T) as int32, then the mask's columns in plan order."""
-    return _ext().host_plan(mask)
+    """The row plan of a (T,B) bool host mask, made on the host (csrc/bindings.cpp, host_plan) and queued to the
+    device (_upload): one uint8 device array of order (B), inverse (B) and counts (T) as int32, then the mask's
+    columns in plan order."""
+    return _upload(_ext().host_plan(mask))
 
 
 def _opt_ptr(a):

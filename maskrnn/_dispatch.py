@@ -88,7 +88,7 @@ def host_plan(xp, K, mask, source):
     csrc/bindings.cpp) and copied over in one transfer, queued: no kernel, no gather and nothing read back (the
     forward's wall time waits for this host work before the scan's launch)."""
     T, B = mask.shape
-    both = xp.asarray(K.host_plan(mask))  # order, inverse, counts (int32), then the plan's mask (bytes)
+    both = K.host_plan(mask)  # on the device: order, inverse, counts (int32), then the plan's mask (bytes)
     n = 4 * (2 * B + T)
     ints, mask = both[:n].view(np.int32), both[n:].view(np.bool_).reshape(T, B)
     return _scan.Plan(mask=mask, batch_sizes=ints[2 * B :], packed=source == "lengths", order=ints[:B],

@@ -115,3 +115,26 @@ def test_lengths_pack_and_no_mask_computes_every_row(rng, xp, build):
 def test_a_mask_of_another_dtype_is_refused(xp):
     with pytest.raises(TypeError, match="bool mask"):
         _cuda.row_plan(xp, xp.ones((3, 2), np.int8))
+
+
+def test_uploads_while_the_gpu_is_busy(rng):
+    """_upload's pinned buffers are taken in turn and rewritten only after the copy queued from them has run: with
+    the GPU held by a ~50 ms kernel, 3 x STAGES uploads queue behind it (the host waits on the fifth), and every
+    device copy still holds its own array. GPU only (the emulation copies in place)."""
+    reason = cuda_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import cupy
+
+    spin = cupy.RawKernel(r"""
+    extern "C" __global__ void spin(long long cycles) {
+      const long long start = clock64();
+      while (clock64() - start < cycles) {}
+    }""", "spin")
+    spin((1,), (1,), (np.int64(100_000_000),))  # ~50 ms at 2 GHz
+    arrays = [rng.integers(-(2**30), 2**30, 1000 + 4099 * k).astype(np.int32) for k in range(3 * _cuda.STAGES)]
+    copies = [_cuda._upload(a) for a in arrays]
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(cupy.asnumpy(c), a)
+    for mask in (rng.random((7, 5)) < 0.5, np.ones((1, 1), bool)):  # bool, 2-D
+        np.testing.assert_array_equal(cupy.asnumpy(_cuda._upload(mask)), mask)
