@@ -127,8 +127,7 @@ def _upload(a):
         out = cupy.empty(a.shape, a.dtype)
         cupy.cuda.runtime.memcpyAsync(out.data.ptr, stage[0].ctypes.data, a.nbytes,
                                       cupy.cuda.runtime.memcpyHostToDevice, _stream())
-        if stage[1] is None:
-            stage[1] = cupy.cuda.Event(disable_timing=True)
+        stage[1] = cupy.cuda.Event(disable_timing=True)  # a new one: on the current device, as the stream
         stage[1].record()
     return out
 
