@@ -131,6 +131,13 @@ def operand(b, packed=True):
     return op
 
 
+def row_operand(b, row):
+    """np.dot's operand of [b; row] (row: one more row of b's width) without building it: b C-contiguous (itself
+    when it is) and row as the panels, (1, 1, n), which ``product`` adds for a's last column. For a product that
+    reads the weights once (infer._unpacked), where the concatenation was a copy of all of b."""
+    return 0, np.ascontiguousarray(row).reshape(1, 1, -1), np.ascontiguousarray(b)
+
+
 def operand_columns(a, spans):
     """``operand`` of the column spans [(s0, s1), ...] of a (k, n) side by side (a thread's gate columns, cols.py),
     packed from a's own memory (any strides) where every span is whole panels wide: packing their concatenated copy
@@ -165,10 +172,21 @@ def _call(typingctx, address, m, k, n, a, lda, p, c, ldc):
 
 @njit(**INLINE)
 def product(op, a, out):
-    """out = a @ b for op = operand(b); a (m, k) and out (m, n) may have any row stride (unit column stride)."""
+    """out = a @ b for op = operand(b) or row_operand(b); a (m, k) and out (m, n) may have any row stride (unit
+    column stride)."""
     address, panels, matrix = op
     if address == 0:  # rows split across threads never come here (rows.threads_for): no copy of a
-        np.dot(np.ascontiguousarray(a), matrix, out)
+        if panels.shape[0] == 0:
+            np.dot(np.ascontiguousarray(a), matrix, out)
+            return
+        # row_operand: b = [matrix; row], a = [a1 | a2] with a2 its last column: a1 matrix + a2 row
+        k = matrix.shape[0]
+        np.dot(np.ascontiguousarray(a[:, :k]), matrix, out)
+        row = panels[0, 0]
+        for i in range(a.shape[0]):
+            s = a[i, k]
+            for j in range(out.shape[1]):
+                out[i, j] += s * row[j]
         return
     m, k = a.shape
     _call(address, m, k, out.shape[1], a.ctypes.data, a.strides[0] // a.itemsize, panels.ctypes.data,

@@ -136,9 +136,13 @@ def _run(kernel, x, out, plan, H, GH, n, buffers, args):
 
 
 def _input_operand(W, b, packed=True):
-    """gemm.operand of W[; b] and the width of the rows it takes (I[+1]: a column of ones carries the bias)."""
-    Wb = W if b is None else np.concatenate([W, b.reshape(1, -1)])
-    return gemm.operand(Wb, packed), W.shape[0] + (b is not None)
+    """gemm.operand of W[; b] and the width of the rows it takes (I[+1]: a column of ones carries the bias);
+    unpacked, gemm.row_operand: W and b as they are, not their concatenation (a copy of W)."""
+    if b is None:
+        return gemm.operand(W, packed), W.shape[0]
+    if not packed:
+        return gemm.row_operand(W, b), W.shape[0] + 1
+    return gemm.operand(np.concatenate([W, b.reshape(1, -1)])), W.shape[0] + 1
 
 
 # Rows of a thread's input product at least (steps projected together, _project): with few rows per thread, a
