@@ -105,5 +105,5 @@ def force_masked_all_rows(monkeypatch):
     """From now on every planner gives the masked kernels every row at every step, in the caller's row order."""
     from maskrnn import _dispatch
 
-    monkeypatch.setattr(_dispatch, "make_plan", lambda xp, m: _dispatch._scan.Plan(mask=m))
+    monkeypatch.setattr(_dispatch, "make_plan", lambda xp, m, source: _dispatch._scan.Plan(mask=m))
     monkeypatch.setattr(_dispatch, "device_plan", lambda xp, K, m, source: _dispatch._scan.Plan(mask=m.copy()))

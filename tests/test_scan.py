@@ -199,6 +199,18 @@ def test_half_precision_on_gpu(device, rng, cell, mask_kind, dtype):
         assert rel_err(got, want) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (1, 5)])
+def test_plan_without_a_mask_is_the_all_true_masks(shape):
+    """make_plan's shortcut for no mask (source "none") gives the plan it makes from reading an all-True mask,
+    reversed in time too (go_backwards' view)."""
+    for mask in (np.ones(shape, bool), np.ones(shape, bool)[::-1]):
+        quick, read = dispatch.make_plan(np, mask, "none"), dispatch.make_plan(np, mask)
+        assert quick.variant == read.variant == "packed" and quick.order is read.order is None
+        np.testing.assert_array_equal(quick.batch_sizes, read.batch_sizes)
+        np.testing.assert_array_equal(quick.mask, read.mask)
+        assert quick.batch_sizes.dtype == read.batch_sizes.dtype and quick.mask.flags.c_contiguous
+
+
 def test_masked_plan_skips_steps_after_each_rows_last_real_step():
     mask = np.array([[1, 0, 1, 0, 0, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1]], bool)
     plan = dispatch.make_plan(np, mask.T.copy())
