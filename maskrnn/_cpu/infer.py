@@ -168,7 +168,7 @@ def _unpacked(plan):
     packing [W; b] and U for the native product was a pass over all the weights for one product.
     ``bench/single_step_ab.py``: at one row the LSTM call took 1.6 ms instead of 8.2 at (I, H) = (512, 1024), 0.22
     instead of 0.42 at (128, 256) (GRU: 2.7x and 2.0x), and 0.87 ms at (512, 1024) once the bias row no longer
-    made a copy of W (gemm.row_operand); at 2-4 rows 1.1-2.1x; at 8 rows the native product on packed weights is
+    made a copy of W (gemm.row_operand); at 2-4 rows 1.1-2.2x; at 8 rows the native product on packed weights is
     as fast (0.9-1.0x as they are), so they stay packed there."""
     sizes = plan.sizes
     return np.count_nonzero(sizes) == 1 and int(sizes.max()) <= UNPACKED_ROWS
