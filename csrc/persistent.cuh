@@ -3,9 +3,10 @@
 // the step kernels, in one place:
 // MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
-// CTAs in shared memory, and at least one such cluster able to be resident; else the step kernels. The cooperative
-// kernels (persistent_coop.cuh, persistent_coop_bwd.cuh) run only when forced: on an H100 they took 2-7 times the
-// step kernels' time where they were the choice before (H = 512, bench/results/gpu-H100-20261126b/README.md).
+// CTAs in shared memory (the float32 forward: in shared memory and registers), and at least one such cluster able
+// to be resident; else the step kernels. The cooperative kernels (persistent_coop.cuh, persistent_coop_bwd.cuh)
+// run only when forced: on an H100 they took 2-7 times the step kernels' time where they were the choice before
+// (H = 512, bench/results/gpu-H100-20261126b/README.md).
 // Forced where it cannot run, a kernel raises why.
 #include <cstdlib>
 #include <map>
@@ -152,10 +153,18 @@ bool one_cluster_or_cooperative(One one, Coop coop) {
   return true;
 }
 
+// The forward: U's slice all in shared memory where it fits, else (float32) part of it in registers (kPersistRegK:
+// LSTM H in [417, 512], GRU [481, 512] (reset_after) or [465, 512]).
 template <typename T, Cell kCell>
 bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
   return one_cluster_or_cooperative(
       [&] {
+        constexpr int kRegK = kPersistRegK<T>;
+        if constexpr (kRegK > 0)
+          if (!persist_plan(p, persist_smem<T, kCell>).why.empty() &&
+              persist_plan(p, persist_smem<T, kCell, kRegK>).why.empty())
+            return run_persistent(p, persist_smem<T, kCell, kRegK>, persistent_fwd<T, kCell, kRegK>, gx, U, b_rec,
+                                  out, hs, tape);
         return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out,
                                               hs, tape);
       },

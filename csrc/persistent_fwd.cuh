@@ -50,47 +50,82 @@ __host__ __device__ constexpr size_t persist_red_smem(int G, int HC) {
   return sizeof(Acc) * size_t(kRowGroups) * G * kPersistRows * HC;
 }
 
+// U's rows a thread of the float32 forward may hold in registers (kRegK of persistent_fwd): where U's slice does
+// not fit a CTA's shared memory (H = 512: 256 KiB of U per CTA of a 16-CTA cluster, at most 227), thread (jj, q)
+// keeps the first kRegK rows of its part of k (persist_dot) for its unit's G gates, 4 * kRegK registers for the
+// LSTM (128 of the 255 a thread may have at 256 threads a CTA), and shared memory holds the rest of the slice.
+// Zero: all of U's slice in shared memory (every other dtype: float64's 32 rows would be 256 registers).
+template <typename T> constexpr int kPersistRegK = std::is_same_v<T, float> ? 32 : 0;
+
+// A thread's U rows in registers (persist_dot): u[i][g] = U[q * kq + i][g * H + j] for unit j, part q of k.
+template <typename Acc, int kRegK, int G> struct PersistRegs {
+  Acc u[kRegK][G];
+};
+template <typename Acc, int G> struct PersistRegs<Acc, 0, G> {};
+
+// Rows of U's slice in shared memory with kRegK rows of each of the kRowGroups parts of k (ceil(H / kRowGroups)
+// rows each) in registers; 0 where that split does not hold (a part shorter than kRegK, or a part's register
+// rows past H): that kernel cannot run.
+__host__ __device__ constexpr int persist_smem_rows(int H, int kRegK) {
+  const int kq = (H + kRowGroups - 1) / kRowGroups;
+  return kq >= kRegK && (kRowGroups - 1) * kq + kRegK <= H ? kRowGroups * (kq - kRegK) : 0;
+}
+
 // Shared memory of one CTA: the FMA product's partial sums (persist_red_smem), h buffers (and the r * h buffer) of
-// Hp rows, the U slice (Hp x NP), then the tensor cores' fp32 product (8 x NP). FMA: Hp = H, NP = G * HC, no
-// product buffer. Tensor cores: no partial sums.
-template <typename T, Cell C>
+// Hp rows, the U slice (Hs x NP), then the tensor cores' fp32 product (8 x NP). FMA: Hp = H, NP = G * HC, no
+// product buffer; Hs = H, or persist_smem_rows(H, kRegK) with U's other rows in registers. Tensor cores: no
+// partial sums, Hs = Hp. A kRegK that cannot split H: more than any GPU has (the launch does not fit).
+template <typename T, Cell C, int kRegK = 0>
 constexpr size_t persist_smem(int H, int HC) {
   constexpr bool mma = kPersistMma<T>;
+  static_assert(!mma || kRegK == 0, "tensor cores read all of U's slice from shared memory");
   const size_t Hp = mma ? mma_depth(H) : H, NP = mma ? mma_width(kGates<C>, HC) : kGates<C> * HC;
+  const size_t Hs = kRegK ? size_t(persist_smem_rows(H, kRegK)) : Hp;
+  if (kRegK && Hs == 0) return ~size_t(0);
   return (mma ? 0 : persist_red_smem<acc_t<T>>(kGates<C>, HC)) +
-         sizeof(persist_h_t<T>) * Hp * kPersistRows * kFwdBuffers<C> + sizeof(T) * Hp * NP +
+         sizeof(persist_h_t<T>) * Hp * kPersistRows * kFwdBuffers<C> + sizeof(T) * Hs * NP +
          (mma ? sizeof(float) * kPersistRows * NP : 0);
 }
 
-// The one-cluster kernels' product: acc[i][g] += sum over k < K of hT[k][r0 + i] * Us[(k * G + g) * HC + jj] for
-// the gates g in [g0, g1), hT K x kPersistRows (k-major, 16-byte aligned). The CTA's kRowGroups thread groups
-// (q = r0 / kRowsPerThread) split k in parts: thread (jj, q) sums its part for all kPersistRows rows of the
-// slice, so one shared load of U feeds kPersistRows FMAs and the rows of h come in two vector loads (the same
-// address across a warp); the parts' sums meet in red (persist_red_smem) and each thread adds up those of its
-// own rows. Every thread of the CTA calls it (block barriers); threads past the last unit sum U's zero columns.
-template <int G, typename Acc, typename T>
+// The one-cluster kernels' product: acc[i][g] += sum over k < K of hT[k][r0 + i] * U[k][g][jj] for the gates g in
+// [g0, g1), hT K x kPersistRows (k-major, 16-byte aligned). The CTA's kRowGroups thread groups (q = r0 /
+// kRowsPerThread) split k in parts of kq = ceil(K / kRowGroups): thread (jj, q) sums its part for all kPersistRows
+// rows of the slice, so one load of U feeds kPersistRows FMAs and the rows of h come in two vector loads (the same
+// address across a warp); the parts' sums meet in red (persist_red_smem) and each thread adds up those of its own
+// rows. U: the part's first kRegK rows in the thread's registers (ur, PersistRegs), its others in shared memory,
+// Us[(s * G + g) * HC + jj] for row s = k - (q + 1) * kRegK (part q's rows past its first kRegK follow the
+// earlier parts' rows there; kRegK = 0: Us's row k).
+// Every thread of the CTA calls it (block barriers); threads past the last unit sum U's zero columns.
+template <int G, typename Acc, typename T, int kRegK = 0>
 __device__ inline void persist_dot(const Acc* hT, const T* Us, int K, int HC, int jj, int r0, int g0, int g1,
-                                   Acc* red, Acc (&acc)[kRowsPerThread][G]) {
+                                   Acc* red, Acc (&acc)[kRowsPerThread][G],
+                                   const PersistRegs<Acc, kRegK, G>& ur = PersistRegs<Acc, kRegK, G>{}) {
   constexpr int R = kPersistRows, Q = kRowGroups;
   static_assert(R == 8, "h's rows at one k are two 4-wide vector loads");
   const int q = r0 / kRowsPerThread, kq = (K + Q - 1) / Q, k1 = K < (q + 1) * kq ? K : (q + 1) * kq;
   Acc part[R][G] = {};
-#pragma unroll 4
-  for (int k = q * kq; k < k1; ++k) {
+  // part += h's rows at k times U[k][g][jj] = u(g), for the gates in [g0, g1)
+  auto add = [&](int k, auto u) {
     Acc lo[4], hi[4];
     loadv<4>(hT + k * R, lo);
     loadv<4>(hT + k * R + 4, hi);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g < g0 || g >= g1) continue;
-      const Acc u = to_acc(Us[(k * G + g) * HC + jj]);
+      const Acc ug = u(g);
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        part[r][g] += lo[r] * u;
-        part[r + 4][g] += hi[r] * u;
+        part[r][g] += lo[r] * ug;
+        part[r + 4][g] += hi[r] * ug;
       }
     }
-  }
+  };
+  if constexpr (kRegK > 0)
+#pragma unroll
+    for (int i = 0; i < kRegK; ++i) add(q * kq + i, [&](int g) { return ur.u[i][g]; });
+  const int s0 = (q + 1) * kRegK;  // k's row in Us: k - s0
+#pragma unroll 4
+  for (int k = q * kq + kRegK; k < k1; ++k) add(k, [&](int g) { return to_acc(Us[((k - s0) * G + g) * HC + jj]); });
   __syncthreads();  // every thread has read the sums of the CTA's previous product (today's callers pass a
                     // barrier between two products anyway: a guard for one that does not)
 #pragma unroll
@@ -196,11 +231,11 @@ __device__ inline void persist_push(const Cluster& cluster, E* buffer, int H, in
 }
 
 // Launched as a grid of C * ceil(B / kPersistRows) CTAs of kRowGroups * HC threads (rounded up to whole warps
-// where kPersistMma<T>), clusters of (C,1,1), with
-// persist_smem bytes of dynamic shared memory. sizes: scan.h's n_rows (device; nullptr: every row): rows
-// [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr (GRU); b_rec: GRU reset_after only. The other
-// arguments as in scan.h.
-template <typename T, Cell kCell>
+// where kPersistMma<T>), clusters of (C,1,1), with persist_smem<T, kCell, kRegK> bytes of dynamic shared memory.
+// kRegK: U's rows each thread holds in registers (kPersistRegK; 0: U's slice all in shared memory). sizes:
+// scan.h's n_rows (device; nullptr: every row): rows [0, sizes[t]) are computed at step t. tape: cs (LSTM) or hr
+// (GRU); b_rec: GRU reset_after only. The other arguments as in scan.h.
+template <typename T, Cell kCell, int kRegK = 0>
 __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     persistent_fwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask, bool zero_output,
                    T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
@@ -217,18 +252,28 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R;
   const bool unit = j < H && tid < kRowGroups * HC;
   const int Hp = kMma ? mma_depth(H) : H, NP = kMma ? mma_width(G, HC) : G * HC;  // see persist_smem
+  const int kq = (H + kRowGroups - 1) / kRowGroups, Hs = kRegK ? persist_smem_rows(H, kRegK) : Hp;
   extern __shared__ __align__(128) unsigned char persist_fwd_smem[];
   Acc* red = reinterpret_cast<Acc*>(persist_fwd_smem);  // persist_dot's partial sums, FMA only
   HT* hbuf = reinterpret_cast<HT*>(persist_fwd_smem + (kMma ? 0 : persist_red_smem<Acc>(G, HC)));  // [kHBuffers][Hp][R]
   HT* rhbuf = hbuf + kHBuffers<kCell> * Hp * R;         // [Hp][R], kSplit only
-  T* Us = reinterpret_cast<T*>(hbuf + kFwdBuffers<kCell> * Hp * R);  // [Hp][NP]: U[k][g*H + j] at k*NP + g*HC + jj
-  float* P = kMma ? reinterpret_cast<float*>(Us + Hp * NP) : nullptr;  // [R][NP], tensor cores only
+  T* Us = reinterpret_cast<T*>(hbuf + kFwdBuffers<kCell> * Hp * R);  // [Hs][NP]: U[k][g*H + j] at s*NP + g*HC + jj
+  float* P = kMma ? reinterpret_cast<float*>(Us + Hs * NP) : nullptr;  // [R][NP], tensor cores only
   const int64_t BH = int64_t(B) * H;
 
-  for (int i = tid; i < Hp * NP; i += int(blockDim.x)) {
-    const int k = i / NP, g = i % NP / HC, u = j - jj + i % NP % HC;
+  // Row s of Us is U's row k (persist_dot: kRegK = 0, k = s; else part q's rows past its first kRegK).
+  for (int i = tid; i < Hs * NP; i += int(blockDim.x)) {
+    const int s = i / NP, g = i % NP / HC, u = j - jj + i % NP % HC;
+    const int k = kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
     Us[i] = k < H && g < G && u < H ? U[int64_t(k) * G * H + g * H + u] : T(0.0f);
   }
+  PersistRegs<Acc, kRegK, G> ur;  // the other rows: thread (jj, q)'s part's first kRegK
+  if constexpr (kRegK > 0)
+#pragma unroll
+    for (int i = 0; i < kRegK; ++i)
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+        ur.u[i][g] = unit ? to_acc(U[int64_t(tid / HC * kq + i) * G * H + g * H + j]) : Acc(0);
   // h_0 into the first buffer, zeros elsewhere: the padding rows k >= H are never written again.
   for (int i = tid; i < kFwdBuffers<kCell> * Hp * R; i += int(blockDim.x)) {
     const int b = row0 + i % R, k = i / R;
@@ -271,7 +316,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       if constexpr (kMma)
         persist_mma_dot(hT, Us, Hp, HC, jj, r0, g0, g1, unit, P, acc);
       else
-        persist_dot(hT, Us, H, HC, jj, r0, g0, g1, red, acc);
+        persist_dot(hT, Us, H, HC, jj, r0, g0, g1, red, acc, ur);
     };
     if (active) product(hbuf + (phase % kHBuffers<kCell>) * Hp * R, 0, kSplit ? 2 : G);
     if constexpr (kSplit) {  // z, r and r * h_{t-1} first; the candidate after the exchange

@@ -8,7 +8,8 @@ LSTM and GRU (both variants), masked (holes) and packed (post-padded, unsorted r
 GPU and on the host), forward and backward with upstream gradients of outputs and final states,
 float32/float16/float64 (CuPy) and bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H
 not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each). Inference
-(csrc/infer.cu) with biases and initial states, batch- and time-major, whole and in chunks of 3 steps.
+(csrc/infer.cu) with biases and initial states, batch- and time-major, whole and in chunks of 3 steps. The float32
+forward at H=509 (part of U in registers).
 bench/gpu_verify.sh runs it under all four tools.
 """
 
@@ -62,6 +63,18 @@ for dtype in ("float32", "float16", "float64"):
                 cupy.cuda.get_current_stream().synchronize()
                 assert all(bool(cupy.isfinite(o).all()) for o in outs), (dtype, cell, steps, "inference")
 _cuda.INFER_WORKSPACE = whole
+
+# The float32 forward at H = 509, where U's slice outgrows a CTA's shared memory and each thread keeps part of it in
+# registers (16-CTA clusters; two batch slices): inference and the training forward.
+H5 = 509
+x = rand((B, 3, I), "float32")
+for cell, G, extra in (("lstm", 4, {}), ("gru", 3, {"reset_after": True}), ("gru", 3, {"reset_after": False})):
+    W, U = rand((I, G * H5), "float32", 0.3), rand((H5, G * H5), "float32", 0.05)
+    op, vjp = (maskrnn.lstm, maskrnn.lstm_vjp) if cell == "lstm" else (maskrnn.gru, maskrnn.gru_vjp)
+    outs = op(x, W, U, None, mask=holes[:, :3], **extra)
+    outs += vjp(x, W, U, None, lengths=cupy.minimum(lengths, 3), **extra)[0]
+    cupy.cuda.get_current_stream().synchronize()
+    assert all(bool(cupy.isfinite(o).all()) for o in outs), (cell, "H = 509")
 
 import torch  # noqa: E402
 
