@@ -3,10 +3,10 @@
 // the step kernels, in one place:
 // MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
-// CTAs in shared memory (the float32 forward: in shared memory and registers), and at least one such cluster able
-// to be resident; else the step kernels. The cooperative kernels (persistent_coop.cuh, persistent_coop_bwd.cuh)
-// run only when forced: on an H100 they took 2-7 times the step kernels' time where they were the choice before
-// (H = 512, bench/results/gpu-H100-20261126b/README.md).
+// CTAs in shared memory (the float32 forward and the LSTM backward: in shared memory and registers), and at least
+// one such cluster able to be resident; else the step kernels. The cooperative kernels (persistent_coop.cuh,
+// persistent_coop_bwd.cuh) run only when forced: on an H100 they took 2-7 times the step kernels' time where they
+// were the choice before (H = 512, bench/results/gpu-H100-20261126b/README.md).
 // Forced where it cannot run, a kernel raises why.
 #include <cstdlib>
 #include <map>
@@ -178,7 +178,15 @@ template <typename T>
 bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, const T* cs, const T* d_out, T* dh,
                               T* dc, T* dgx) {
   return one_cluster_or_cooperative(
-      [&] { return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx); },
+      [&] {
+        constexpr int kRegK = kPersistBwdRegK<T>;  // as the forward: registers where shared memory alone is short
+        if constexpr (kRegK > 0)
+          if (!persist_plan(p, persist_bwd_smem<T>).why.empty() &&
+              persist_plan(p, persist_bwd_smem<T, kRegK>).why.empty())
+            return run_persistent(p, persist_bwd_smem<T, kRegK>, persistent_lstm_bwd<T, kRegK>, gx, U, cs, d_out, dh,
+                                  dc, dgx);
+        return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
+      },
       [&] {
         run_cooperative(p, coop_smem<T, Cell::kLstm>, persistent_coop_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx,
                         static_cast<acc_t<T>*>(p.scratch));

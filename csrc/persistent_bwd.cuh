@@ -6,21 +6,34 @@
 // shared memory: one cluster barrier per step. The arithmetic is the step kernels' (lstm_kernels.cuh): the same
 // running gradients dh, dc and carried output gradient, here in registers, and the same rounding of the gate
 // gradients to the storage type before they enter the product.
+//
+// Where U's rows and the doubled gradient buffer outgrow shared memory (float32 from H = 364, float16 and bfloat16
+// from 462: at H = 512 in float32, 256 KiB of U and 128 KiB of buffers per CTA), the kernel (kRegK =
+// kPersistBwdRegK) keeps the first kRegK rows of each thread's part of k in registers (persist_dot) and the
+// gradients in one buffer: a second cluster barrier a step, between the product's reads of step t + 1's gradients
+// and the push of step t's.
 #include "persistent_fwd.cuh"
 
 namespace maskrnn {
 
-// persist_dot's partial sums, the gate gradients of the slice's rows, double-buffered (accumulation type), then U's
-// rows (storage type).
-template <typename T>
+// U's rows (of the 4H of U transposed) a thread of the backward may hold in registers (see the top), in float32
+// accumulation (float32, float16, bfloat16): 112 of the 255 a thread may have (the kernel's own work takes ~110).
+template <typename T> constexpr int kPersistBwdRegK = std::is_same_v<acc_t<T>, float> ? 112 : 0;
+
+// persist_dot's partial sums, the gate gradients of the slice's rows, double-buffered (one buffer where kRegK > 0;
+// accumulation type), then U's rows (storage type; persist_smem_rows(4H, kRegK) of them where kRegK > 0, and more
+// than any GPU has where that split does not hold).
+template <typename T, int kRegK = 0>
 constexpr size_t persist_bwd_smem(int H, int HC) {
-  return persist_red_smem<acc_t<T>>(1, HC) + 2 * sizeof(acc_t<T>) * size_t(4 * H) * kPersistRows +
-         sizeof(T) * size_t(4 * H) * HC;
+  if (kRegK && persist_smem_rows(4 * H, kRegK) < 0) return ~size_t(0);
+  const size_t rows = kRegK ? size_t(persist_smem_rows(4 * H, kRegK)) : size_t(4 * H);
+  return persist_red_smem<acc_t<T>>(1, HC) + (kRegK ? 1 : 2) * sizeof(acc_t<T>) * size_t(4 * H) * kPersistRows +
+         sizeof(T) * rows * HC;
 }
 
-// Launched like persistent_fwd (persist_bwd_smem bytes of dynamic shared memory); the other arguments as in
-// scan.h's lstm_bwd.
-template <typename T>
+// Launched like persistent_fwd (persist_bwd_smem<T, kRegK> bytes of dynamic shared memory); the other arguments as
+// in scan.h's lstm_bwd.
+template <typename T, int kRegK = 0>
 __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     persistent_lstm_bwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask,
                         bool zero_output, const T* gx, const T* U, const T* cs, const T* d_out, T* dh, T* dc,
@@ -37,14 +50,22 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
-  Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);  // [2][4H][R]
-  T* Us = reinterpret_cast<T*>(dgbuf + 2 * K * R);         // [4H][HC]: U[j][k] at k * HC + jj
+  constexpr int kBuffers = kRegK ? 1 : 2;
+  Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);  // [kBuffers][4H][R]
+  T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
+  // Row s of Us is U^T's row k (persist_dot: kRegK = 0, k = s; else part q's rows past its first kRegK).
+  const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
 
-  for (int i = tid; i < K * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
-    const int k = i % K, u = i / K, jg = j - jj + u;
-    Us[k * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
+  for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
+    const int s = i % Ks, u = i / Ks, jg = j - jj + u;
+    const int k = kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
+    Us[s * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
   }
+  PersistRegs<Acc, kRegK, 1> ur;  // the other rows: thread (jj, q)'s part's first kRegK
+  if constexpr (kRegK > 0)
+#pragma unroll
+    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + tid / HC * kq + i]) : Acc(0);
   bool ok[RT];
   Acc dhr[RT], dcr[RT], carry[RT];
 #pragma unroll
@@ -61,12 +82,12 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   // pushed at step t. Every thread of the CTA calls it (persist_dot).
   auto product = [&](const Acc* dgT, int t, int n) {
     Acc acc[RT][1] = {};
-    persist_dot(dgT, Us, K, HC, jj, r0, 0, 1, red, acc);
+    persist_dot(dgT, Us, K, HC, jj, r0, 0, 1, red, acc, ur);
 #pragma unroll
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] = acc[i][0];
   };
-  int phase = 0;             // pushes so far: the last one is in dgbuf[phase % 2]
+  int phase = 0;             // pushes so far: the last one is in dgbuf[phase % kBuffers]
   bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
   int n_next = 0;            // rows computed at step t + 1
   for (int t = steps - 1; t >= 0; --t) {
@@ -86,7 +107,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       c_prev[i] = real[i] ? to_acc(cs[o]) : Acc(0);
       c_t[i] = real[i] ? to_acc(cs[o + BH]) : Acc(0);
     }
-    if (next_active) product(dgbuf + (phase % 2) * K * R, t + 1, n_next);
+    if (next_active) product(dgbuf + (phase % kBuffers) * K * R, t + 1, n_next);
     Acc d[RT][4] = {};
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
@@ -110,15 +131,18 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       }
     }
     if (active) {
-      persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, HC, unit, j, r0,
+      // One buffer: every CTA's product has read step t + 1's gradients before any peer writes step t's. (The
+      // active steps are a prefix of time, so a step without a product here pushes into a buffer none has read.)
+      if (kBuffers == 1 && next_active) cluster.sync();
+      persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
                          [&](int g, int i) { return d[i][g]; });
-      cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
+      cluster.sync();  // step t's gradients are everywhere; with two buffers, every read of the other one is done
       ++phase;
     }
     next_active = active;
     n_next = n;
   }
-  if (next_active) product(dgbuf + (phase % 2) * K * R, 0, n_next);  // the gradient of h0
+  if (next_active) product(dgbuf + (phase % kBuffers) * K * R, 0, n_next);  // the gradient of h0
 #pragma unroll
   for (int i = 0; i < RT; ++i) {
     if (!ok[i]) continue;

@@ -64,11 +64,11 @@ template <typename Acc, int kRegK, int G> struct PersistRegs {
 template <typename Acc, int G> struct PersistRegs<Acc, 0, G> {};
 
 // Rows of U's slice in shared memory with kRegK rows of each of the kRowGroups parts of k (ceil(H / kRowGroups)
-// rows each) in registers; 0 where that split does not hold (a part shorter than kRegK, or a part's register
+// rows each) in registers; -1 where that split does not hold (a part shorter than kRegK, or a part's register
 // rows past H): that kernel cannot run.
 __host__ __device__ constexpr int persist_smem_rows(int H, int kRegK) {
   const int kq = (H + kRowGroups - 1) / kRowGroups;
-  return kq >= kRegK && (kRowGroups - 1) * kq + kRegK <= H ? kRowGroups * (kq - kRegK) : 0;
+  return kq >= kRegK && (kRowGroups - 1) * kq + kRegK <= H ? kRowGroups * (kq - kRegK) : -1;
 }
 
 // Shared memory of one CTA: the FMA product's partial sums (persist_red_smem), h buffers (and the r * h buffer) of
@@ -80,8 +80,8 @@ constexpr size_t persist_smem(int H, int HC) {
   constexpr bool mma = kPersistMma<T>;
   static_assert(!mma || kRegK == 0, "tensor cores read all of U's slice from shared memory");
   const size_t Hp = mma ? mma_depth(H) : H, NP = mma ? mma_width(kGates<C>, HC) : kGates<C> * HC;
+  if (kRegK && persist_smem_rows(H, kRegK) < 0) return ~size_t(0);
   const size_t Hs = kRegK ? size_t(persist_smem_rows(H, kRegK)) : Hp;
-  if (kRegK && Hs == 0) return ~size_t(0);
   return (mma ? 0 : persist_red_smem<acc_t<T>>(kGates<C>, HC)) +
          sizeof(persist_h_t<T>) * Hp * kPersistRows * kFwdBuffers<C> + sizeof(T) * Hs * NP +
          (mma ? sizeof(float) * kPersistRows * NP : 0);

@@ -8,8 +8,8 @@ LSTM and GRU (both variants), masked (holes) and packed (post-padded, unsorted r
 GPU and on the host), forward and backward with upstream gradients of outputs and final states,
 float32/float16/float64 (CuPy) and bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H
 not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each). Inference
-(csrc/infer.cu) with biases and initial states, batch- and time-major, whole and in chunks of 3 steps. The float32
-forward at H=509 (part of U in registers).
+(csrc/infer.cu) with biases and initial states, batch- and time-major, whole and in chunks of 3 steps. At H=509
+(part of U in registers): the float32 forward and the LSTM's backward in float32 and float16.
 bench/gpu_verify.sh runs it under all four tools.
 """
 
@@ -64,17 +64,22 @@ for dtype in ("float32", "float16", "float64"):
                 assert all(bool(cupy.isfinite(o).all()) for o in outs), (dtype, cell, steps, "inference")
 _cuda.INFER_WORKSPACE = whole
 
-# The float32 forward at H = 509, where U's slice outgrows a CTA's shared memory and each thread keeps part of it in
-# registers (16-CTA clusters; two batch slices): inference and the training forward.
+# H = 509, where U's slice outgrows a CTA's shared memory and each thread keeps part of it in registers (16-CTA
+# clusters; two batch slices): the float32 forward, inference and training, and the LSTM's backward (one gradient
+# buffer, two barriers a step) in float32 and float16.
 H5 = 509
-x = rand((B, 3, I), "float32")
-for cell, G, extra in (("lstm", 4, {}), ("gru", 3, {"reset_after": True}), ("gru", 3, {"reset_after": False})):
-    W, U = rand((I, G * H5), "float32", 0.3), rand((H5, G * H5), "float32", 0.05)
-    op, vjp = (maskrnn.lstm, maskrnn.lstm_vjp) if cell == "lstm" else (maskrnn.gru, maskrnn.gru_vjp)
-    outs = op(x, W, U, None, mask=holes[:, :3], **extra)
-    outs += vjp(x, W, U, None, lengths=cupy.minimum(lengths, 3), **extra)[0]
-    cupy.cuda.get_current_stream().synchronize()
-    assert all(bool(cupy.isfinite(o).all()) for o in outs), (cell, "H = 509")
+for dtype in ("float32", "float16"):
+    x = rand((B, 3, I), dtype)
+    for cell, G, extra in (("lstm", 4, {}), ("gru", 3, {"reset_after": True}), ("gru", 3, {"reset_after": False})):
+        if dtype == "float16" and cell != "lstm":
+            continue
+        W, U = rand((I, G * H5), dtype, 0.3), rand((H5, G * H5), dtype, 0.05)
+        op, vjp = (maskrnn.lstm, maskrnn.lstm_vjp) if cell == "lstm" else (maskrnn.gru, maskrnn.gru_vjp)
+        outs = op(x, W, U, None, mask=holes[:, :3], **extra)
+        train, pullback = vjp(x, W, U, None, lengths=cupy.minimum(lengths, 3), **extra)
+        grads = pullback(rand((B, 3, H5), dtype), *[rand((B, H5), dtype) for _ in train[1:]]) if cell == "lstm" else ()
+        cupy.cuda.get_current_stream().synchronize()
+        assert all(bool(cupy.isfinite(o).all()) for o in outs + train + tuple(grads) if o is not None), (cell, dtype)
 
 import torch  # noqa: E402
 
