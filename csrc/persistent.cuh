@@ -200,6 +200,12 @@ bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const
   if (p.reset_after)
     return one_cluster_or_cooperative(
         [&] {
+          constexpr int kRegK = kPersistBwdRegK<T>;  // as the LSTM's: registers where shared memory alone is short
+          if constexpr (kRegK > 0)
+            if (!persist_plan(p, persist_gru_bwd_smem<T, true>).why.empty() &&
+                persist_plan(p, persist_gru_bwd_smem<T, true, kRegK>).why.empty())
+              return run_persistent(p, persist_gru_bwd_smem<T, true, kRegK>, persistent_gru_bwd<T, true, kRegK>, gx, U,
+                                    hs, hr, d_out, dh, dgx, dgr);
           return run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr, d_out,
                                 dh, dgx, dgr);
         },

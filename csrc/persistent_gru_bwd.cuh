@@ -19,21 +19,32 @@
 //   has one barrier between its readers and its next writers, so neither is doubled. Merging the two would
 //   need every CTA to form v for all H units (C times the product's work).
 // A step where none of the slice's rows is computed (sizes[t] <= first row) pushes nothing and has no barrier.
-#include "persistent_fwd.cuh"
+//
+// reset_after in float32 from H = 433 (U's rows and the doubled buffer outgrow shared memory): as the LSTM's
+// (persistent_bwd.cuh), the kernel (kRegK = kPersistBwdRegK) keeps the first kRegK rows of each thread's part of k
+// in registers and dgr in one buffer, with a second cluster barrier a step. Not reset_after (from H = 481) has none.
+#include "persistent_bwd.cuh"
 
 namespace maskrnn {
 
+// The exchange buffers of 3H x kPersistRows: reset_after's dgr doubled, but where U's rows are partly in registers.
+template <bool kResetAfter, int kRegK> constexpr int kGruBwdBuffers = kResetAfter && !kRegK ? 2 : 1;
+
 // Shared memory of one CTA: persist_dot's partial sums, the exchange buffers (accumulation type), then U's rows
-// (storage type).
-template <typename T, bool kResetAfter>
+// (storage type; persist_smem_rows(3H, kRegK) of them where kRegK > 0, and more than any GPU has where that split
+// does not hold).
+template <typename T, bool kResetAfter, int kRegK = 0>
 constexpr size_t persist_gru_bwd_smem(int H, int HC) {
-  return persist_red_smem<acc_t<T>>(1, HC) + sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * (kResetAfter ? 2 : 1) +
-         sizeof(T) * size_t(3 * H) * HC;
+  static_assert(kResetAfter || kRegK == 0, "without reset_after, U's rows are all in shared memory");
+  if (kRegK && persist_smem_rows(3 * H, kRegK) < 0) return ~size_t(0);
+  const size_t rows = kRegK ? size_t(persist_smem_rows(3 * H, kRegK)) : size_t(3 * H);
+  return persist_red_smem<acc_t<T>>(1, HC) +
+         sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * kGruBwdBuffers<kResetAfter, kRegK> + sizeof(T) * rows * HC;
 }
 
-// Launched like persistent_fwd (persist_gru_bwd_smem bytes of dynamic shared memory); the other arguments as in
-// scan.h's gru_bwd (dgr: reset_after only).
-template <typename T, bool kResetAfter>
+// Launched like persistent_fwd (persist_gru_bwd_smem<T, kResetAfter, kRegK> bytes of dynamic shared memory); the
+// other arguments as in scan.h's gru_bwd (dgr: reset_after only).
+template <typename T, bool kResetAfter, int kRegK = 0>
 __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     persistent_gru_bwd(int steps, int B, int H, int HC, const int32_t* sizes, const uint8_t* mask,
                        bool zero_output, const T* gx, const T* U, const T* hs, const T* hr, const T* d_out, T* dh,
@@ -49,17 +60,25 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   const int j = int(cluster.block_rank()) * HC + jj, row0 = int(blockIdx.x) / C * R, K = 3 * H;
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
-  // reset_after: [2][3H][R], dgr double-buffered. Else [3H][R]: dhh (H), then dz and dr (2H).
+  // reset_after: [kBuffers][3H][R], dgr. Else [3H][R]: dhh (H), then dz and dr (2H).
+  constexpr int kBuffers = kGruBwdBuffers<kResetAfter, kRegK>;
   Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
   Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);
   Acc* zrbuf = dgbuf + H * R;  // not reset_after
-  T* Us = reinterpret_cast<T*>(dgbuf + (kResetAfter ? 2 : 1) * K * R);  // [3H][HC]: U[j][k] at k * HC + jj
+  T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
+  // Row s of Us is U^T's row k (persist_dot: kRegK = 0, k = s; else part q's rows past its first kRegK).
+  const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
 
-  for (int i = tid; i < K * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
-    const int k = i % K, u = i / K, jg = j - jj + u;
-    Us[k * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
+  for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
+    const int s = i % Ks, u = i / Ks, jg = j - jj + u;
+    const int k = kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
+    Us[s * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
   }
+  PersistRegs<Acc, kRegK, 1> ur;  // the other rows: thread (jj, q)'s part's first kRegK
+  if constexpr (kRegK > 0)
+#pragma unroll
+    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + tid / HC * kq + i]) : Acc(0);
   bool ok[RT];
   Acc dhr[RT], carry[RT];
 #pragma unroll
@@ -70,16 +89,16 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   }
   cluster.sync();  // every CTA of the cluster has started before its peers push into it
 
-  // dh += A Us[k0 : k0 + K_A]^T for the rows real at step t (n rows computed there), A the K_A x R buffer dgT.
-  // Every thread of the CTA calls it (persist_dot).
+  // dh += A Us[k0 : k0 + K_A]^T for the rows real at step t (n rows computed there), A the K_A x R buffer dgT
+  // (kRegK > 0: k0 = 0, K_A = K, with the rows in registers). Every thread of the CTA calls it (persist_dot).
   auto product = [&](const Acc* dgT, int k0, int KA, int t, int n) {
     Acc acc[RT][1] = {};
-    persist_dot(dgT, Us + k0 * HC, KA, HC, jj, r0, 0, 1, red, acc);
+    persist_dot(dgT, Us + k0 * HC, KA, HC, jj, r0, 0, 1, red, acc, ur);
 #pragma unroll
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] += acc[i][0];
   };
-  int phase = 0;             // reset_after: pushes so far, the last one in dgbuf[phase % 2]
+  int phase = 0;             // reset_after: pushes so far, the last one in dgbuf[phase % kBuffers]
   bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
   int n_next = 0;            // rows computed at step t + 1
   for (int t = steps - 1; t >= 0; --t) {
@@ -102,7 +121,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     }
     if (next_active) {
       if constexpr (kResetAfter)
-        product(dgbuf + (phase % 2) * K * R, 0, K, t + 1, n_next);
+        product(dgbuf + (phase % kBuffers) * K * R, 0, K, t + 1, n_next);
       else
         product(zrbuf, 0, 2 * H, t + 1, n_next);
     }
@@ -145,9 +164,12 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     }
     if (active) {
       if constexpr (kResetAfter) {
-        persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % 2) * K * R, H, HC, unit, j, r0,
+        // One buffer: every CTA's product has read step t + 1's dgr before any peer writes step t's (the active
+        // steps are a prefix of time: a step without a product here pushes into a buffer none has read).
+        if (kBuffers == 1 && next_active) cluster.sync();
+        persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
                            [&](int g, int i) { return d[g][i]; });
-        cluster.sync();  // step t's gradients are everywhere; every read of the other buffer is done
+        cluster.sync();  // step t's gradients are everywhere; with two buffers, every read of the other is done
         ++phase;
       } else {
         persist_push<T, 1>(cluster, dgbuf, H, HC, unit, j, r0, [&](int, int i) { return d[2][i]; });
@@ -172,7 +194,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   }
   if (next_active) {  // the gradient of h0
     if constexpr (kResetAfter)
-      product(dgbuf + (phase % 2) * K * R, 0, K, 0, n_next);
+      product(dgbuf + (phase % kBuffers) * K * R, 0, K, 0, n_next);
     else
       product(zrbuf, 0, 2 * H, 0, n_next);
   }

@@ -9,7 +9,7 @@ GPU and on the host), forward and backward with upstream gradients of outputs an
 float32/float16/float64 (CuPy) and bfloat16 (torch tensors through maskrnn.torch), zero_output both ways, with H
 not a multiple of the 32-unit tile and a batch not a multiple of the 8-row tile (two tiles each). Inference
 (csrc/infer.cu) with biases and initial states, batch- and time-major, whole and in chunks of 3 steps. At H=509
-(part of U in registers): the float32 forward and the LSTM's backward in float32 and float16.
+(part of U in registers): the float32 forward and backward, and the LSTM's in float16.
 bench/gpu_verify.sh runs it under all four tools.
 """
 
@@ -65,8 +65,9 @@ for dtype in ("float32", "float16", "float64"):
 _cuda.INFER_WORKSPACE = whole
 
 # H = 509, where U's slice outgrows a CTA's shared memory and each thread keeps part of it in registers (16-CTA
-# clusters; two batch slices): the float32 forward, inference and training, and the LSTM's backward (one gradient
-# buffer, two barriers a step) in float32 and float16.
+# clusters; two batch slices): the float32 forward, inference and training, and the backward (the LSTM's and
+# reset_after GRU's: one gradient buffer, two barriers a step; the other GRU's: the step kernels), and the LSTM in
+# float16.
 H5 = 509
 for dtype in ("float32", "float16"):
     x = rand((B, 3, I), dtype)
@@ -77,7 +78,7 @@ for dtype in ("float32", "float16"):
         op, vjp = (maskrnn.lstm, maskrnn.lstm_vjp) if cell == "lstm" else (maskrnn.gru, maskrnn.gru_vjp)
         outs = op(x, W, U, None, mask=holes[:, :3], **extra)
         train, pullback = vjp(x, W, U, None, lengths=cupy.minimum(lengths, 3), **extra)
-        grads = pullback(rand((B, 3, H5), dtype), *[rand((B, H5), dtype) for _ in train[1:]]) if cell == "lstm" else ()
+        grads = pullback(rand((B, 3, H5), dtype), *[rand((B, H5), dtype) for _ in train[1:]])
         cupy.cuda.get_current_stream().synchronize()
         assert all(bool(cupy.isfinite(o).all()) for o in outs + train + tuple(grads) if o is not None), (cell, dtype)
 

@@ -210,18 +210,19 @@ def test_persistent_gru_backward_matches_step(monkeypatch, rng, cell, dtype, mas
                          zero_output_for_mask=mask_kind == "holes")
 
 
-# LSTM at H = 509 and 512: U's rows and the doubled gradient buffer outgrow shared memory, so the backward keeps
-# part of U in registers and one gradient buffer (two cluster barriers a step; kPersistBwdRegK in
-# csrc/persistent_bwd.cuh): forced persistent raises where no variant fits, so these run it. The float64
+# LSTM and GRU (reset_after) at H = 509 and 512: U's rows and the doubled gradient buffer outgrow shared memory, so
+# the backward keeps part of U in registers and one gradient buffer (two cluster barriers a step; kPersistBwdRegK
+# in csrc/persistent_bwd.cuh): forced persistent raises where no variant fits, so these run it. The float64
 # reference runs the step kernels' forward (no float64 persistent one fits); float32's tolerance as
 # test_persistent_forward_with_registers's (float16's error is its storage's rounding, not the sums').
-@pytest.mark.parametrize("shape, mask_kind, dtype", [((2, 4, 2, 509), "lengths", "float32"),
-                                                     ((10, 3, 3, 512), "post_holes", "float32"),
-                                                     ((3, 3, 2, 509), "holes", "float16")])
-def test_persistent_lstm_backward_with_registers(monkeypatch, rng, shape, mask_kind, dtype):
+@pytest.mark.parametrize("cell, shape, mask_kind, dtype", [("lstm", (2, 4, 2, 509), "lengths", "float32"),
+                                                           ("lstm", (10, 3, 3, 512), "post_holes", "float32"),
+                                                           ("lstm", (3, 3, 2, 509), "holes", "float16"),
+                                                           ("gru", (9, 3, 2, 509), "post_holes", "float32")])
+def test_persistent_backward_with_registers(monkeypatch, rng, cell, shape, mask_kind, dtype):
     allow_half(monkeypatch)
     B, T, I, H = shape
-    p = make_problem(rng, "lstm", B, T, I, H, initial_state=True)
+    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
     if mask_kind == "lengths":  # rows finishing at different steps, one at none
         kw = dict(lengths=rng.permutation(np.arange(T + 1))[:B])
     else:
@@ -229,7 +230,7 @@ def test_persistent_lstm_backward_with_registers(monkeypatch, rng, shape, mask_k
         p = nan_in_padding(p, mask)
         kw = dict(mask=mask, zero_output_for_mask=mask_kind == "post_holes")
     rounding = H / 64 if dtype == "float32" else 1.0
-    check_both_backwards(monkeypatch, rng, "lstm", p, dtype, rounding=rounding, want_forward="step", **kw)
+    check_both_backwards(monkeypatch, rng, cell, p, dtype, rounding=rounding, want_forward="step", **kw)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
