@@ -57,10 +57,10 @@ def test_scans_are_race_free_under_tsan():
 # every call site already passes a barrier between two products, so without it no race is reported.
 MUTANTS = [("tile.cuh:-1", "step", "lstm", "tile.cuh"),
            ("persistent_fwd.cuh:1", "persistent", "lstm", "persistent_fwd.cuh"),
-           ("persistent_fwd.cuh:2", "persistent", "lstm", "persistent_fwd<float, (maskrnn::Cell)0>"),
+           ("persistent_fwd.cuh:2", "persistent", "lstm", "persistent_fwd<float, (maskrnn::Cell)0, 0>"),
            ("persistent_fwd.cuh:-1", "persistent", "lstm", "persistent_fwd.cuh"),
            ("persistent_coop.cuh:2", "cooperative", "lstm", "persistent_coop.cuh"),
-           ("persistent_gru_bwd.cuh:-1", "persistent", "gru_v1", "persistent_gru_bwd<float, false>")]
+           ("persistent_gru_bwd.cuh:-1", "persistent", "gru_v1", "persistent_gru_bwd<float, false, 0>")]
 
 
 @pytest.mark.parametrize("mutant, kernel, cell, where", MUTANTS)
