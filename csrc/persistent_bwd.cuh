@@ -31,6 +31,23 @@ constexpr size_t persist_bwd_smem(int H, int HC) {
          sizeof(T) * rows * HC;
 }
 
+// The backwards' U rows (LSTM and GRU: U transposed, K = G*H rows): the CTA's units j0 + u (u < HC; zero past H) of
+// U's row-major (H x K) array, U^T's row k of unit u at Us[s * HC + u] for k = persist_smem_k(s) (k fastest: U's
+// rows are read in order), and the thread's register rows ur.u[i][0] = U^T[q * kq + i][j] (zero for no unit).
+template <typename T, typename Acc, int kRegK>
+__device__ inline void persist_load_ut(const T* U, int H, int K, int HC, int j, int jj, bool unit, T* Us,
+                                       PersistRegs<Acc, kRegK, 1>& ur) {
+  const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
+  const int tid = int(threadIdx.x);
+  for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {
+    const int s = i % Ks, u = i / Ks, jg = j - jj + u;
+    Us[s * HC + u] = jg < H ? U[int64_t(jg) * K + persist_smem_k(s, kq, kRegK)] : T(0.0f);
+  }
+  if constexpr (kRegK > 0)
+#pragma unroll
+    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + tid / HC * kq + i]) : Acc(0);
+}
+
 // Launched like persistent_fwd (persist_bwd_smem<T, kRegK> bytes of dynamic shared memory); the other arguments as
 // in scan.h's lstm_bwd.
 template <typename T, int kRegK = 0>
@@ -54,18 +71,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);  // [kBuffers][4H][R]
   T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
-  // Row s of Us is U^T's row k (persist_dot: kRegK = 0, k = s; else part q's rows past its first kRegK).
-  const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
-
-  for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
-    const int s = i % Ks, u = i / Ks, jg = j - jj + u;
-    const int k = kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
-    Us[s * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
-  }
-  PersistRegs<Acc, kRegK, 1> ur;  // the other rows: thread (jj, q)'s part's first kRegK
-  if constexpr (kRegK > 0)
-#pragma unroll
-    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + tid / HC * kq + i]) : Acc(0);
+  PersistRegs<Acc, kRegK, 1> ur;  // U's other rows: thread (jj, q)'s part's first kRegK
+  persist_load_ut(U, H, K, HC, j, jj, unit, Us, ur);
   bool ok[RT];
   Acc dhr[RT], dcr[RT], carry[RT];
 #pragma unroll

@@ -71,6 +71,12 @@ __host__ __device__ constexpr int persist_smem_rows(int H, int kRegK) {
   return kq >= kRegK && (kRowGroups - 1) * kq + kRegK <= H ? kRowGroups * (kq - kRegK) : -1;
 }
 
+// The row k of U (of k's K rows, parts of kq) held in shared memory's row s (persist_dot): kRegK = 0, k = s; else
+// part q's rows past its first kRegK, the parts one after another.
+__host__ __device__ constexpr int persist_smem_k(int s, int kq, int kRegK) {
+  return kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
+}
+
 // Shared memory of one CTA: the FMA product's partial sums (persist_red_smem), h buffers (and the r * h buffer) of
 // Hp rows, the U slice (Hs x NP), then the tensor cores' fp32 product (8 x NP). FMA: Hp = H, NP = G * HC, no
 // product buffer; Hs = H, or persist_smem_rows(H, kRegK) with U's other rows in registers. Tensor cores: no
@@ -261,10 +267,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   float* P = kMma ? reinterpret_cast<float*>(Us + Hs * NP) : nullptr;  // [R][NP], tensor cores only
   const int64_t BH = int64_t(B) * H;
 
-  // Row s of Us is U's row k (persist_dot: kRegK = 0, k = s; else part q's rows past its first kRegK).
   for (int i = tid; i < Hs * NP; i += int(blockDim.x)) {
-    const int s = i / NP, g = i % NP / HC, u = j - jj + i % NP % HC;
-    const int k = kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
+    const int s = i / NP, g = i % NP / HC, u = j - jj + i % NP % HC, k = persist_smem_k(s, kq, kRegK);
     Us[i] = k < H && g < G && u < H ? U[int64_t(k) * G * H + g * H + u] : T(0.0f);
   }
   PersistRegs<Acc, kRegK, G> ur;  // the other rows: thread (jj, q)'s part's first kRegK

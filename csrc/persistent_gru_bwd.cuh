@@ -61,24 +61,15 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   // reset_after: [kBuffers][3H][R], dgr. Else [3H][R]: dhh (H), then dz and dr (2H).
+  static_assert(kResetAfter || kRegK == 0, "without reset_after, U's rows are all in shared memory");
   constexpr int kBuffers = kGruBwdBuffers<kResetAfter, kRegK>;
   Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
   Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);
   Acc* zrbuf = dgbuf + H * R;  // not reset_after
   T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
-  // Row s of Us is U^T's row k (persist_dot: kRegK = 0, k = s; else part q's rows past its first kRegK).
-  const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
-
-  for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {  // k fastest: U's rows are read in order
-    const int s = i % Ks, u = i / Ks, jg = j - jj + u;
-    const int k = kRegK ? s / (kq - kRegK) * kq + kRegK + s % (kq - kRegK) : s;
-    Us[s * HC + u] = jg < H ? U[int64_t(jg) * K + k] : T(0.0f);
-  }
-  PersistRegs<Acc, kRegK, 1> ur;  // the other rows: thread (jj, q)'s part's first kRegK
-  if constexpr (kRegK > 0)
-#pragma unroll
-    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + tid / HC * kq + i]) : Acc(0);
+  PersistRegs<Acc, kRegK, 1> ur;  // U's other rows: thread (jj, q)'s part's first kRegK
+  persist_load_ut(U, H, K, HC, j, jj, unit, Us, ur);
   bool ok[RT];
   Acc dhr[RT], carry[RT];
 #pragma unroll

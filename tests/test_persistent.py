@@ -112,15 +112,19 @@ def test_persistent_shapes(monkeypatch, rng, cell, shape):
                                               ((3, 4, 2, 509), "post_holes")])
 @pytest.mark.parametrize("cell", CELLS)
 def test_persistent_forward_with_registers(monkeypatch, rng, cell, shape, mask_kind):
+    p, kw = register_case(rng, cell, shape, mask_kind)
+    check_both_kernels(monkeypatch, cell, p, "float32", rounding=shape[3] / 64, **kw)
+
+
+def register_case(rng, cell, shape, mask_kind):
+    """A problem of shape (B, T, I, H) with initial states, and its steps: "lengths" (rows finishing at different
+    steps, one at none), or a mask of mask_kind with NaN in x's padding (zero_output for "post_holes")."""
     B, T, I, H = shape
     p = make_problem(rng, cell, B, T, I, H, initial_state=True)
-    if mask_kind == "lengths":  # rows finishing at different steps, one at none
-        kw = dict(lengths=rng.permutation(np.arange(T + 1))[:B])
-    else:
-        mask = make_mask(rng, mask_kind, B, T)
-        p = nan_in_padding(p, mask)
-        kw = dict(mask=mask, zero_output_for_mask=mask_kind == "post_holes")
-    check_both_kernels(monkeypatch, cell, p, "float32", rounding=H / 64, **kw)
+    if mask_kind == "lengths":
+        return p, dict(lengths=rng.permutation(np.arange(T + 1))[:B])
+    mask = make_mask(rng, mask_kind, B, T)
+    return nan_in_padding(p, mask), dict(mask=mask, zero_output_for_mask=mask_kind == "post_holes")
 
 
 @pytest.mark.parametrize("mask_kind", ["post", "holes"])
@@ -221,15 +225,8 @@ def test_persistent_gru_backward_matches_step(monkeypatch, rng, cell, dtype, mas
                                                            ("gru", (9, 3, 2, 509), "post_holes", "float32")])
 def test_persistent_backward_with_registers(monkeypatch, rng, cell, shape, mask_kind, dtype):
     allow_half(monkeypatch)
-    B, T, I, H = shape
-    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
-    if mask_kind == "lengths":  # rows finishing at different steps, one at none
-        kw = dict(lengths=rng.permutation(np.arange(T + 1))[:B])
-    else:
-        mask = make_mask(rng, mask_kind, B, T)
-        p = nan_in_padding(p, mask)
-        kw = dict(mask=mask, zero_output_for_mask=mask_kind == "post_holes")
-    rounding = H / 64 if dtype == "float32" else 1.0
+    p, kw = register_case(rng, cell, shape, mask_kind)
+    rounding = shape[3] / 64 if dtype == "float32" else 1.0
     check_both_backwards(monkeypatch, rng, cell, p, dtype, rounding=rounding, want_forward="step", **kw)
 
 
