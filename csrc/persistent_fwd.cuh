@@ -2,7 +2,8 @@
 // Persistent forward scans (sm_90, issue 14): one launch per call. A thread-block cluster of C CTAs runs one
 // slice of kPersistRows batch rows for the whole sequence; CTA c owns the units [c*HC, (c+1)*HC) (HC = units,
 // the last CTA may own fewer) with all G gate columns of them, so the cell math is local, and keeps its slice
-// of U (H x G x HC, storage type) in shared memory. Each CTA also holds h of the slice's rows for every unit
+// of U (H x G x HC, storage type) in shared memory (in float32 where that is too small, H up to 512, part of it in
+// its threads' registers: kPersistRegK). Each CTA also holds h of the slice's rows for every unit
 // (accumulation type, k-major: h[k][row]); a CTA pushes its new h values into every peer's copy through
 // distributed shared memory, then one cluster barrier ends the step (two for GRU without reset_after, whose
 // r * h is exchanged the same way in mid-step). The tape is the step kernels' (lstm_kernels.cuh,
