@@ -1,10 +1,10 @@
 """The persistent kernels (csrc/persistent_fwd.cuh, persistent_bwd.cuh) on the CUDA emulation: forced with
 MASKRNN_CUDA_KERNEL=persistent, against the float64 reference and against the forced step kernels, for every
 cell, mask kind and dtype; cluster splits that leave the last CTA fewer units, H not a multiple of any tile,
-B=1 and several batch slices, T=1 and long T, rows finishing at different steps, NaN in padding, the float32
-forward with part of U in registers (H = 509, 512); gradients through them (every cell's persistent backward
-against finite differences, the GRUs' against the step kernels' in every dtype and at the edge shapes); the
-choice's errors and fallback, backward included.
+B=1 and several batch slices, T=1 and long T, rows finishing at different steps, NaN in padding; gradients
+through them (every cell's persistent backward against finite differences, the GRUs' against the step kernels'
+in every dtype and at the edge shapes); the choice's errors and fallback, backward included. The kernels with
+part of U in registers (H = 509, 512): test_persistent_registers.py.
 Runs with the CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
 import sys
@@ -103,30 +103,6 @@ def test_persistent_shapes(monkeypatch, rng, cell, shape):
     check_both_kernels(monkeypatch, cell, p, dtype, mask=make_mask(rng, "holes", B, T))
 
 
-# float32 at H = 509 and 512: U's slice is too big for a CTA's shared memory, so the forward keeps part of it in
-# registers (kPersistRegK in csrc/persistent_fwd.cuh; forced persistent raises where no variant fits, so these
-# run it). H = 509: 16 CTAs of 32 units, the last with 29, and the last part of k ends past H; B = 10: two batch
-# slices. Sums of ~500 float32 products round more than those of the other tests' H <= 64, so the tolerance is
-# TOLERANCE * H / 64 (the step kernels' own error reached 1.3e-5 at H = 400-512 in GRU v1).
-@pytest.mark.parametrize("shape, mask_kind", [((2, 3, 2, 509), "lengths"), ((10, 3, 3, 512), "pre"),
-                                              ((3, 4, 2, 509), "post_holes")])
-@pytest.mark.parametrize("cell", CELLS)
-def test_persistent_forward_with_registers(monkeypatch, rng, cell, shape, mask_kind):
-    p, kw = register_case(rng, cell, shape, mask_kind)
-    check_both_kernels(monkeypatch, cell, p, "float32", rounding=shape[3] / 64, **kw)
-
-
-def register_case(rng, cell, shape, mask_kind):
-    """A problem of shape (B, T, I, H) with initial states, and its steps: "lengths" (rows finishing at different
-    steps, one at none), or a mask of mask_kind with NaN in x's padding (zero_output for "post_holes")."""
-    B, T, I, H = shape
-    p = make_problem(rng, cell, B, T, I, H, initial_state=True)
-    if mask_kind == "lengths":
-        return p, dict(lengths=rng.permutation(np.arange(T + 1))[:B])
-    mask = make_mask(rng, mask_kind, B, T)
-    return nan_in_padding(p, mask), dict(mask=mask, zero_output_for_mask=mask_kind == "post_holes")
-
-
 @pytest.mark.parametrize("mask_kind", ["post", "holes"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_after_persistent_forward(monkeypatch, rng, cell, mask_kind):
@@ -214,22 +190,6 @@ def test_persistent_gru_backward_matches_step(monkeypatch, rng, cell, dtype, mas
                          zero_output_for_mask=mask_kind == "holes")
 
 
-# LSTM and GRU (reset_after) at H = 509 and 512: U's rows and the doubled gradient buffer outgrow shared memory, so
-# the backward keeps part of U in registers and one gradient buffer (two cluster barriers a step; kPersistBwdRegK
-# in csrc/persistent_bwd.cuh): forced persistent raises where no variant fits, so these run it. The float64
-# reference runs the step kernels' forward (no float64 persistent one fits); float32's tolerance as
-# test_persistent_forward_with_registers's (float16's error is its storage's rounding, not the sums').
-@pytest.mark.parametrize("cell, shape, mask_kind, dtype", [("lstm", (2, 4, 2, 509), "lengths", "float32"),
-                                                           ("lstm", (10, 3, 3, 512), "post_holes", "float32"),
-                                                           ("lstm", (3, 3, 2, 509), "holes", "float16"),
-                                                           ("gru", (9, 3, 2, 509), "post_holes", "float32")])
-def test_persistent_backward_with_registers(monkeypatch, rng, cell, shape, mask_kind, dtype):
-    allow_half(monkeypatch)
-    p, kw = register_case(rng, cell, shape, mask_kind)
-    rounding = shape[3] / 64 if dtype == "float32" else 1.0
-    check_both_backwards(monkeypatch, rng, cell, p, dtype, rounding=rounding, want_forward="step", **kw)
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cell", GRUS)
 def test_persistent_gru_backward_shapes(monkeypatch, rng, cell, shape):
@@ -278,32 +238,6 @@ def test_auto_runs_the_persistent_kernel_where_it_fits(monkeypatch, rng):
     assert any(not np.array_equal(a, b) for a, b in zip(persistent, step))
     for a, b in zip(auto, persistent):
         np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_auto_runs_the_register_variant_where_shared_memory_is_short(monkeypatch, rng, cell):
-    """float32 at H=512: U's slice fits no CTA's shared memory, and unforced the results are the persistent forward's
-    with part of U in registers, not the step kernels'."""
-    p = cast(make_problem(rng, cell, 1, 2, 2, 512), np.float32)
-    auto = forward(monkeypatch, "auto", cell, p)
-    persistent = forward(monkeypatch, "persistent", cell, p)
-    step = forward(monkeypatch, "step", cell, p)
-    assert any(not np.array_equal(a, b) for a, b in zip(persistent, step))
-    for a, b in zip(auto, persistent):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_auto_runs_the_lstm_backward_with_registers_where_shared_memory_is_short(monkeypatch, rng):
-    """float32 LSTM at H=512, on the persistent forward's tape: unforced, the gradients are the persistent
-    backward's with part of U in registers, not the step kernels'."""
-    upstream = random_upstream(rng, "lstm", 1, 2, 512)
-    p = cast(make_problem(rng, "lstm", 1, 2, 2, 512), np.float32)
-    auto = backward(monkeypatch, "auto", "lstm", p, upstream)
-    persistent = backward(monkeypatch, "persistent", "lstm", p, upstream)
-    step = backward(monkeypatch, "step", "lstm", p, upstream)
-    assert any(not np.array_equal(persistent[k], step[k]) for k in step)
-    for k in auto:
-        np.testing.assert_array_equal(auto[k], persistent[k])
 
 
 def test_without_clusters_forced_persistent_raises_and_auto_runs_the_step_kernels(monkeypatch, rng):
