@@ -142,6 +142,18 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   return true;
 }
 
+// run_persistent of the kernel with U's slice all in shared memory (smem, kernel) where it fits, else, where that
+// fits instead, of its variant with part of U in registers (reg_smem, reg_kernel: kRegK > 0 of kPersistRegK or
+// kPersistBwdRegK; with kRegK = 0 the same kernel, so the first).
+template <bool kWarps = false, typename... P, typename... Q, typename... A>
+bool run_shared_or_registers(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...),
+                             size_t (*reg_smem)(int, int), void (*reg_kernel)(Q...), A... args) {
+  if (reinterpret_cast<const void*>(reg_kernel) != reinterpret_cast<const void*>(kernel) &&
+      !persist_plan(p, smem).why.empty() && persist_plan(p, reg_smem).why.empty())
+    return run_persistent<kWarps>(p, reg_smem, reg_kernel, args...);
+  return run_persistent<kWarps>(p, smem, kernel, args...);
+}
+
 // Forced cooperative, the cooperative kernel (`coop`, a call of run_cooperative: it runs or raises); else the
 // one-cluster kernel (`one`, a call of run_persistent: true where it ran); false: the step kernels.
 template <class One, class Coop>
@@ -157,16 +169,12 @@ bool one_cluster_or_cooperative(One one, Coop coop) {
 // LSTM H in [417, 512], GRU [481, 512] (reset_after) or [465, 512]).
 template <typename T, Cell kCell>
 bool persistent_forward(const ScanParams& p, T* gx, const T* U, const T* b_rec, T* out, T* hs, T* tape) {
+  constexpr int kRegK = kPersistRegK<T>;
   return one_cluster_or_cooperative(
       [&] {
-        constexpr int kRegK = kPersistRegK<T>;
-        if constexpr (kRegK > 0)
-          if (!persist_plan(p, persist_smem<T, kCell>).why.empty() &&
-              persist_plan(p, persist_smem<T, kCell, kRegK>).why.empty())
-            return run_persistent(p, persist_smem<T, kCell, kRegK>, persistent_fwd<T, kCell, kRegK>, gx, U, b_rec,
-                                  out, hs, tape);
-        return run_persistent<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>, gx, U, b_rec, out,
-                                              hs, tape);
+        return run_shared_or_registers<kPersistMma<T>>(p, persist_smem<T, kCell>, persistent_fwd<T, kCell>,
+                                                       persist_smem<T, kCell, kRegK>, persistent_fwd<T, kCell, kRegK>,
+                                                       gx, U, b_rec, out, hs, tape);
       },
       [&] {
         run_cooperative(p, coop_smem<T, kCell>, persistent_coop_fwd<T, kCell>, gx, U, b_rec, out, hs, tape,
@@ -180,12 +188,8 @@ bool persistent_lstm_backward(const ScanParams& p, const T* gx, const T* U, cons
   return one_cluster_or_cooperative(
       [&] {
         constexpr int kRegK = kPersistBwdRegK<T>;  // as the forward: registers where shared memory alone is short
-        if constexpr (kRegK > 0)
-          if (!persist_plan(p, persist_bwd_smem<T>).why.empty() &&
-              persist_plan(p, persist_bwd_smem<T, kRegK>).why.empty())
-            return run_persistent(p, persist_bwd_smem<T, kRegK>, persistent_lstm_bwd<T, kRegK>, gx, U, cs, d_out, dh,
-                                  dc, dgx);
-        return run_persistent(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx);
+        return run_shared_or_registers(p, persist_bwd_smem<T>, persistent_lstm_bwd<T>, persist_bwd_smem<T, kRegK>,
+                                       persistent_lstm_bwd<T, kRegK>, gx, U, cs, d_out, dh, dc, dgx);
       },
       [&] {
         run_cooperative(p, coop_smem<T, Cell::kLstm>, persistent_coop_lstm_bwd<T>, gx, U, cs, d_out, dh, dc, dgx,
@@ -201,13 +205,9 @@ bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const
     return one_cluster_or_cooperative(
         [&] {
           constexpr int kRegK = kPersistBwdRegK<T>;  // as the LSTM's: registers where shared memory alone is short
-          if constexpr (kRegK > 0)
-            if (!persist_plan(p, persist_gru_bwd_smem<T, true>).why.empty() &&
-                persist_plan(p, persist_gru_bwd_smem<T, true, kRegK>).why.empty())
-              return run_persistent(p, persist_gru_bwd_smem<T, true, kRegK>, persistent_gru_bwd<T, true, kRegK>, gx, U,
-                                    hs, hr, d_out, dh, dgx, dgr);
-          return run_persistent(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>, gx, U, hs, hr, d_out,
-                                dh, dgx, dgr);
+          return run_shared_or_registers(p, persist_gru_bwd_smem<T, true>, persistent_gru_bwd<T, true>,
+                                         persist_gru_bwd_smem<T, true, kRegK>, persistent_gru_bwd<T, true, kRegK>, gx,
+                                         U, hs, hr, d_out, dh, dgx, dgr);
         },
         [&] {
           run_cooperative(p, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, true>, gx, U, hs, hr, d_out, dh,
