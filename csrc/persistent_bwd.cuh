@@ -33,15 +33,16 @@ constexpr size_t persist_bwd_smem(int H, int HC) {
 
 // The backwards' U rows (LSTM and GRU: U transposed, K = G*H rows): the CTA's units j0 + u (u < HC; zero past H) of
 // U's row-major (H x K) array, U^T's row k of unit u at Us[s * HC + u] for k = persist_smem_k(s) (k fastest: U's
-// rows are read in order), and the thread's register rows ur.u[i][0] = U^T[q * kq + i][j] (zero for no unit).
+// rows are read in order; zero for k >= K, where the last part of k ends past K), and the thread's register rows
+// ur.u[i][0] = U^T[q * kq + i][j] (zero for no unit).
 template <typename T, typename Acc, int kRegK>
 __device__ inline void persist_load_ut(const T* U, int H, int K, int HC, int j, int jj, bool unit, T* Us,
                                        PersistRegs<Acc, kRegK, 1>& ur) {
   const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
   const int tid = int(threadIdx.x);
   for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {
-    const int s = i % Ks, u = i / Ks, jg = j - jj + u;
-    Us[s * HC + u] = jg < H ? U[int64_t(jg) * K + persist_smem_k(s, kq, kRegK)] : T(0.0f);
+    const int s = i % Ks, u = i / Ks, jg = j - jj + u, k = persist_smem_k(s, kq, kRegK);
+    Us[s * HC + u] = jg < H && k < K ? U[int64_t(jg) * K + k] : T(0.0f);
   }
   if constexpr (kRegK > 0)
 #pragma unroll

@@ -6,8 +6,10 @@ Half precision: the engine's all-step GEMMs (its optional ``matmul``, see maskrn
 bfloat16 (ml_dtypes) products in float32 and round once, as cuBLAS does with float32 accumulation;
 test_half_precision.py lifts the CPU engine's dtype gate to run them (``allow_half``)."""
 
+import ctypes
 import importlib.machinery
 import importlib.util
+import mmap
 import os
 import sysconfig
 from pathlib import Path
@@ -37,6 +39,25 @@ def _matmul(a, b, *args, **kwargs):
 
 
 
+def before_unreadable_page(a):
+    """A copy of a that ends where a page that may not be read begins: an emulated kernel (host threads) reading
+    past the array's end faults, where on a GPU it reads its neighbour's bytes inside one allocation of CuPy's pool,
+    which memcheck misses (initcheck reports them as uninitialised). The training path's copies of W and U are
+    made so (below); tests place others."""
+    page = mmap.PAGESIZE
+    n = -(-a.nbytes // page) * page
+    buf = mmap.mmap(-1, n + page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    if _libc.mprotect(ctypes.c_void_p(start + n), ctypes.c_size_t(page), 0) != 0:  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "mprotect")
+    out = np.frombuffer(buf, dtype=a.dtype, count=a.size, offset=n - a.nbytes).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def allow_half(monkeypatch):
     """Let the dispatcher send float16/bfloat16 problems on device "cpu" (the emulated CUDA engine here)."""
     monkeypatch.setattr(validate, "CPU_DTYPES", validate.CPU_DTYPES + HALF)
@@ -51,5 +72,7 @@ engine.matmul = _matmul
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
 # Uninitialised buffers NaN-filled too (bytes of all ones: NaN in every float type), as the inference workspace.
 engine._empty = lambda shape, dtype: np.full(shape, 0xFF if np.dtype(dtype) == np.uint8 else np.nan, dtype)
+_c_copy = dispatch.c_copy
+dispatch.c_copy = lambda xp, a: before_unreadable_page(_c_copy(xp, a)) if xp is np else _c_copy(xp, a)
 _engine = dispatch._engine
 dispatch._engine = lambda device: (np, engine) if device == "cpu" else _engine(device)
