@@ -117,10 +117,11 @@ def test_a_mask_of_another_dtype_is_refused(xp):
         _cuda.row_plan(xp, xp.ones((3, 2), np.int8))
 
 
-def test_uploads_while_the_gpu_is_busy(rng):
+def test_cuda_uploads_while_the_gpu_is_busy(rng):
     """_upload's pinned buffers are taken in turn and rewritten only after the copy queued from them has run: with
     the GPU held by a ~50 ms kernel, 3 x STAGES uploads queue behind it (the host waits on the fifth), and every
-    device copy still holds its own array. GPU only (the emulation copies in place)."""
+    device copy still holds its own array. GPU only (the emulation copies in place; "cuda" in its name: gpu_verify.sh
+    selects the GPU cases with -k cuda)."""
     reason = cuda_skip_reason()
     if reason:
         pytest.skip(reason)
