@@ -1,7 +1,8 @@
 #pragma once
 // The choice between the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh, persistent_gru_bwd.cuh) and
 // the step kernels, in one place:
-// MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call); unset (or "auto"), the
+// MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call), and "registers" the persistent
+// kernel's variant with part of U in registers where there is one (for tests); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
 // CTAs in shared memory (the float32 forward and the LSTM backward: in shared memory and registers), and at least
 // one such cluster able to be resident; else the step kernels. The cooperative kernels (persistent_coop.cuh,
@@ -23,17 +24,18 @@
 
 namespace maskrnn {
 
-enum class KernelChoice { kAuto, kPersistent, kCooperative, kStep };
+enum class KernelChoice { kAuto, kPersistent, kRegisters, kCooperative, kStep };
 
 inline KernelChoice kernel_choice() {
   const char* v = std::getenv("MASKRNN_CUDA_KERNEL");
   const std::string s = v ? v : "";
   if (s.empty() || s == "auto") return KernelChoice::kAuto;
   if (s == "persistent") return KernelChoice::kPersistent;
+  if (s == "registers") return KernelChoice::kRegisters;
   if (s == "cooperative") return KernelChoice::kCooperative;
   if (s == "step") return KernelChoice::kStep;
-  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, cooperative, step, auto or unset; got '" + s +
-                              "'");
+  throw std::invalid_argument("MASKRNN_CUDA_KERNEL must be persistent, registers, cooperative, step, auto or unset; "
+                              "got '" + s + "'");
 }
 
 struct PersistPlan {
@@ -60,7 +62,10 @@ inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
     fits = kRowGroups * plan.units <= kMaxPersistThreads && plan.smem <= limit;
     if (fits) break;
   }
-  if (!fits) {
+  if (!fits && plan.smem == ~size_t(0)) {  // a variant with part of U in registers whose split does not hold
+    plan.why = "at H=" + std::to_string(p.H) + " a thread's part of U's rows is shorter than the rows it would keep "
+               "in registers";
+  } else if (!fits) {
     plan.why = "at H=" + std::to_string(p.H) + " a 16-CTA cluster's CTA needs " + std::to_string(plan.smem) +
                " bytes of shared memory (at most " + std::to_string(limit) + ") and " +
                std::to_string(kRowGroups * plan.units) + " threads (at most " + std::to_string(kMaxPersistThreads) +
@@ -131,8 +136,10 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
                  " bytes of shared memory each can be resident on this GPU";
   }
   if (!plan.why.empty()) {
-    if (choice == KernelChoice::kPersistent)
-      throw std::runtime_error("MASKRNN_CUDA_KERNEL=persistent cannot run this scan: " + plan.why);
+    if (choice == KernelChoice::kPersistent || choice == KernelChoice::kRegisters)
+      throw std::runtime_error(std::string("MASKRNN_CUDA_KERNEL=") +
+                               (choice == KernelChoice::kPersistent ? "persistent" : "registers") +
+                               " cannot run this scan: " + plan.why);
     return false;
   }
   if (p.T == 0) return true;
@@ -142,14 +149,24 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
   return true;
 }
 
+[[noreturn]] inline void throw_no_register_variant() {
+  throw std::runtime_error("MASKRNN_CUDA_KERNEL=registers cannot run this scan: it has no variant with part of U in "
+                           "registers (the float32 forward, the LSTM's and reset_after GRU's backward in float32, "
+                           "float16 and bfloat16 have one)");
+}
+
 // run_persistent of the kernel with U's slice all in shared memory (smem, kernel) where it fits, else, where that
 // fits instead, of its variant with part of U in registers (reg_smem, reg_kernel: kRegK > 0 of kPersistRegK or
-// kPersistBwdRegK; with kRegK = 0 the same kernel, so the first).
+// kPersistBwdRegK; with kRegK = 0 the same kernel, so the first). Forced "registers": the variant, or why not.
 template <bool kWarps = false, typename... P, typename... Q, typename... A>
 bool run_shared_or_registers(const ScanParams& p, size_t (*smem)(int, int), void (*kernel)(P...),
                              size_t (*reg_smem)(int, int), void (*reg_kernel)(Q...), A... args) {
-  if (reinterpret_cast<const void*>(reg_kernel) != reinterpret_cast<const void*>(kernel) &&
-      !persist_plan(p, smem).why.empty() && persist_plan(p, reg_smem).why.empty())
+  const bool variant = reinterpret_cast<const void*>(reg_kernel) != reinterpret_cast<const void*>(kernel);
+  if (kernel_choice() == KernelChoice::kRegisters) {
+    if (!variant) throw_no_register_variant();
+    return run_persistent<kWarps>(p, reg_smem, reg_kernel, args...);
+  }
+  if (variant && !persist_plan(p, smem).why.empty() && persist_plan(p, reg_smem).why.empty())
     return run_persistent<kWarps>(p, reg_smem, reg_kernel, args...);
   return run_persistent<kWarps>(p, smem, kernel, args...);
 }
@@ -215,6 +232,7 @@ bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const
         });
   return one_cluster_or_cooperative(
       [&] {
+        if (kernel_choice() == KernelChoice::kRegisters) throw_no_register_variant();
         return run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs, hr, d_out,
                               dh, dgx, dgr);
       },

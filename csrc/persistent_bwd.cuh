@@ -18,7 +18,10 @@ namespace maskrnn {
 
 // U's rows (of the 4H of U transposed) a thread of the backward may hold in registers (see the top), in float32
 // accumulation (float32, float16, bfloat16): 112 of the 255 a thread may have (the kernel's own work takes ~110).
-template <typename T> constexpr int kPersistBwdRegK = std::is_same_v<acc_t<T>, float> ? 112 : 0;
+#ifndef MASKRNN_PERSIST_BWD_REG_K
+#define MASKRNN_PERSIST_BWD_REG_K 112
+#endif
+template <typename T> constexpr int kPersistBwdRegK = std::is_same_v<acc_t<T>, float> ? MASKRNN_PERSIST_BWD_REG_K : 0;
 
 // persist_dot's partial sums, the gate gradients of the slice's rows, double-buffered (one buffer where kRegK > 0;
 // accumulation type), then U's rows (storage type; persist_smem_rows(4H, kRegK) of them where kRegK > 0, and more

@@ -56,7 +56,12 @@ __host__ __device__ constexpr size_t persist_red_smem(int G, int HC) {
 // keeps the first kRegK rows of its part of k (persist_dot) for its unit's G gates, 4 * kRegK registers for the
 // LSTM (128 of the 255 a thread may have at 256 threads a CTA), and shared memory holds the rest of the slice.
 // Zero: all of U's slice in shared memory (every other dtype: float64's 32 rows would be 256 registers).
-template <typename T> constexpr int kPersistRegK = std::is_same_v<T, float> ? 32 : 0;
+// MASKRNN_PERSIST_REG_K (and MASKRNN_PERSIST_BWD_REG_K, persistent_bwd.cuh) set other counts: the emulation's
+// ThreadSanitizer build runs the register kernels at H = 37 with 2 and 4 (tests/cuda_emulation/test_tsan.py).
+#ifndef MASKRNN_PERSIST_REG_K
+#define MASKRNN_PERSIST_REG_K 32
+#endif
+template <typename T> constexpr int kPersistRegK = std::is_same_v<T, float> ? MASKRNN_PERSIST_REG_K : 0;
 
 // A thread's U rows in registers (persist_dot): u[i][g] = U[q * kq + i][g * H + j] for unit j, part q of k.
 template <typename Acc, int kRegK, int G> struct PersistRegs {

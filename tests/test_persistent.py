@@ -206,7 +206,8 @@ def test_persistent_gru_backward_shapes(monkeypatch, rng, cell, shape):
 def test_unknown_kernel_choice_raises(monkeypatch, rng):
     p = make_problem(rng, "lstm", 2, 3, 2, 4, "float32")
     with pytest.raises(ValueError,
-                       match="MASKRNN_CUDA_KERNEL must be persistent, cooperative, step, auto or unset; got 'fast'"):
+                       match="MASKRNN_CUDA_KERNEL must be persistent, registers, cooperative, step, auto or unset; "
+                             "got 'fast'"):
         forward(monkeypatch, "fast", "lstm", p)
 
 

@@ -87,3 +87,17 @@ def test_auto_runs_the_lstm_backward_with_registers_where_shared_memory_is_short
     assert any(not np.array_equal(persistent[k], step[k]) for k in step)
     for k in auto:
         np.testing.assert_array_equal(auto[k], persistent[k])
+
+
+def test_forced_registers_raise_where_they_cannot_run(monkeypatch, rng):
+    """MASKRNN_CUDA_KERNEL=registers runs the variant with part of U in registers or raises why: none for float64,
+    none for the backward of the GRU without reset_after, and at H=37 a thread's part of k (5 rows) is shorter than
+    the forward's 32 register rows."""
+    p = make_problem(rng, "lstm", 2, 3, 2, 37)
+    with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=registers cannot run this scan: it has no variant"):
+        tp.forward(monkeypatch, "registers", "lstm", p)
+    with pytest.raises(RuntimeError, match="registers cannot run this scan: at H=37 a thread's part of U's rows"):
+        tp.forward(monkeypatch, "registers", "lstm", tp.cast(p, np.float32))
+    q = tp.cast(make_problem(rng, "gru_v1", 2, 3, 2, 37), np.float32)
+    with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=registers cannot run this scan: it has no variant"):
+        tp.backward(monkeypatch, "registers", "gru_v1", q, random_upstream(rng, "gru_v1", 2, 3, 37))

@@ -9,7 +9,7 @@ Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then ru
 ``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
 see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th barrier (``__syncthreads();``,
 ``cluster.sync();`` or ``grid.sync();``; 0-based, negative from the end) of csrc/FILE in the float32 kernels: a
-mutant the TSan build must report.
+mutant the TSan build must report; ``--define NAME=VALUE`` a macro for the float32 kernels.
 Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
@@ -154,9 +154,10 @@ def compile_object(source, includes, flags):
     return obj
 
 
-def build(out, tsan=False, mutant=None):
+def build(out, tsan=False, mutant=None, defines=()):
     """Builds out/_ext*.so (and, plain, out/_emu_selftest*.so); returns its path. Under TSan only the float32
-    kernels, the runtime and the bindings are instrumented: the other dtypes' objects are the plain build's."""
+    kernels, the runtime and the bindings are instrumented: the other dtypes' objects are the plain build's.
+    defines: NAME=VALUE macros for the float32 kernels (the TSan build of the register kernels)."""
     cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
     src = out / "src"
     copy_sources(src)
@@ -169,7 +170,8 @@ def build(out, tsan=False, mutant=None):
     # An OS thread per CUDA thread (this machine starts ~30000 at most): csrc/infer.cu's grid-stride kernels launch
     # a few thousand threads.
     kernels = [*flags, "-include", "emu_device.h", "-DMASKRNN_MAX_GRID_THREADS=256"]
-    jobs = [(f, base, kernels + (sanitize if f.name == "scan_f32.cu" else [])) for f in sorted(src.glob("*.cu"))]
+    f32 = sanitize + [f"-D{d}" for d in defines]  # the float32 kernels' own flags
+    jobs = [(f, base, kernels + (f32 if f.name == "scan_f32.cu" else [])) for f in sorted(src.glob("*.cu"))]
     if mutant:
         mutated = out / "mutant"
         copy_sources(mutated, mutant)
@@ -201,6 +203,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tsan", action="store_true", help="build under ThreadSanitizer")
     parser.add_argument("--drop-barrier", metavar="FILE:N", help="delete the N-th barrier of csrc/FILE")
+    parser.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                        help="a macro for the float32 kernels (as MASKRNN_PERSIST_REG_K=2)")
     parser.add_argument("--out", type=Path, help="build folder (default build/cuda_emulation[_tsan][_mutant])")
     args = parser.parse_args(argv)
     mutant = None
@@ -208,7 +212,7 @@ def main(argv=None):
         name, _, index = args.drop_barrier.partition(":")
         mutant = (name, int(index or -1))
     default = "cuda_emulation" + ("_tsan" if args.tsan else "") + ("_mutant" if mutant else "")
-    print(build(args.out or ROOT / "build" / default, args.tsan, mutant))
+    print(build(args.out or ROOT / "build" / default, args.tsan, mutant, args.define))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 mutants without tile_dot's trailing __syncthreads, the persistent product's (persist_dot) or exchange's
 (persist_push) block barrier, the persistent forward's end-of-step cluster barrier, the cooperative forward's grid
 barrier or the persistent GRU (reset_after=False) backward's end-of-step one are
-reported as data races (hazards that the plain emulation catches only by luck). Runs with the CUDA-emulation
-suite (``-p plugin``); it builds what it needs (about a minute a build, the plain build's objects reused)."""
+reported as data races (hazards that the plain emulation catches only by luck). The same for the kernels' variants
+with part of U in registers, built with small counts of register rows: race-free, and the backwards' barrier that
+their one gradient buffer needs reported when removed. Runs with the CUDA-emulation suite (``-p plugin``); it
+builds what it needs (about a minute a build, the plain build's objects reused)."""
 
 import os
 import subprocess
@@ -67,6 +69,35 @@ MUTANTS = [("tile.cuh:-1", "step", "lstm", "tile.cuh"),
 def test_tsan_reports_a_removed_barrier(mutant, kernel, cell, where):
     build("--drop-barrier", mutant)
     r = run_case(BUILD / "cuda_emulation_tsan_mutant", "--one", kernel, cell)
+    assert "WARNING: ThreadSanitizer: data race" in r.stderr, r.stderr[-4000:]
+    assert where in r.stderr  # the race is reported in the mutated code
+    assert r.returncode == 66
+
+
+# The variants with part of U in registers run on a GPU from H = 364 (csrc/persistent.cuh), too big for TSan (and
+# for compute-sanitizer's racecheck: bench/results/gpu-H100-20261127f). Built with 2 register rows a thread in the
+# forward and 4 in the backward, they run at H = 37 (forced: MASKRNN_CUDA_KERNEL=registers), through the same code:
+# the rows split between registers and shared memory, the last part of k past K, the backward's one gradient buffer
+# and the second cluster barrier a step that it needs.
+REGISTERS = ["--define", "MASKRNN_PERSIST_REG_K=2", "--define", "MASKRNN_PERSIST_BWD_REG_K=4"]
+
+
+def test_register_kernels_are_race_free_under_tsan():
+    build(*REGISTERS, "--out", str(BUILD / "cuda_emulation_tsan_registers"))
+    r = run_case(BUILD / "cuda_emulation_tsan_registers", "--registers")
+    assert "ThreadSanitizer" not in r.stderr, r.stderr[-4000:]
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "6 cases ok" in r.stdout
+
+
+# The backwards' second barrier a step (one gradient buffer): without it a CTA pushes step t's gate gradients into
+# its peers' buffer while their products still read step t + 1's.
+@pytest.mark.parametrize("mutant, cell, where", [("persistent_bwd.cuh:1", "lstm", "persistent_lstm_bwd<float, 4>"),
+                                                 ("persistent_gru_bwd.cuh:1", "gru",
+                                                  "persistent_gru_bwd<float, true, 4>")])
+def test_tsan_reports_the_register_backwards_removed_barrier(mutant, cell, where):
+    build(*REGISTERS, "--drop-barrier", mutant, "--out", str(BUILD / "cuda_emulation_tsan_registers_mutant"))
+    r = run_case(BUILD / "cuda_emulation_tsan_registers_mutant", "--one", "registers", cell, "backward")
     assert "WARNING: ThreadSanitizer: data race" in r.stderr, r.stderr[-4000:]
     assert where in r.stderr  # the race is reported in the mutated code
     assert r.returncode == 66

@@ -4,8 +4,11 @@ build instruments the float32 kernels), each checked against the float64 referen
 two column tiles (blocks) and products over more than one 32-wide tile, so each barrier of tile_dot matters;
 one row tile keeps the thread count (TSan's cost) low. Each case runs with the persistent kernels (forward and
 backward, every cell) and with the step kernels (MASKRNN_CUDA_KERNEL), and with the cooperative kernels (37
-CTAs of one unit). ``--one KERNEL [CELL]`` (a mutant's): only the LSTM's
-masked forward by that kernel, or CELL's masked forward and backward.
+CTAs of one unit). ``--one KERNEL [CELL] [backward]`` (a mutant's): only the LSTM's
+masked forward by that kernel (its backward too with ``backward``), or CELL's masked forward and backward.
+``--registers`` (on a build with MASKRNN_PERSIST_REG_K and MASKRNN_PERSIST_BWD_REG_K small enough for H = 37):
+MASKRNN_CUDA_KERNEL=registers, every cell's forward, and the backward of the LSTM and reset_after GRU (the
+other GRU's has no register variant).
 """
 
 import os
@@ -42,10 +45,14 @@ def run(cell, steps, backward, kernel):
 
 def main():
     one = sys.argv[2:] + ["lstm"]
-    cases = [(one[1], "mask", one[1] != "lstm", one[0])] if "--one" in sys.argv else [
-        (cell, steps, True, kernel) for cell in CELLS for steps in ("mask", "lengths")
-        for kernel in ("persistent", "step")] + [
-        (cell, steps, True, "cooperative") for cell in CELLS for steps in ("mask", "lengths")]
+    if "--one" in sys.argv:
+        cases = [(one[1], "mask", one[1] != "lstm" or "backward" in sys.argv, one[0])]
+    elif "--registers" in sys.argv:  # the variants with part of U in registers (a build with small counts of rows)
+        cases = [(cell, steps, cell != "gru_v1", "registers") for cell in CELLS for steps in ("mask", "lengths")]
+    else:
+        cases = [(cell, steps, True, kernel) for cell in CELLS for steps in ("mask", "lengths")
+                 for kernel in ("persistent", "step")] + [
+            (cell, steps, True, "cooperative") for cell in CELLS for steps in ("mask", "lengths")]
     for case in cases:
         run(*case)
     print(f"{len(cases)} cases ok")
