@@ -256,9 +256,9 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     U, b, b_rec = _dense(U), _dense(b), _dense(b_rec)
     per_step = B * (2 * GH + (n + 2) * H)  # the projection, its gathered copy, out, the states, hr
     spans = _scan.chunks(T, B, H, GH, (per_step, INFER_WORKSPACE // dtype.itemsize), whole=True)
-    k = spans[0][1]
+    k, name = spans[0][1], dtype.name  # a property that builds its string (~3 us)
     ext = _ext()
-    work = _empty((ext.infer_workspace(cell, dtype.name, k, B, H),), np.uint8)
+    work = _empty((ext.infer_workspace(cell, name, k, B, H),), np.uint8)
     finals = _empty((n, B, H), dtype)
     sizes, mask = _steps(plan.steps)
     plan_mask = mask if mask is not None else _dense(plan.mask)  # the masked kernels' mask is the plan's
@@ -267,7 +267,7 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     for t0, t1 in spans:
         proj = _project(x[t0:t1], W)  # alive until its chunk's kernels are queued
         ends = [_ptr(f) for f in finals] + [0] * (2 - n) if t1 == T else [0, 0]
-        ext.infer(cell, dtype.name, t1 - t0, B, H, 0 if sizes is None else _ptr(sizes) + 4 * t0,
+        ext.infer(cell, name, t1 - t0, B, H, 0 if sizes is None else _ptr(sizes) + 4 * t0,
                   0 if mask is None else _ptr(mask) + B * t0, bool(zero_output), bool(reset_after), t0, k,
                   k if t0 else 0, *_strided(proj), _opt_ptr(b), *_rows(plan), _ptr(plan_mask) + B * t0,
                   *_strided(out[t0:t1]), *inits, *ends, _ptr(U), _opt_ptr(b_rec), _ptr(work), stream)

@@ -2,6 +2,7 @@
 expected. Also decides the device: the inputs' own, or ``device=`` / ``MASKRNN_DEVICE`` when given."""
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,9 @@ def _where(a):
     """'cpu', 'cuda', or None for host objects without a device of their own (lists, scalars)."""
     if isinstance(a, np.ndarray):
         return "cpu"
+    cupy = sys.modules.get("cupy")  # a CuPy array without reading __cuda_array_interface__: a dict built per read
+    if cupy is not None and isinstance(a, cupy.ndarray):
+        return "cuda"
     if hasattr(a, "__cuda_array_interface__"):
         return "cuda"
     if hasattr(a, "__dlpack_device__"):
