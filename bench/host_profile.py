@@ -1,0 +1,76 @@
+"""Where a GPU call's host time goes, by Python function: cProfile over synchronised maskrnn calls on CuPy arrays
+(host lengths, float32), after a warm-up. On the H100 the host work before the first launch is a third of the
+(64,100,128,256) forward's wall time (bench/results/gpu-H100-20261127f/call2-gaps.txt); this names its parts.
+
+    python bench/host_profile.py [B,T,I,H] [--cell lstm|gru] [--calls 200] [--train] [--top 25]
+
+Needs a CUDA GPU and CuPy. Prints the wall time a call with and without the profiler, then the functions with the
+most own time and the most cumulative time.
+"""
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("shape", nargs="?", default="64,100,128,256", help="B,T,I,H")
+    parser.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--train", action="store_true", help="the training forward and backward (vjp) instead")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    import cupy
+
+    import maskrnn
+
+    B, T, I, H = (int(v) for v in args.shape.split(","))
+    G = 4 if args.cell == "lstm" else 3
+    rng = np.random.default_rng(0)
+    x = cupy.asarray(rng.standard_normal((B, T, I)), "float32")
+    W = cupy.asarray(rng.standard_normal((I, G * H)) * I**-0.5, "float32")
+    U = cupy.asarray(rng.standard_normal((H, G * H)) * H**-0.5, "float32")
+    b = cupy.zeros(G * H if args.cell == "lstm" else (2, G * H), "float32")
+    d = cupy.asarray(rng.standard_normal((B, T, H)), "float32")
+    lengths = rng.integers(T // 4, T + 1, B)
+    lengths[0] = T
+    if args.train:
+        vjp = maskrnn.lstm_vjp if args.cell == "lstm" else maskrnn.gru_vjp
+
+        def call():
+            return vjp(x, W, U, b, lengths=lengths)[1](d)
+    else:
+        op = maskrnn.lstm if args.cell == "lstm" else maskrnn.gru
+
+        def call():
+            return op(x, W, U, b, lengths=lengths)
+
+    sync = cupy.cuda.Device().synchronize
+
+    def run(n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+            sync()
+        return (time.perf_counter() - t0) / n * 1e3
+
+    run(20)
+    plain = run(args.calls)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    profiled = run(args.calls)
+    profiler.disable()
+    what = "fwd+bwd" if args.train else "fwd"
+    print(f"{args.cell} {B},{T},{I},{H} {what}: {plain:.3f} ms a synchronised call, {profiled:.3f} ms profiled; "
+          f"per-call times below are totals over {args.calls} calls")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(args.top)
+    stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
