@@ -4,8 +4,9 @@
 // MASKRNN_CUDA_KERNEL=persistent|cooperative|step forces one (read at every call), and "registers" the persistent
 // kernel's variant with part of U in registers where there is one (for tests); unset (or "auto"), the
 // persistent kernel runs where it fits: an sm_90 GPU with cluster launch, U's slice for one cluster of at most 16
-// CTAs in shared memory (the float32 forward and the LSTM backward: in shared memory and registers), and at least
-// one such cluster able to be resident; else the step kernels. The cooperative kernels (persistent_coop.cuh,
+// CTAs in shared memory (in float32, and the LSTM's and reset_after GRU's backward in float16 and bfloat16: in
+// shared memory and registers where shared memory alone is short), and at least one such cluster able to be
+// resident; else the step kernels. The cooperative kernels (persistent_coop.cuh,
 // persistent_coop_bwd.cuh) run only when forced: on an H100 they took 2-7 times the step kernels' time where they
 // were the choice before (H = 512, bench/results/gpu-H100-20261126b/README.md).
 // Forced where it cannot run, a kernel raises why.
@@ -151,8 +152,8 @@ bool run_persistent(const ScanParams& p, size_t (*smem)(int, int), void (*kernel
 
 [[noreturn]] inline void throw_no_register_variant() {
   throw std::runtime_error("MASKRNN_CUDA_KERNEL=registers cannot run this scan: it has no variant with part of U in "
-                           "registers (the float32 forward, the LSTM's and reset_after GRU's backward in float32, "
-                           "float16 and bfloat16 have one)");
+                           "registers (the float32 forward and backward have one, and the LSTM's and reset_after "
+                           "GRU's backward in float16 and bfloat16)");
 }
 
 // run_persistent of the kernel with U's slice all in shared memory (smem, kernel) where it fits, else, where that
@@ -232,9 +233,10 @@ bool persistent_gru_backward(const ScanParams& p, const T* gx, const T* U, const
         });
   return one_cluster_or_cooperative(
       [&] {
-        if (kernel_choice() == KernelChoice::kRegisters) throw_no_register_variant();
-        return run_persistent(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>, gx, U, hs, hr, d_out,
-                              dh, dgx, dgr);
+        constexpr int kRegK = kPersistGruV1BwdRegK<T>;  // its two products' register rows (persistent_gru_bwd.cuh)
+        return run_shared_or_registers(p, persist_gru_bwd_smem<T, false>, persistent_gru_bwd<T, false>,
+                                       persist_gru_bwd_smem<T, false, kRegK>, persistent_gru_bwd<T, false, kRegK>, gx,
+                                       U, hs, hr, d_out, dh, dgx, dgr);
       },
       [&] {
         run_cooperative(p, coop_smem<T, Cell::kGru>, persistent_coop_gru_bwd<T, false>, gx, U, hs, hr, d_out, dh,

@@ -34,22 +34,23 @@ constexpr size_t persist_bwd_smem(int H, int HC) {
          sizeof(T) * rows * HC;
 }
 
-// The backwards' U rows (LSTM and GRU: U transposed, K = G*H rows): the CTA's units j0 + u (u < HC; zero past H) of
-// U's row-major (H x K) array, U^T's row k of unit u at Us[s * HC + u] for k = persist_smem_k(s) (k fastest: U's
-// rows are read in order; zero for k >= K, where the last part of k ends past K), and the thread's register rows
-// ur.u[i][0] = U^T[q * kq + i][j] (zero for no unit).
+// The backwards' U rows (LSTM and GRU: U transposed, K = G*H rows), those of one product: U^T's rows [k0, k0 + KA)
+// for the CTA's units j0 + u (u < HC; zero past H) of U's row-major (H x K) array, U^T's row k0 + k of unit u at
+// Us[s * HC + u] for k = persist_smem_k(s) with parts of KA (k fastest: U's rows are read in order; zero for
+// k >= KA, where the last part of k ends past KA), and the thread's register rows ur.u[i][0] = U^T[k0 + q * kq +
+// i][j] (zero for no unit).
 template <typename T, typename Acc, int kRegK>
-__device__ inline void persist_load_ut(const T* U, int H, int K, int HC, int j, int jj, bool unit, T* Us,
-                                       PersistRegs<Acc, kRegK, 1>& ur) {
-  const int kq = (K + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(K, kRegK) : K;
+__device__ inline void persist_load_ut(const T* U, int H, int K, int k0, int KA, int HC, int j, int jj, bool unit,
+                                       T* Us, PersistRegs<Acc, kRegK, 1>& ur) {
+  const int kq = (KA + kRowGroups - 1) / kRowGroups, Ks = kRegK ? persist_smem_rows(KA, kRegK) : KA;
   const int tid = int(threadIdx.x);
   for (int i = tid; i < Ks * HC; i += int(blockDim.x)) {
     const int s = i % Ks, u = i / Ks, jg = j - jj + u, k = persist_smem_k(s, kq, kRegK);
-    Us[s * HC + u] = jg < H && k < K ? U[int64_t(jg) * K + k] : T(0.0f);
+    Us[s * HC + u] = jg < H && k < KA ? U[int64_t(jg) * K + k0 + k] : T(0.0f);
   }
   if constexpr (kRegK > 0)
 #pragma unroll
-    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + tid / HC * kq + i]) : Acc(0);
+    for (int i = 0; i < kRegK; ++i) ur.u[i][0] = unit ? to_acc(U[int64_t(j) * K + k0 + tid / HC * kq + i]) : Acc(0);
 }
 
 // Launched like persistent_fwd (persist_bwd_smem<T, kRegK> bytes of dynamic shared memory); the other arguments as
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
   PersistRegs<Acc, kRegK, 1> ur;  // U's other rows: thread (jj, q)'s part's first kRegK
-  persist_load_ut(U, H, K, HC, j, jj, unit, Us, ur);
+  persist_load_ut(U, H, K, 0, K, HC, j, jj, unit, Us, ur);
   bool ok[RT];
   Acc dhr[RT], dcr[RT], carry[RT];
 #pragma unroll

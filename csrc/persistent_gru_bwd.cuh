@@ -20,26 +20,46 @@
 //   need every CTA to form v for all H units (C times the product's work).
 // A step where none of the slice's rows is computed (sizes[t] <= first row) pushes nothing and has no barrier.
 //
-// reset_after in float32 from H = 433 (U's rows and the doubled buffer outgrow shared memory): as the LSTM's
-// (persistent_bwd.cuh), the kernel (kRegK = kPersistBwdRegK) keeps the first kRegK rows of each thread's part of k
-// in registers and dgr in one buffer, with a second cluster barrier a step. Not reset_after (from H = 481) has none.
+// Where U's rows outgrow shared memory, the kernel (kRegK > 0) keeps the first rows of each thread's part of k in
+// registers, as the LSTM's (persistent_bwd.cuh). reset_after, in float32 from H = 433 (U's rows and the doubled
+// buffer): kRegK = kPersistBwdRegK rows of U^T's 3H, and dgr in one buffer, with a second cluster barrier a step.
+// Not reset_after, in float32 from H = 481: its two products have their own rows, kRegK = kPersistGruV1BwdRegK of
+// U_zr^T's 2H (the (dz, dr) product) and kRegK / 2 of U_h^T's H (the dhh product); its buffers are single already.
 #include "persistent_bwd.cuh"
 
 namespace maskrnn {
 
+// The register rows of the backward without reset_after (float32 only: in float16 and bfloat16 U's rows fit shared
+// memory up to H = 512): 32 + 16, where its U rows and buffers need 233044 bytes from H = 481 (at most 232448).
+#ifndef MASKRNN_PERSIST_BWD_V1_REG_K
+#define MASKRNN_PERSIST_BWD_V1_REG_K 32
+#endif
+template <typename T> constexpr int kPersistGruV1BwdRegK = std::is_same_v<T, float> ? MASKRNN_PERSIST_BWD_V1_REG_K : 0;
+
 // The exchange buffers of 3H x kPersistRows: reset_after's dgr doubled, but where U's rows are partly in registers.
 template <bool kResetAfter, int kRegK> constexpr int kGruBwdBuffers = kResetAfter && !kRegK ? 2 : 1;
 
+// U's rows in shared memory: 3H, or with kRegK register rows a thread: reset_after persist_smem_rows(3H, kRegK);
+// else U_zr^T's persist_smem_rows(2H, kRegK) then U_h^T's persist_smem_rows(H, kRegK / 2). -1: a split that does
+// not hold.
+template <bool kResetAfter, int kRegK>
+constexpr int gru_bwd_smem_rows(int H) {
+  static_assert(kResetAfter || kRegK == 0 || kRegK >= 2, "U_h's part needs a register row");
+  if (!kRegK) return 3 * H;
+  if (kResetAfter) return persist_smem_rows(3 * H, kRegK);
+  const int zr = persist_smem_rows(2 * H, kRegK), h = persist_smem_rows(H, kRegK / 2);
+  return zr < 0 || h < 0 ? -1 : zr + h;
+}
+
 // Shared memory of one CTA: persist_dot's partial sums, the exchange buffers (accumulation type), then U's rows
-// (storage type; persist_smem_rows(3H, kRegK) of them where kRegK > 0, and more than any GPU has where that split
-// does not hold).
+// (storage type; gru_bwd_smem_rows, and more than any GPU has where the split does not hold).
 template <typename T, bool kResetAfter, int kRegK = 0>
 constexpr size_t persist_gru_bwd_smem(int H, int HC) {
-  static_assert(kResetAfter || kRegK == 0, "without reset_after, U's rows are all in shared memory");
-  if (kRegK && persist_smem_rows(3 * H, kRegK) < 0) return ~size_t(0);
-  const size_t rows = kRegK ? size_t(persist_smem_rows(3 * H, kRegK)) : size_t(3 * H);
+  const int rows = gru_bwd_smem_rows<kResetAfter, kRegK>(H);
+  if (rows < 0) return ~size_t(0);
   return persist_red_smem<acc_t<T>>(1, HC) +
-         sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * kGruBwdBuffers<kResetAfter, kRegK> + sizeof(T) * rows * HC;
+         sizeof(acc_t<T>) * size_t(3 * H) * kPersistRows * kGruBwdBuffers<kResetAfter, kRegK> +
+         sizeof(T) * size_t(rows) * HC;
 }
 
 // Launched like persistent_fwd (persist_gru_bwd_smem<T, kResetAfter, kRegK> bytes of dynamic shared memory); the
@@ -61,15 +81,23 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   // reset_after: [kBuffers][3H][R], dgr. Else [3H][R]: dhh (H), then dz and dr (2H).
-  static_assert(kResetAfter || kRegK == 0, "without reset_after, U's rows are all in shared memory");
-  constexpr int kBuffers = kGruBwdBuffers<kResetAfter, kRegK>;
+  constexpr int kBuffers = kGruBwdBuffers<kResetAfter, kRegK>, kRegH = kResetAfter ? 0 : kRegK / 2;
   Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
   Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);
   Acc* zrbuf = dgbuf + H * R;  // not reset_after
   T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
-  PersistRegs<Acc, kRegK, 1> ur;  // U's other rows: thread (jj, q)'s part's first kRegK
-  persist_load_ut(U, H, K, HC, j, jj, unit, Us, ur);
+  // U's other rows, thread (jj, q)'s part's first kRegK: reset_after U^T's (3H); else U_zr^T's (2H), and in urh
+  // U_h^T's first kRegK / 2, whose shared-memory rows (Uh) follow U_zr^T's.
+  PersistRegs<Acc, kRegK, 1> ur;
+  PersistRegs<Acc, kRegH, 1> urh;
+  T* Uh = Us + (kRegK ? persist_smem_rows(2 * H, kRegK) : 2 * H) * HC;  // not reset_after
+  if constexpr (kResetAfter) {
+    persist_load_ut(U, H, K, 0, K, HC, j, jj, unit, Us, ur);
+  } else {
+    persist_load_ut(U, H, K, 0, 2 * H, HC, j, jj, unit, Us, ur);
+    persist_load_ut(U, H, K, 2 * H, H, HC, j, jj, unit, Uh, urh);
+  }
   bool ok[RT];
   Acc dhr[RT], carry[RT];
 #pragma unroll
@@ -80,11 +108,11 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   }
   cluster.sync();  // every CTA of the cluster has started before its peers push into it
 
-  // dh += A Us[k0 : k0 + K_A]^T for the rows real at step t (n rows computed there), A the K_A x R buffer dgT
-  // (kRegK > 0: k0 = 0, K_A = K, with the rows in registers). Every thread of the CTA calls it (persist_dot).
-  auto product = [&](const Acc* dgT, int k0, int KA, int t, int n) {
+  // dh += A Us[0 : K_A]^T for the rows real at step t (n rows computed there), A the K_A x R buffer dgT (reset_after
+  // U^T, else U_zr^T; their rows in ur too). Every thread of the CTA calls it (persist_dot).
+  auto product = [&](const Acc* dgT, int KA, int t, int n) {
     Acc acc[RT][1] = {};
-    persist_dot(dgT, Us + k0 * HC, KA, HC, jj, r0, 0, 1, red, acc, ur);
+    persist_dot(dgT, Us, KA, HC, jj, r0, 0, 1, red, acc, ur);
 #pragma unroll
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] += acc[i][0];
@@ -112,9 +140,9 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     }
     if (next_active) {
       if constexpr (kResetAfter)
-        product(dgbuf + (phase % kBuffers) * K * R, 0, K, t + 1, n_next);
+        product(dgbuf + (phase % kBuffers) * K * R, K, t + 1, n_next);
       else
-        product(zrbuf, 0, 2 * H, t + 1, n_next);
+        product(zrbuf, 2 * H, t + 1, n_next);
     }
     // The pushed gradients, rounded to the storage type (0 for rows not real at t): z, r, h (dhh for not
     // reset_after, its r comes after the first exchange).
@@ -166,7 +194,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
         persist_push<T, 1>(cluster, dgbuf, H, HC, unit, j, r0, [&](int, int i) { return d[2][i]; });
         cluster.sync();  // dhh_t is everywhere; every read of the (dz, dr) buffer of step t + 1 is done
         Acc v[RT][1] = {};  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
-        persist_dot(dgbuf, Us + 2 * H * HC, H, HC, jj, r0, 0, 1, red, v);
+        persist_dot(dgbuf, Uh, H, HC, jj, r0, 0, 1, red, v, urh);
 #pragma unroll
         for (int i = 0; i < RT; ++i) {
           if (!real[i]) continue;
@@ -185,9 +213,9 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   }
   if (next_active) {  // the gradient of h0
     if constexpr (kResetAfter)
-      product(dgbuf + (phase % kBuffers) * K * R, 0, K, 0, n_next);
+      product(dgbuf + (phase % kBuffers) * K * R, K, 0, n_next);
     else
-      product(zrbuf, 0, 2 * H, 0, n_next);
+      product(zrbuf, 2 * H, 0, n_next);
   }
 #pragma unroll
   for (int i = 0; i < RT; ++i)

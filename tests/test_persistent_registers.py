@@ -1,7 +1,7 @@
 """The persistent kernels with part of U in registers (csrc/persistent_fwd.cuh kPersistRegK, persistent_bwd.cuh
-kPersistBwdRegK) on the CUDA emulation: at H = 509 and 512, where U's slice (and the backward's doubled gradient
-buffer) outgrow a CTA's shared memory. The float32 forward of every cell and the LSTM's and reset_after GRU's
-backward, forced, against the float64 reference and the step kernels; unforced, the choice. Split from
+kPersistBwdRegK, persistent_gru_bwd.cuh kPersistGruV1BwdRegK) on the CUDA emulation: at H = 509 and 512, where U's
+slice (and the backward's doubled gradient buffer) outgrow a CTA's shared memory. The float32 forward and backward
+of every cell, forced, against the float64 reference and the step kernels; unforced, the choice. Split from
 test_persistent.py (whose helpers it uses) so that the emulation suite's two workers share the work. Runs with the
 CUDA-emulation suite (``-p plugin``, after build.py); skipped otherwise."""
 
@@ -49,13 +49,15 @@ def register_case(rng, cell, shape, mask_kind):
 
 # LSTM and GRU (reset_after) at H = 509 and 512: U's rows and the doubled gradient buffer outgrow shared memory, so
 # the backward keeps part of U in registers and one gradient buffer (two cluster barriers a step; kPersistBwdRegK
-# in csrc/persistent_bwd.cuh): forced persistent raises where no variant fits, so these run it. The float64
-# reference runs the step kernels' forward (no float64 persistent one fits); float32's tolerance as
+# in csrc/persistent_bwd.cuh); the GRU without reset_after, rows of both its products (U_zr's and U_h's, each split
+# with its own parts of k; kPersistGruV1BwdRegK): forced persistent raises where no variant fits, so these run it.
+# The float64 reference runs the step kernels' forward (no float64 persistent one fits); float32's tolerance as
 # test_persistent_forward_with_registers's (float16's error is its storage's rounding, not the sums').
 @pytest.mark.parametrize("cell, shape, mask_kind, dtype", [("lstm", (2, 4, 2, 509), "lengths", "float32"),
                                                            ("lstm", (9, 2, 3, 512), "post_holes", "float32"),
                                                            ("lstm", (2, 2, 2, 509), "holes", "float16"),
-                                                           ("gru", (9, 3, 2, 509), "post_holes", "float32")])
+                                                           ("gru", (9, 3, 2, 509), "post_holes", "float32"),
+                                                           ("gru_v1", (3, 3, 2, 509), "holes", "float32")])
 def test_persistent_backward_with_registers(monkeypatch, rng, cell, shape, mask_kind, dtype):
     allow_half(monkeypatch)
     p, kw = register_case(rng, cell, shape, mask_kind)
@@ -76,28 +78,29 @@ def test_auto_runs_the_register_variant_where_shared_memory_is_short(monkeypatch
         np.testing.assert_array_equal(a, b)
 
 
-def test_auto_runs_the_lstm_backward_with_registers_where_shared_memory_is_short(monkeypatch, rng):
-    """float32 LSTM at H=512, on the persistent forward's tape: unforced, the gradients are the persistent
-    backward's with part of U in registers, not the step kernels'."""
-    upstream = random_upstream(rng, "lstm", 1, 2, 512)
-    p = tp.cast(make_problem(rng, "lstm", 1, 2, 2, 512), np.float32)
-    auto = tp.backward(monkeypatch, "auto", "lstm", p, upstream)
-    persistent = tp.backward(monkeypatch, "persistent", "lstm", p, upstream)
-    step = tp.backward(monkeypatch, "step", "lstm", p, upstream)
+@pytest.mark.parametrize("cell", CELLS)
+def test_auto_runs_the_backward_with_registers_where_shared_memory_is_short(monkeypatch, rng, cell):
+    """float32 at H=512, on the persistent forward's tape: unforced, the gradients are the persistent backward's with
+    part of U in registers, not the step kernels'."""
+    upstream = random_upstream(rng, cell, 1, 2, 512)
+    p = tp.cast(make_problem(rng, cell, 1, 2, 2, 512), np.float32)
+    auto = tp.backward(monkeypatch, "auto", cell, p, upstream)
+    persistent = tp.backward(monkeypatch, "registers", cell, p, upstream)
+    step = tp.backward(monkeypatch, "step", cell, p, upstream)
     assert any(not np.array_equal(persistent[k], step[k]) for k in step)
     for k in auto:
         np.testing.assert_array_equal(auto[k], persistent[k])
 
 
 def test_forced_registers_raise_where_they_cannot_run(monkeypatch, rng):
-    """MASKRNN_CUDA_KERNEL=registers runs the variant with part of U in registers or raises why: none for float64,
-    none for the backward of the GRU without reset_after, and at H=37 a thread's part of k (5 rows) is shorter than
-    the forward's 32 register rows."""
+    """MASKRNN_CUDA_KERNEL=registers runs the variant with part of U in registers or raises why: none for float64
+    (forward or backward), and at H=37 a thread's part of k (5 rows) is shorter than the forward's 32 register
+    rows."""
     p = make_problem(rng, "lstm", 2, 3, 2, 37)
     with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=registers cannot run this scan: it has no variant"):
         tp.forward(monkeypatch, "registers", "lstm", p)
     with pytest.raises(RuntimeError, match="registers cannot run this scan: at H=37 a thread's part of U's rows"):
         tp.forward(monkeypatch, "registers", "lstm", tp.cast(p, np.float32))
-    q = tp.cast(make_problem(rng, "gru_v1", 2, 3, 2, 37), np.float32)
     with pytest.raises(RuntimeError, match="MASKRNN_CUDA_KERNEL=registers cannot run this scan: it has no variant"):
-        tp.backward(monkeypatch, "registers", "gru_v1", q, random_upstream(rng, "gru_v1", 2, 3, 37))
+        tp.backward(monkeypatch, "registers", "gru_v1", make_problem(rng, "gru_v1", 2, 3, 2, 37),
+                    random_upstream(rng, "gru_v1", 2, 3, 37))

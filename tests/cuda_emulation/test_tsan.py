@@ -76,10 +76,12 @@ def test_tsan_reports_a_removed_barrier(mutant, kernel, cell, where):
 
 # The variants with part of U in registers run on a GPU from H = 364 (csrc/persistent.cuh), too big for TSan (and
 # for compute-sanitizer's racecheck: bench/results/gpu-H100-20261127f). Built with 2 register rows a thread in the
-# forward and 4 in the backward, they run at H = 37 (forced: MASKRNN_CUDA_KERNEL=registers), through the same code:
-# the rows split between registers and shared memory, the last part of k past K, the backward's one gradient buffer
-# and the second cluster barrier a step that it needs.
-REGISTERS = ["--define", "MASKRNN_PERSIST_REG_K=2", "--define", "MASKRNN_PERSIST_BWD_REG_K=4"]
+# forward and 4 in the backward (4 and 2 in the two products of the GRU's without reset_after), they run at H = 37
+# (forced: MASKRNN_CUDA_KERNEL=registers), through the same code: the rows split between registers and shared
+# memory, the last part of k past K, the backward's one gradient buffer and the second cluster barrier a step that
+# it needs.
+REGISTERS = ["--define", "MASKRNN_PERSIST_REG_K=2", "--define", "MASKRNN_PERSIST_BWD_REG_K=4",
+             "--define", "MASKRNN_PERSIST_BWD_V1_REG_K=4"]
 
 
 def test_register_kernels_are_race_free_under_tsan():

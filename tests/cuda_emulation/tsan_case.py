@@ -6,9 +6,8 @@ one row tile keeps the thread count (TSan's cost) low. Each case runs with the p
 backward, every cell) and with the step kernels (MASKRNN_CUDA_KERNEL), and with the cooperative kernels (37
 CTAs of one unit). ``--one KERNEL [CELL] [backward]`` (a mutant's): only the LSTM's
 masked forward by that kernel (its backward too with ``backward``), or CELL's masked forward and backward.
-``--registers`` (on a build with MASKRNN_PERSIST_REG_K and MASKRNN_PERSIST_BWD_REG_K small enough for H = 37):
-MASKRNN_CUDA_KERNEL=registers, every cell's forward, and the backward of the LSTM and reset_after GRU (the
-other GRU's has no register variant).
+``--registers`` (on a build with MASKRNN_PERSIST_REG_K, MASKRNN_PERSIST_BWD_REG_K and MASKRNN_PERSIST_BWD_V1_REG_K
+small enough for H = 37): MASKRNN_CUDA_KERNEL=registers, every cell forward and backward.
 """
 
 import os
@@ -48,7 +47,7 @@ def main():
     if "--one" in sys.argv:
         cases = [(one[1], "mask", one[1] != "lstm" or "backward" in sys.argv, one[0])]
     elif "--registers" in sys.argv:  # the variants with part of U in registers (a build with small counts of rows)
-        cases = [(cell, steps, cell != "gru_v1", "registers") for cell in CELLS for steps in ("mask", "lengths")]
+        cases = [(cell, steps, True, "registers") for cell in CELLS for steps in ("mask", "lengths")]
     else:
         cases = [(cell, steps, True, kernel) for cell in CELLS for steps in ("mask", "lengths")
                  for kernel in ("persistent", "step")] + [
