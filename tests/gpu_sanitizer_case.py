@@ -36,8 +36,8 @@ def rand(shape, dtype, scale=1.0):
 
 # H = 509, where U's slice outgrows a CTA's shared memory and each thread keeps part of it in registers (16-CTA
 # clusters; two batch slices): the float32 forward, inference and training, and the backward (the LSTM's and
-# reset_after GRU's: one gradient buffer, two barriers a step; the other GRU's: the step kernels), and the LSTM in
-# float16.
+# reset_after GRU's: one gradient buffer, two barriers a step; the other GRU's: register rows for each of its two
+# products), and the LSTM in float16.
 H5 = 509
 if PART in ("all", "registers"):
     for dtype in ("float32", "float16"):
