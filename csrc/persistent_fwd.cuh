@@ -56,8 +56,9 @@ __host__ __device__ constexpr size_t persist_red_smem(int G, int HC) {
 // keeps the first kRegK rows of its part of k (persist_dot) for its unit's G gates, 4 * kRegK registers for the
 // LSTM (128 of the 255 a thread may have at 256 threads a CTA), and shared memory holds the rest of the slice.
 // Zero: all of U's slice in shared memory (every other dtype: float64's 32 rows would be 256 registers).
-// MASKRNN_PERSIST_REG_K (and MASKRNN_PERSIST_BWD_REG_K, persistent_bwd.cuh) set other counts: the emulation's
-// ThreadSanitizer build runs the register kernels at H = 37 with 2 and 4 (tests/cuda_emulation/test_tsan.py).
+// MASKRNN_PERSIST_REG_K (and MASKRNN_PERSIST_BWD_REG_K, persistent_bwd.cuh; MASKRNN_PERSIST_BWD_V1_REG_K,
+// persistent_gru_bwd.cuh) set other counts: the emulation's ThreadSanitizer build runs the register kernels at
+// H = 37 with 2, 4 and 4 (tests/cuda_emulation/test_tsan.py).
 #ifndef MASKRNN_PERSIST_REG_K
 #define MASKRNN_PERSIST_REG_K 32
 #endif
