@@ -7,12 +7,12 @@
 # Steps: 1 install (gpu + test extras, this GPU's architecture only), 2 nvidia-smi / maskrnn info / versions,
 # 3 pytest on the GPU cases (every `device` test on cuda; CI runs the rest), 4 compute-sanitizer memcheck, racecheck
 # (its H=37 part: the H=509 part is too slow for it), synccheck and initcheck on tests/gpu_sanitizer_case.py,
-# 5 `maskrnn bench --full` and the training example on cuda. Each step runs under `timeout` with its own budget (a
-# step past it is cut and reported), so the summary (step 6) always comes. Output goes to $OUT when set, else
-# bench/results/gpu-<device>-<date>/: at most 8 files (the device machine returns no more): summary.txt,
-# install.log, info.log, pytest.log, junit.xml, sanitizers.log, bench.json, bench.log. Environment: PYTHON (default
-# python3); wheels for missing packages may be put in .whl/ (installed first, without their dependencies; pip never
-# uses the network).
+# 5 `maskrnn bench --full`, the training example and bench/host_profile.py on cuda. Each step runs under `timeout`
+# with its own budget (a step past it is cut and reported), so the summary (step 6) always comes. Output goes to
+# $OUT when set, else bench/results/gpu-<device>-<date>/: at most 8 files (the device machine returns no more):
+# summary.txt, install.log, info.log, pytest.log, junit.xml, sanitizers.log, bench.json, bench.log (the host
+# profile at its end). Environment: PYTHON (default python3); wheels for missing packages may be put in .whl/
+# (installed first, without their dependencies; pip never uses the network).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -32,15 +32,17 @@ export PYTHONUNBUFFERED=1  # a step cut at its budget keeps the output it printe
 # synccheck and initcheck 13 s each, the full bench 107 s, the training example 12 s; in -20261127e racecheck 85 s,
 # the bench 92 s. In -20261127f (the sanitizer case grown by the register kernels at H=509) memcheck 40 s, synccheck
 # and initcheck 10 s, the bench 98 s; racecheck was cut at 150 s, and on the H=509 part alone at 110 s: racecheck
-# runs the case's other part ("small", 85 s before), the three others all of it.
-B_INSTALL=40 B_INFO=15 B_PYTEST=60 B_BENCH=140 B_TRAIN=20
-declare -A B_SANITIZER=([memcheck]=50 [racecheck]=150 [synccheck]=25 [initcheck]=25)
+# runs the case's other part ("small", 85 s before), the three others all of it. bench/host_profile.py (added
+# since; not yet run on a GPU): the imports and 220 synchronised calls of 1-2 ms.
+B_INSTALL=40 B_INFO=15 B_PYTEST=60 B_BENCH=140 B_TRAIN=20 B_HOST=30
+declare -A B_SANITIZER=([memcheck]=50 [racecheck]=120 [synccheck]=25 [initcheck]=25)
 declare -A SANITIZER_PART=([memcheck]=all [racecheck]=small [synccheck]=all [initcheck]=all)
 # The tests that run on the GPU: every `device` case on cuda and the torch.nn GPU cases (their ids name cuda).
 # The CPU-only rest of the suite runs in CI; with 150 s here it would crowd out the GPU cases.
 PYTEST_ARGS=(-q -ra -p no:cacheprovider -k cuda tests)
 BENCH_ARGS=(--full --devices cuda --partial)
 TRAIN_ARGS=(--device cuda --steps 200)
+HOST_ARGS=(--calls 100 --top 20)  # the (64,100,128,256) LSTM inference's host time by function
 SANITIZERS=(memcheck racecheck synccheck initcheck)
 
 if [ "$DRY" = 1 ]; then
@@ -86,7 +88,7 @@ if [ "$DRY" = 1 ]; then
     command -v "$tool" >/dev/null && echo "found $tool" || echo "not here (needed on the GPU machine): $tool"
   done
   "$PY" -m pip --version >/dev/null || { echo "pip is missing for $PY" >&2; fail=1; }
-  "$PY" -m py_compile tests/gpu_sanitizer_case.py examples/train_masked.py || fail=1
+  "$PY" -m py_compile tests/gpu_sanitizer_case.py examples/train_masked.py bench/host_profile.py || fail=1
   "$PY" - "${BENCH_ARGS[@]}" --json "$RES/bench.json" <<'EOF' || { echo "bench rejects its flags" >&2; fail=1; }
 import argparse, sys
 from maskrnn import bench
@@ -97,6 +99,10 @@ EOF
   help=$("$PY" examples/train_masked.py --help) || fail=1
   for flag in "${TRAIN_ARGS[@]}"; do
     case $flag in --*) grep -q -- "$flag" <<<"$help" || { echo "train_masked.py has no $flag" >&2; fail=1; } ;; esac
+  done
+  help=$("$PY" bench/host_profile.py --help) || fail=1
+  for flag in "${HOST_ARGS[@]}"; do
+    case $flag in --*) grep -q -- "$flag" <<<"$help" || { echo "host_profile.py has no $flag" >&2; fail=1; } ;; esac
   done
   [ "$fail" = 1 ] || "$PY" -m pytest --collect-only "${PYTEST_ARGS[@]}" --junitxml="$RES/junit.xml" \
     >"$RES/collect.log" 2>&1 || { tail -20 "$RES/collect.log" >&2; echo "pytest cannot collect the suite" >&2; fail=1; }
@@ -123,6 +129,7 @@ for tool in "${SANITIZERS[@]}"; do
 done
 step "5 bench" "$B_BENCH" bench.log "$PY -m maskrnn bench ${BENCH_ARGS[*]} --json $RES/bench.json"
 step "5 train" "$B_TRAIN" bench.log "echo '### examples/train_masked.py'; $PY examples/train_masked.py ${TRAIN_ARGS[*]}"
+step "5 host" "$B_HOST" bench.log "echo '### bench/host_profile.py'; $PY bench/host_profile.py ${HOST_ARGS[*]}"
 
 # 6: the summary, also written to summary.txt.
 {
