@@ -39,15 +39,22 @@ template <typename T> constexpr int kPersistGruV1BwdRegK = std::is_same_v<T, flo
 // The exchange buffers of 3H x kPersistRows: reset_after's dgr doubled, but where U's rows are partly in registers.
 template <bool kResetAfter, int kRegK> constexpr int kGruBwdBuffers = kResetAfter && !kRegK ? 2 : 1;
 
+// Not reset_after: the register rows of U_h^T's part (the dhh product) for kRegK of U_zr^T's, and U_zr^T's rows in
+// shared memory (U_h^T's follow them there); -1: a split that does not hold.
+template <int kRegK> constexpr int kGruV1RegH = kRegK / 2;
+template <int kRegK>
+constexpr int gru_v1_zr_smem_rows(int H) {
+  return kRegK ? persist_smem_rows(2 * H, kRegK) : 2 * H;
+}
+
 // U's rows in shared memory: 3H, or with kRegK register rows a thread: reset_after persist_smem_rows(3H, kRegK);
-// else U_zr^T's persist_smem_rows(2H, kRegK) then U_h^T's persist_smem_rows(H, kRegK / 2). -1: a split that does
-// not hold.
+// else U_zr^T's then U_h^T's persist_smem_rows(H, kGruV1RegH). -1: a split that does not hold.
 template <bool kResetAfter, int kRegK>
 constexpr int gru_bwd_smem_rows(int H) {
-  static_assert(kResetAfter || kRegK == 0 || kRegK >= 2, "U_h's part needs a register row");
+  static_assert(kResetAfter || kRegK == 0 || kGruV1RegH<kRegK> >= 1, "U_h's part needs a register row");
   if (!kRegK) return 3 * H;
   if (kResetAfter) return persist_smem_rows(3 * H, kRegK);
-  const int zr = persist_smem_rows(2 * H, kRegK), h = persist_smem_rows(H, kRegK / 2);
+  const int zr = gru_v1_zr_smem_rows<kRegK>(H), h = persist_smem_rows(H, kGruV1RegH<kRegK>);
   return zr < 0 || h < 0 ? -1 : zr + h;
 }
 
@@ -81,17 +88,17 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
   const bool unit = j < H;
   extern __shared__ __align__(16) unsigned char persist_smem_raw[];
   // reset_after: [kBuffers][3H][R], dgr. Else [3H][R]: dhh (H), then dz and dr (2H).
-  constexpr int kBuffers = kGruBwdBuffers<kResetAfter, kRegK>, kRegH = kResetAfter ? 0 : kRegK / 2;
+  constexpr int kBuffers = kGruBwdBuffers<kResetAfter, kRegK>, kRegH = kResetAfter ? 0 : kGruV1RegH<kRegK>;
   Acc* red = reinterpret_cast<Acc*>(persist_smem_raw);  // persist_dot's partial sums
   Acc* dgbuf = red + persist_red_smem<Acc>(1, HC) / sizeof(Acc);
   Acc* zrbuf = dgbuf + H * R;  // not reset_after
   T* Us = reinterpret_cast<T*>(dgbuf + kBuffers * K * R);  // [Ks][HC]: U[j][k] at s * HC + jj
   const int64_t BH = int64_t(B) * H;
   // U's other rows, thread (jj, q)'s part's first kRegK: reset_after U^T's (3H); else U_zr^T's (2H), and in urh
-  // U_h^T's first kRegK / 2, whose shared-memory rows (Uh) follow U_zr^T's.
+  // U_h^T's first kRegH, whose shared-memory rows (Uh) follow U_zr^T's.
   PersistRegs<Acc, kRegK, 1> ur;
   PersistRegs<Acc, kRegH, 1> urh;
-  T* Uh = Us + (kRegK ? persist_smem_rows(2 * H, kRegK) : 2 * H) * HC;  // not reset_after
+  T* Uh = Us + gru_v1_zr_smem_rows<kRegK>(H) * HC;  // not reset_after
   if constexpr (kResetAfter) {
     persist_load_ut(U, H, K, 0, K, HC, j, jj, unit, Us, ur);
   } else {
