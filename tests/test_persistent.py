@@ -28,7 +28,6 @@ def cast(p, dtype):
     return {k: (tuple(s.astype(dtype) for s in v) if isinstance(v, tuple) else v.astype(dtype)) for k, v in p.items()}
 
 
-
 def call(fn, p, extra, **kw):
     q = dict(p)
     return fn(q.pop("x"), q.pop("kernel"), q.pop("recurrent_kernel"), q.pop("bias", None), **q, **kw, **extra)
