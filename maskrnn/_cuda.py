@@ -82,11 +82,88 @@ def _empty(shape, dtype):
     return cupy.empty(shape, dtype)
 
 
-def matmul(a, b, out=None):
-    """The all-step GEMMs (maskrnn/_scan.py): cuBLAS through CuPy."""
+# cuBLAS's enum values, as cupy_backends' gemmEx takes them: cudaDataType_t (library_types.h) by dtype name,
+# cublasComputeType_t and cublasOperation_t (cublas_api.h).
+_CUDA_TYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}  # CUDA_R_32F, _64F, _16F, _16BF
+_COMPUTE_32F, _COMPUTE_64F = 68, 70  # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_64F
+OP_N, OP_T = 0, 1
+_GEMM_DEFAULT = -1
+_SCALARS = [np.array([1.0, 0.0], t) for t in (np.float32, np.float64)]  # alpha, beta: host memory, kept alive
+_ALPHA_BETA = {t: (a.ctypes.data, a.ctypes.data + a.itemsize) for t, a in zip((_COMPUTE_32F, _COMPUTE_64F), _SCALARS)}
+_INT_MAX = 2**31 - 1
+
+
+def _cublas():
+    """(cupy_backends' cuBLAS module, the current device's cuBLAS handle); its gemmEx sets the handle's stream to
+    CuPy's current one."""
+    from cupy.cuda import device
+    from cupy_backends.cuda.libs import cublas
+
+    return cublas, device.get_cublas_handle()
+
+
+def _cupy_matmul(a, b, out):
     import cupy
 
     return cupy.matmul(a, b, out=out)
+
+
+def _operand(m):
+    """(op, ld) that hand the 2-D array m (r,c) to column-major cuBLAS as m^T (c,r), read in place: op N with ld
+    its row stride where its rows have unit stride (C order), op T with ld its column stride where its columns
+    do (a transposed C-order array); None for any other layout. Strides in elements; a stride along an axis of
+    length 1 is never used, and ld then takes the least value cuBLAS accepts."""
+    r, c = m.shape
+    s0, s1 = m.strides
+    isz = m.itemsize
+    if s0 % isz or s1 % isz:
+        return None
+    s0, s1 = s0 // isz, s1 // isz
+    if s1 == 1 or c == 1:
+        ld = s0 if r > 1 else max(c, 1)
+        return (OP_N, ld) if max(c, 1) <= ld <= _INT_MAX else None
+    if s0 == 1 or r == 1:
+        ld = s1 if c > 1 else max(r, 1)
+        return (OP_T, ld) if max(r, 1) <= ld <= _INT_MAX else None
+    return None
+
+
+def matmul(a, b, out=None):
+    """The all-step GEMMs (maskrnn/_scan.py): a (M,K) @ b (K,N) into out (M,N) (or a new array) in one
+    cublasGemmEx call through CuPy's binding, operands read in place (C order or transposed), accumulating in
+    float32 (float64 for float64; TF32 never: README, GPU engine). cupy.matmul makes the same cuBLAS call behind
+    its general-purpose checks, a few tens of us of host time per GEMM before the first kernel's launch
+    (bench/results/gpu-H100-20261127f/call2-gaps.txt). Other shapes, layouts and dtypes, and empty products,
+    go to cupy.matmul. out must not overlap a or b."""
+    if out is None and a.ndim == b.ndim == 2 and a.dtype == b.dtype:
+        out = _empty((a.shape[0], b.shape[1]), a.dtype)
+    plan = _gemm_plan(a, b, out)
+    if plan is None:
+        return _cupy_matmul(a, b, out)
+    cublas, handle = _cublas()
+    dtype, compute, (opa, lda), (opb, ldb), ldc = plan
+    alpha, beta = _ALPHA_BETA[compute]
+    M, K = a.shape
+    N = b.shape[1]
+    # Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's first operand is b, its second a.
+    cublas.gemmEx(handle, opb, opa, N, M, K, alpha, _addr(b), dtype, ldb, _addr(a), dtype, lda, beta, _addr(out),
+                  dtype, ldc, compute, _GEMM_DEFAULT)
+    return out
+
+
+def _gemm_plan(a, b, out):
+    """(cudaDataType, compute type, a's (op, ld), b's, out's ld) for matmul's cuBLAS call, or None."""
+    if a.ndim != 2 or b.ndim != 2 or out is None or out.ndim != 2 or not a.dtype == b.dtype == out.dtype:
+        return None
+    dtype = _CUDA_TYPES.get(a.dtype.name)
+    M, K = a.shape
+    N = b.shape[1]
+    if dtype is None or b.shape[0] != K or out.shape != (M, N) or 0 in (M, K, N) or max(M, K, N) > _INT_MAX:
+        return None
+    A, Bm, C = _operand(a), _operand(b), _operand(out)
+    if A is None or Bm is None or C is None or C[0] != OP_N:
+        return None
+    return dtype, _COMPUTE_64F if dtype == 1 else _COMPUTE_32F, A, Bm, C[1]
 
 
 def _ptrs(gx, *arrays):

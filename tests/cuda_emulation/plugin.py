@@ -2,8 +2,9 @@
 engine's Python layer, on NumPy arrays with the host-emulated CUDA kernels built by build.py. The suite's CPU
 cases then check the CUDA kernels against the float64 reference without a GPU.
 
-Half precision: the engine's all-step GEMMs (its optional ``matmul``, see maskrnn/_scan.py) run float16 and
-bfloat16 (ml_dtypes) products in float32 and round once, as cuBLAS does with float32 accumulation;
+The engine's all-step GEMMs (its ``matmul``, see maskrnn/_scan.py) make their cuBLAS calls to cublas_host.py,
+cuBLAS's contract on host memory, and its fallback to cupy.matmul runs np.matmul. Half precision: both run float16
+and bfloat16 (ml_dtypes) products in float32 and round once, as cuBLAS does with float32 accumulation;
 test_half_precision.py lifts the CPU engine's dtype gate to run them (``allow_half``)."""
 
 import ctypes
@@ -14,6 +15,7 @@ import os
 import sysconfig
 from pathlib import Path
 
+import cublas_host
 import ml_dtypes
 import numpy as np
 
@@ -36,7 +38,6 @@ def _matmul(a, b, *args, **kwargs):
     if a.dtype in HALF and b.dtype == a.dtype:
         return np.matmul(a.astype(np.float32), b.astype(np.float32), *args, **kwargs).astype(a.dtype)
     return np.matmul(a, b, *args, **kwargs)
-
 
 
 def before_unreadable_page(a):
@@ -67,7 +68,8 @@ engine._addr = lambda a: a.ctypes.data  # the engine's own pointer checks run un
 engine._ext = lambda: emulated
 engine._stream = lambda: 0
 engine._upload = lambda a: a  # host memory is the emulated device's
-engine.matmul = _matmul
+engine._cublas = lambda: (cublas_host.module, 0)
+engine._cupy_matmul = lambda a, b, out: _matmul(a, b, out=out)
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
 # Uninitialised buffers NaN-filled too (bytes of all ones: NaN in every float type), as the inference workspace.
