@@ -324,6 +324,21 @@ def _rows(plan):
     return _ptr(plan.order), _ptr(plan.inverse)
 
 
+def _plan_addresses(plan):
+    """The plan's device addresses for the inference kernels: (row counts or 0 for every row, the masked kernels'
+    mask or 0 for the packed ones, order and inverse or 0, 0 for the caller's row order, the plan's mask), and
+    the arrays behind them (copies _steps may make) to keep alive. A host plan's (_dispatch.UploadedPlan) are
+    offsets into its one buffer, making no view."""
+    offsets = getattr(plan, "offsets", None)
+    if offsets is not None:
+        base = _ptr(plan.buffer)
+        at = {k: base + v for k, v in offsets.items()}
+        return (at["batch_sizes"], 0 if plan.packed else at["mask"], at["order"], at["inverse"], at["mask"]), plan
+    sizes, mask = _steps(plan.steps)
+    plan_mask = mask if mask is not None else _dense(plan.mask)  # the masked kernels' mask is the plan's
+    return (_opt_ptr(sizes), _opt_ptr(mask), *_rows(plan), _ptr(plan_mask)), (sizes, mask, plan_mask)
+
+
 def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     """The fused inference of the CPU engine's contract (maskrnn/_cpu/infer.py) in one native call per chunk of
     steps (csrc/infer.cu): x (T,B,I) and out (T,B,H) views of the caller's arrays in scan time order, init the
@@ -337,17 +352,17 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     ext = _ext()
     work = _empty((ext.infer_workspace(cell, name, k, B, H),), np.uint8)
     finals = _empty((n, B, H), dtype)
-    sizes, mask = _steps(plan.steps)
-    plan_mask = mask if mask is not None else _dense(plan.mask)  # the masked kernels' mask is the plan's
+    rows, _alive = _plan_addresses(plan)  # _alive: arrays behind the addresses, until the kernels are queued
+    sizes, mask, order, inverse, plan_mask = rows
     inits = [_opt_ptr(s) for s in init] + [0] * (2 - n)
     stream = _stream()
     for t0, t1 in spans:
         proj = _project(x[t0:t1], W)  # alive until its chunk's kernels are queued
         ends = [_ptr(f) for f in finals] + [0] * (2 - n) if t1 == T else [0, 0]
-        ext.infer(cell, name, t1 - t0, B, H, 0 if sizes is None else _ptr(sizes) + 4 * t0,
-                  0 if mask is None else _ptr(mask) + B * t0, bool(zero_output), bool(reset_after), t0, k,
-                  k if t0 else 0, *_strided(proj), _opt_ptr(b), *_rows(plan), _ptr(plan_mask) + B * t0,
-                  *_strided(out[t0:t1]), *inits, *ends, _ptr(U), _opt_ptr(b_rec), _ptr(work), stream)
+        ext.infer(cell, name, t1 - t0, B, H, sizes + 4 * t0 if sizes else 0, mask + B * t0 if mask else 0,
+                  bool(zero_output), bool(reset_after), t0, k, k if t0 else 0, *_strided(proj), _opt_ptr(b), order,
+                  inverse, plan_mask + B * t0, *_strided(out[t0:t1]), *inits, *ends, _ptr(U), _opt_ptr(b_rec),
+                  _ptr(work), stream)
     return list(finals)
 
 

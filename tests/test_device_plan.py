@@ -139,3 +139,47 @@ def test_cuda_uploads_while_the_gpu_is_busy(rng):
         np.testing.assert_array_equal(cupy.asnumpy(c), a)
     for mask in (rng.random((7, 5)) < 0.5, np.ones((1, 1), bool)):  # bool, 2-D
         np.testing.assert_array_equal(cupy.asnumpy(_cuda._upload(mask)), mask)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_v1"])
+@pytest.mark.parametrize("kind, B, T", [("post", 6, 9), ("holes", 6, 9), ("post", 1, 1), ("holes", 7, 1),
+                                        ("post_holes", 1, 8)])
+@pytest.mark.parametrize("initial_state", [False, True])
+def test_calls_on_a_host_plan_match_the_reference(rng, monkeypatch, cell, kind, B, T, initial_state):
+    """Host lengths of a GPU problem: the dispatcher plans on the host and uploads (host_plan's UploadedPlan);
+    inference reads the plan by its byte offsets, training (and initial states in plan order) by its views. On the
+    emulation every plan is made so here (on a GPU, host lengths take this path in every test): inference, outputs
+    and gradients against the float64 reference."""
+    from cells import cell_fns, make_problem, random_upstream
+
+    if "plugin" not in sys.modules:
+        pytest.skip("the emulated kernels run with -p plugin after tests/cuda_emulation/build.py")
+    plans = []
+
+    def planned_on_the_host(xp, K, mask, source):
+        plans.append(dispatch.host_plan(xp, K, np.asarray(mask), source))
+        return plans[-1]
+
+    monkeypatch.setattr(dispatch, "device_plan", planned_on_the_host)
+    op, vjp, ref, extra = cell_fns(cell)
+    p = make_problem(rng, cell, B, T, 3, 5, initial_state=initial_state)
+    mask = make_mask(rng, kind, B, T)
+    steps = dict(lengths=mask.sum(axis=1)) if kind == "post" else dict(mask=mask)
+    args = [p.pop(k) for k in ("x", "kernel", "recurrent_kernel", "bias")]
+    want = ref(*args, **p, **steps, **extra)
+    for got in (op(*args, **p, **steps, **extra), vjp(*args, **p, **steps, **extra)[0]):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+    assert len(plans) == 2 and all(isinstance(q, dispatch.UploadedPlan) for q in plans)
+    assert plans[0].packed == (kind == "post")
+    # Gradients: the pullback against finite differences of the reference in one random direction of x.
+    ups = random_upstream(rng, cell, B, T, 5)
+    grads = vjp(*args, **p, **steps, **extra)[1](*ups)
+    direction = rng.standard_normal(args[0].shape)
+    eps = 1e-6
+
+    def loss(x):
+        return sum(float((o * u).sum()) for o, u in zip(ref(x, *args[1:], **p, **steps, **extra), ups))
+
+    numeric = (loss(args[0] + eps * direction) - loss(args[0] - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(float((grads.x * direction).sum()), numeric, rtol=1e-5, atol=1e-7)
