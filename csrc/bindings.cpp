@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -20,6 +21,7 @@
 
 #include "device_info.h"
 #include "scan.h"
+#include "upload.h"
 #endif
 
 namespace py = pybind11;
@@ -151,16 +153,9 @@ void row_plan(int T, int B, uptr mask, uptr order, uptr inverse, uptr counts, up
                     ptr<int32_t>(work), reinterpret_cast<cudaStream_t>(stream));
 }
 
-// The row plan of a (T,B) bool host mask (any strides), on the host: the same plan as row_plan (scan.h) makes on
-// the device, for host lengths (maskrnn/_dispatch.py host_plan). One uint8 buffer for one upload: order (B),
-// inverse (B) and counts[0..T) (T) as int32, then the mask's columns in plan order ((T,B) bytes). A counting sort
-// by span (stable): O(T*B), ~10 NumPy calls before, which a GPU forward's launch waited for.
-py::array_t<uint8_t> host_plan(const py::array_t<bool, 0>& mask_in) {
-  if (mask_in.ndim() != 2) throw std::invalid_argument("host_plan needs a 2-D (T, B) bool mask");
-  const auto mask = mask_in.unchecked<2>();
-  const int T = static_cast<int>(mask.shape(0)), B = static_cast<int>(mask.shape(1));
-  py::array_t<uint8_t> buffer(static_cast<py::ssize_t>(4) * (2 * B + T) + static_cast<py::ssize_t>(T) * B);
-  uint8_t* bytes = buffer.mutable_data();
+// host_plan's plan (below) of mask (a (T,B) unchecked proxy), written to bytes.
+template <typename Mask>
+void write_host_plan(const Mask& mask, int T, int B, uint8_t* bytes) {
   auto* order = reinterpret_cast<int32_t*>(bytes);
   int32_t* inverse = order + B;
   int32_t* counts = inverse + B;
@@ -186,7 +181,29 @@ py::array_t<uint8_t> host_plan(const py::array_t<bool, 0>& mask_in) {
   for (int t = 0; t < T; ++t) {
     for (int i = 0; i < B; ++i) plan_mask[static_cast<std::size_t>(t) * B + i] = mask(t, order[i]) ? 1 : 0;
   }
-  return buffer;
+}
+
+// The row plan of a (T,B) bool host mask (any strides), on the host: the same plan as row_plan (scan.h) makes on
+// the device, for host lengths (maskrnn/_dispatch.py host_plan). Written into a pinned buffer and queued to the
+// device buffer `dst` (staged_upload, upload.h) of 4 * (2B + T) + T * B bytes: order (B), inverse (B) and
+// counts[0..T) (T) as int32, then the mask's columns in plan order ((T,B) bytes). A counting sort by span
+// (stable): O(T*B), ~10 NumPy calls before, which a GPU forward's launch waited for.
+void host_plan(const py::array_t<bool, 0>& mask_in, std::uintptr_t dst, std::uintptr_t stream) {
+  if (mask_in.ndim() != 2) throw std::invalid_argument("host_plan needs a 2-D (T, B) bool mask");
+  const auto mask = mask_in.unchecked<2>();
+  const int T = static_cast<int>(mask.shape(0)), B = static_cast<int>(mask.shape(1));
+  const std::size_t n = std::size_t(4) * (2 * B + T) + std::size_t(T) * B;
+  maskrnn::staged_upload(n, ptr<void>(dst), reinterpret_cast<cudaStream_t>(stream),
+                         [&](uint8_t* bytes) { write_host_plan(mask, T, B, bytes); });
+}
+
+// Bytes of a C-contiguous host array queued to the device buffer dst (staged_upload, upload.h): maskrnn/_cuda.py
+// _upload.
+void upload(const py::array_t<uint8_t, py::array::c_style>& bytes, std::uintptr_t dst, std::uintptr_t stream) {
+  const auto n = static_cast<std::size_t>(bytes.size());
+  const uint8_t* src = bytes.data();
+  maskrnn::staged_upload(n, ptr<void>(dst), reinterpret_cast<cudaStream_t>(stream),
+                         [&](uint8_t* staged) { std::copy(src, src + n, staged); });
 }
 
 }  // namespace
@@ -207,6 +224,8 @@ PYBIND11_MODULE(_ext, m) {
   m.def("infer_workspace", &infer_workspace);
   m.def("row_plan", &row_plan, nogil);
   m.def("host_plan", &host_plan);
+  m.def("upload", &upload);
+  m.attr("upload_stages") = maskrnn::kUploadStages;
 #else
   m.attr("cuda_built") = false;
   m.attr("cuda_archs") = std::string();

@@ -18,8 +18,6 @@ Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch 
 at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.
 """
 
-import threading
-
 import numpy as np
 
 from . import _scan
@@ -93,13 +91,18 @@ _ALPHA_BETA = {t: (a.ctypes.data, a.ctypes.data + a.itemsize) for t, a in zip((_
 _INT_MAX = 2**31 - 1
 
 
+_cublas_api = []  # [cupy_backends' cuBLAS module, CuPy's get_cublas_handle], imported once (~1 us a from-import)
+
+
 def _cublas():
     """(cupy_backends' cuBLAS module, the current device's cuBLAS handle); its gemmEx sets the handle's stream to
     CuPy's current one."""
-    from cupy.cuda import device
-    from cupy_backends.cuda.libs import cublas
+    if not _cublas_api:
+        from cupy.cuda import device
+        from cupy_backends.cuda.libs import cublas
 
-    return cublas, device.get_cublas_handle()
+        _cublas_api[:] = cublas, device.get_cublas_handle
+    return _cublas_api[0], _cublas_api[1]()
 
 
 def _cupy_matmul(a, b, out):
@@ -174,38 +177,14 @@ def _ptrs(gx, *arrays):
     return [_ptr(a) for a in (gx, *arrays)]
 
 
-STAGES = 4  # pinned host buffers that uploads take in turn (_upload)
-_stages = []  # [pinned uint8 NumPy array, the event of the copy last queued from it, or None] per buffer
-_staging = threading.Lock()
-_turn = 0
-
-
 def _upload(a):
-    """A device copy of host array a (a plan made on the host), queued on the current stream without the host
-    waiting: a goes into the next of STAGES pinned host buffers and from there to the device in one
-    cudaMemcpyAsync. A buffer is written again once the copy last queued from it has run (its event): only a host
-    STAGES calls ahead of the GPU waits. cupy.asarray of a NumPy array (staged through CuPy's pinned pool) took
-    ~70 us of host time per call, before the scan's launch (bench/results/gpu-H100-20261127e, call2-gaps.txt)."""
-    import cupy
-    import cupyx
-
-    global _turn
+    """A device copy of host array a, queued on the current stream without the host waiting: through the next of
+    the extension's pinned host buffers (csrc/upload.h). cupy.asarray of a NumPy array (staged through CuPy's pinned
+    pool) took ~70 us of host time per call, before the scan's launch (bench/results/gpu-H100-20261127e,
+    call2-gaps.txt); the same staging in Python ~40 (gpu-H100-20261127f)."""
     a = np.ascontiguousarray(a)
-    with _staging:
-        _turn = (_turn + 1) % STAGES
-        while len(_stages) < STAGES:
-            _stages.append([np.empty(0, np.uint8), None])
-        stage = _stages[_turn]
-        if stage[1] is not None:
-            stage[1].synchronize()
-        if stage[0].nbytes < a.nbytes:
-            stage[0] = cupyx.empty_pinned(max(a.nbytes, 2 * stage[0].nbytes, 4096), np.uint8)
-        stage[0][: a.nbytes] = a.reshape(-1).view(np.uint8)
-        out = cupy.empty(a.shape, a.dtype)
-        cupy.cuda.runtime.memcpyAsync(out.data.ptr, stage[0].ctypes.data, a.nbytes,
-                                      cupy.cuda.runtime.memcpyHostToDevice, _stream())
-        stage[1] = cupy.cuda.Event(disable_timing=True)  # a new one: on the current device, as the stream
-        stage[1].record()
+    out = _empty(a.shape, a.dtype)
+    _ext().upload(a.reshape(-1).view(np.uint8), _addr(out), _stream())
     return out
 
 
@@ -236,10 +215,13 @@ def row_plan(xp, mask):
 
 
 def host_plan(mask):
-    """The row plan of a (T,B) bool host mask, made on the host (csrc/bindings.cpp, host_plan) and queued to the
-    device (_upload): one uint8 device array of order (B), inverse (B) and counts (T) as int32, then the mask's
-    columns in plan order."""
-    return _upload(_ext().host_plan(mask))
+    """The row plan of a (T,B) bool host mask, made on the host (csrc/bindings.cpp, host_plan) into a pinned buffer
+    and queued to the device from there (as _upload): one uint8 device array of order (B), inverse (B) and counts
+    (T) as int32, then the mask's columns in plan order."""
+    T, B = mask.shape
+    out = _empty((4 * (2 * B + T) + T * B,), np.uint8)
+    _ext().host_plan(mask, _addr(out), _stream())
+    return out
 
 
 def _opt_ptr(a):

@@ -117,11 +117,25 @@ def test_a_mask_of_another_dtype_is_refused(xp):
         _cuda.row_plan(xp, xp.ones((3, 2), np.int8))
 
 
+def test_uploads_through_the_pinned_buffers(rng, xp):
+    """_upload and host_plan through the extension's pinned buffers (csrc/upload.h), taken in turn and grown as
+    needed: every copy holds its own bytes, of any dtype and size (empty too)."""
+    n = 3 * _cuda._ext().upload_stages
+    arrays = [rng.integers(-(2**30), 2**30, s).astype(d) for s, d in zip(rng.integers(0, 20000, n),
+                                                                         [np.int32, np.int64, np.float32] * n)]
+    arrays += [np.zeros(0, np.int32), rng.random((7, 5)) < 0.5]
+    copies = [_cuda._upload(a) for a in arrays]
+    for a, c in zip(arrays, copies):
+        assert c.dtype == a.dtype and c.shape == a.shape
+        np.testing.assert_array_equal(to_host(c), a)
+
+
 def test_cuda_uploads_while_the_gpu_is_busy(rng):
-    """_upload's pinned buffers are taken in turn and rewritten only after the copy queued from them has run: with
-    the GPU held by a ~50 ms kernel, 3 x STAGES uploads queue behind it (the host waits on the fifth), and every
-    device copy still holds its own array. GPU only (the emulation copies in place; "cuda" in its name: gpu_verify.sh
-    selects the GPU cases with -k cuda)."""
+    """_upload's pinned buffers (csrc/upload.h) are taken in turn and rewritten only after the copy queued from them
+    has run: with the GPU held by a ~50 ms kernel, 3 x upload_stages uploads and then host plans (the same buffers)
+    queue behind it (the host waits on the fifth), and every device copy still holds its own array. GPU only (the
+    emulation's copies run as they are queued; "cuda" in its name: gpu_verify.sh selects the GPU cases with -k
+    cuda)."""
     reason = cuda_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -133,10 +147,15 @@ def test_cuda_uploads_while_the_gpu_is_busy(rng):
       while (clock64() - start < cycles) {}
     }""", "spin")
     spin((1,), (1,), (np.int64(100_000_000),))  # ~50 ms at 2 GHz
-    arrays = [rng.integers(-(2**30), 2**30, 1000 + 4099 * k).astype(np.int32) for k in range(3 * _cuda.STAGES)]
+    stages = _cuda._ext().upload_stages
+    arrays = [rng.integers(-(2**30), 2**30, 1000 + 4099 * k).astype(np.int32) for k in range(3 * stages)]
     copies = [_cuda._upload(a) for a in arrays]
+    masks = [rng.random((50, 30 + k)) < 0.5 for k in range(stages)]
+    plans = [dispatch.host_plan(cupy, _cuda, m, "mask") for m in masks]
     for a, c in zip(arrays, copies):
         np.testing.assert_array_equal(cupy.asnumpy(c), a)
+    for m, plan in zip(masks, plans):
+        np.testing.assert_array_equal(cupy.asnumpy(plan.mask), m[:, cupy.asnumpy(plan.order)])
     for mask in (rng.random((7, 5)) < 0.5, np.ones((1, 1), bool)):  # bool, 2-D
         np.testing.assert_array_equal(cupy.asnumpy(_cuda._upload(mask)), mask)
 

@@ -104,6 +104,8 @@ cudaError_t cudaFree(void* p) {
   std::free(p);
   return cudaSuccess;
 }
+cudaError_t cudaHostAlloc(void** p, size_t n, unsigned) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) { return cudaMalloc(p, n); }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t stream) {
@@ -116,6 +118,23 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t stream)
   return emu::enqueue(stream, [=] { return std::memset(dst, value, n), cudaSuccess; });
 }
 cudaError_t cudaMemset(void* dst, int value, size_t n) { return cudaMemsetAsync(dst, value, n, nullptr); }
+
+// Events: the work queued before a record has run by then (launches and copies complete before they return).
+struct CUevent_st {};
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
+  *event = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  return event ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle, "record of a null event");
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return event ? emu::take_pending() : set_error(cudaErrorInvalidResourceHandle, "wait on a null event");
+}
 
 // CUDA graphs by stream capture. Capturing the legacy default stream is an error, as on a GPU.
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {

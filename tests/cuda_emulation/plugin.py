@@ -67,13 +67,13 @@ def allow_half(monkeypatch):
 engine._addr = lambda a: a.ctypes.data  # the engine's own pointer checks run unchanged
 engine._ext = lambda: emulated
 engine._stream = lambda: 0
-engine._upload = lambda a: a  # host memory is the emulated device's
 engine._cublas = lambda: (cublas_host.module, 0)
 engine._cupy_matmul = lambda a, b, out: _matmul(a, b, out=out)
 # NaN-filled scratch: a kernel reading a running gradient before setting it shows up in the results.
 engine._scratch = lambda n, dh: np.full((n,) + dh.shape, np.nan, np.float64 if dh.dtype == np.float64 else np.float32)
-# Uninitialised buffers NaN-filled too (bytes of all ones: NaN in every float type), as the inference workspace.
-engine._empty = lambda shape, dtype: np.full(shape, 0xFF if np.dtype(dtype) == np.uint8 else np.nan, dtype)
+# Uninitialised buffers filled with bytes of all ones too (NaN in every float type, -1 in every integer one).
+engine._empty = lambda shape, dtype: (np.full(int(np.prod(shape)) * np.dtype(dtype).itemsize, 0xFF, np.uint8)
+                                      .view(dtype).reshape(shape))
 _c_copy = dispatch.c_copy
 dispatch.c_copy = lambda xp, a: before_unreadable_page(_c_copy(xp, a)) if xp is np else _c_copy(xp, a)
 _engine = dispatch._engine
