@@ -4,8 +4,9 @@
 
     python bench/host_profile.py [B,T,I,H] [--cell lstm|gru] [--calls 200] [--train] [--top 25]
 
-Needs a CUDA GPU and CuPy. Prints the wall time a call with and without the profiler, then the functions with the
-most own time and the most cumulative time.
+Needs a CUDA GPU and CuPy. Prints the wall time of a synchronised call with and without the profiler, the forward
+timed as ``maskrnn bench`` times it (alone, and after a cuDNN packed call each time, with torch), then the functions
+with the most own time and the most cumulative time.
 """
 
 import argparse
@@ -60,6 +61,8 @@ def main():
 
     run(20)
     plain = run(args.calls)
+    if not args.train:
+        bench_like(args.cell, (B, T, I, H), args.calls)
     profiler = cProfile.Profile()
     profiler.enable()
     profiled = run(args.calls)
@@ -70,6 +73,37 @@ def main():
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(args.top)
     stats.sort_stats("cumulative").print_stats(args.top)
+
+
+def bench_like(cell, cfg, calls):
+    """The forward timed as ``maskrnn bench`` times it (CUDA events around the call, the bench's own runner and
+    batches), alone and with the cuDNN packed peer's call between timed calls as in the bench's rounds: whether
+    the peer's work makes ours slower (on the H100 the bench's 1.06 ms was ~250 us above this script's timeline of
+    the same call, gpu-H100-20261127f)."""
+    from maskrnn import _bench_runners as runners
+    from maskrnn import bench
+
+    case = dict(cell=cell, mask="post", device="cuda", pass_="fwd")
+    weights, batches = runners.workload(cfg, cell, "post", 0)
+    ours = runners._maskrnn_runner(case, weights, batches)
+    try:
+        peer = runners._torch_runner("cudnn-packed", case, weights, batches)
+    except ImportError:
+        peer = None
+    timed = bench._timer("cuda")
+    for i in range(5):
+        ours(i)
+        if peer:
+            peer(i)
+    alone = [timed(ours, i) for i in range(calls)]
+    line = f"bench-like (events, median of {calls}): alone {np.median(alone) * 1e3:.3f} ms"
+    if peer:
+        mixed = []
+        for i in range(calls):
+            peer(i)
+            mixed.append(timed(ours, i))
+        line += f", after a cuDNN packed call each {np.median(mixed) * 1e3:.3f} ms"
+    print(line)
 
 
 if __name__ == "__main__":
