@@ -74,6 +74,17 @@ def _strided(a):
     return _addr(a), a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
 
 
+_names = {}
+
+
+def _name(dtype):
+    """dtype.name, remembered: NumPy's property builds the string at every read (~3 us)."""
+    name = _names.get(dtype)
+    if name is None:
+        name = _names[dtype] = dtype.name
+    return name
+
+
 def _empty(shape, dtype):
     import cupy
 
@@ -158,7 +169,7 @@ def _gemm_plan(a, b, out):
     """(cudaDataType, compute type, a's (op, ld), b's, out's ld) for matmul's cuBLAS call, or None."""
     if a.ndim != 2 or b.ndim != 2 or out is None or out.ndim != 2 or not a.dtype == b.dtype == out.dtype:
         return None
-    dtype = _CUDA_TYPES.get(a.dtype.name)
+    dtype = _CUDA_TYPES.get(_name(a.dtype))
     M, K = a.shape
     N = b.shape[1]
     if dtype is None or b.shape[0] != K or out.shape != (M, N) or 0 in (M, K, N) or max(M, K, N) > _INT_MAX:
@@ -252,29 +263,29 @@ def _state_scratch(n, hs):
 def lstm_masked_fwd(gx, U, steps, zero_output, out, hs, cs):
     sizes, mask = _steps(steps)
     scratch, scratch_ptr = _state_scratch(3, hs)  # h (two buffers), c; kept alive until the kernels are queued
-    _ext().lstm_fwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
+    _ext().lstm_fwd(_name(gx.dtype), *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
                     *_ptrs(gx, U, out, hs, cs), scratch_ptr, _stream())
 
 
 def lstm_masked_bwd(gx, U, steps, zero_output, hs, cs, d_out, dh, dc, dgx):
     sizes, mask = _steps(steps)
     scratch = _scratch(3, dh)
-    _ext().lstm_bwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
+    _ext().lstm_bwd(_name(gx.dtype), *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
                     *_ptrs(gx, U, cs, d_out, dh, dc, dgx), _ptr(scratch), _stream())
 
 
 def gru_masked_fwd(gx, U, b_rec, steps, zero_output, reset_after, out, hs, hr):
     sizes, mask = _steps(steps)
     scratch, scratch_ptr = _state_scratch(2, hs)  # h (two buffers)
-    _ext().gru_fwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output), bool(reset_after),
-                   *_ptrs(gx, U, b_rec, out, hs, hr), scratch_ptr, _stream())
+    _ext().gru_fwd(_name(gx.dtype), *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
+                   bool(reset_after), *_ptrs(gx, U, b_rec, out, hs, hr), scratch_ptr, _stream())
 
 
 def gru_masked_bwd(gx, U, steps, zero_output, reset_after, hs, hr, d_out, dh, dgx, dgr):
     sizes, mask = _steps(steps)
     scratch = _scratch(2, dh)
-    _ext().gru_bwd(gx.dtype.name, *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output), bool(reset_after),
-                   *_ptrs(gx, U, hs, hr, d_out, dh, dgx, dgr), _ptr(scratch), _stream())
+    _ext().gru_bwd(_name(gx.dtype), *_sizes(gx, U), _opt_ptr(sizes), _opt_ptr(mask), bool(zero_output),
+                   bool(reset_after), *_ptrs(gx, U, hs, hr, d_out, dh, dgx, dgr), _ptr(scratch), _stream())
 
 
 # The packed and masked kernels are the same C++ entry points; `steps` tells them apart.
@@ -330,7 +341,7 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     U, b, b_rec = _dense(U), _dense(b), _dense(b_rec)
     per_step = B * (2 * GH + (n + 2) * H)  # the projection, its gathered copy, out, the states, hr
     spans = _scan.chunks(T, B, H, GH, (per_step, INFER_WORKSPACE // dtype.itemsize), whole=True)
-    k, name = spans[0][1], dtype.name  # a property that builds its string (~3 us)
+    k, name = spans[0][1], _name(dtype)
     ext = _ext()
     work = _empty((ext.infer_workspace(cell, name, k, B, H),), np.uint8)
     finals = _empty((n, B, H), dtype)
@@ -338,13 +349,14 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     sizes, mask, order, inverse, plan_mask = rows
     inits = [_opt_ptr(s) for s in init] + [0] * (2 - n)
     stream = _stream()
+    whole = len(spans) == 1  # then no slices of x and out (a CuPy view costs microseconds)
     for t0, t1 in spans:
-        proj = _project(x[t0:t1], W)  # alive until its chunk's kernels are queued
+        proj = _project(x if whole else x[t0:t1], W)  # alive until its chunk's kernels are queued
         ends = [_ptr(f) for f in finals] + [0] * (2 - n) if t1 == T else [0, 0]
+        outs = _strided(out if whole else out[t0:t1])
         ext.infer(cell, name, t1 - t0, B, H, sizes + 4 * t0 if sizes else 0, mask + B * t0 if mask else 0,
                   bool(zero_output), bool(reset_after), t0, k, k if t0 else 0, *_strided(proj), _opt_ptr(b), order,
-                  inverse, plan_mask + B * t0, *_strided(out[t0:t1]), *inits, *ends, _ptr(U), _opt_ptr(b_rec),
-                  _ptr(work), stream)
+                  inverse, plan_mask + B * t0, *outs, *inits, *ends, _ptr(U), _opt_ptr(b_rec), _ptr(work), stream)
     return list(finals)
 
 
