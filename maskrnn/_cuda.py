@@ -95,7 +95,7 @@ def _empty(shape, dtype):
 # cublasComputeType_t and cublasOperation_t (cublas_api.h).
 _CUDA_TYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}  # CUDA_R_32F, _64F, _16F, _16BF
 _COMPUTE_32F, _COMPUTE_64F = 68, 70  # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_64F
-OP_N, OP_T = 0, 1
+_OP_N, _OP_T = 0, 1
 _GEMM_DEFAULT = -1
 _SCALARS = [np.array([1.0, 0.0], t) for t in (np.float32, np.float64)]  # alpha, beta: host memory, kept alive
 _ALPHA_BETA = {t: (a.ctypes.data, a.ctypes.data + a.itemsize) for t, a in zip((_COMPUTE_32F, _COMPUTE_64F), _SCALARS)}
@@ -135,10 +135,10 @@ def _operand(m):
     s0, s1 = s0 // isz, s1 // isz
     if s1 == 1 or c == 1:
         ld = s0 if r > 1 else max(c, 1)
-        return (OP_N, ld) if max(c, 1) <= ld <= _INT_MAX else None
+        return (_OP_N, ld) if max(c, 1) <= ld <= _INT_MAX else None
     if s0 == 1 or r == 1:
         ld = s1 if c > 1 else max(r, 1)
-        return (OP_T, ld) if max(r, 1) <= ld <= _INT_MAX else None
+        return (_OP_T, ld) if max(r, 1) <= ld <= _INT_MAX else None
     return None
 
 
@@ -175,7 +175,7 @@ def _gemm_plan(a, b, out):
     if dtype is None or b.shape[0] != K or out.shape != (M, N) or 0 in (M, K, N) or max(M, K, N) > _INT_MAX:
         return None
     A, Bm, C = _operand(a), _operand(b), _operand(out)
-    if A is None or Bm is None or C is None or C[0] != OP_N:
+    if A is None or Bm is None or C is None or C[0] != _OP_N:
         return None
     return dtype, _COMPUTE_64F if dtype == 1 else _COMPUTE_32F, A, Bm, C[1]
 
