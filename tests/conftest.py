@@ -1,5 +1,6 @@
 """Shared fixtures: one tolerance table, the device fixture (CPU always, CUDA when present), random data."""
 
+import sys
 import zlib
 
 import numpy as np
@@ -23,6 +24,22 @@ def device(request):
         if reason:
             pytest.skip(reason)
     return request.param
+
+
+@pytest.fixture(params=["emulated", "cuda"])
+def xp(request):
+    """The array module of the GPU engine's arrays (maskrnn._cuda called directly): NumPy on the emulated kernels
+    (``-p plugin`` after tests/cuda_emulation/build.py), CuPy on a GPU."""
+    if request.param == "emulated":
+        if "plugin" not in sys.modules:
+            pytest.skip("the emulated kernels run with -p plugin after tests/cuda_emulation/build.py")
+        return np
+    reason = cuda_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import cupy
+
+    return cupy
 
 
 def to_device(a, device):

@@ -8,23 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import cuda_skip_reason, to_host
+from conftest import to_host
 
 from maskrnn import _cuda
-
-
-@pytest.fixture(params=["emulated", "cuda"])
-def xp(request):
-    if request.param == "emulated":
-        if "plugin" not in sys.modules:
-            pytest.skip("the emulated engine runs with -p plugin after tests/cuda_emulation/build.py")
-        return np
-    reason = cuda_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    import cupy
-
-    return cupy
 
 
 def _calls():

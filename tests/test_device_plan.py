@@ -13,21 +13,6 @@ from maskrnn import _cuda
 from maskrnn import _dispatch as dispatch
 
 
-@pytest.fixture(params=["emulated", "cuda"])
-def xp(request):
-    """The array module whose arrays the engine's row_plan reads: NumPy on the emulated kernels, CuPy on a GPU."""
-    if request.param == "emulated":
-        if "plugin" not in sys.modules:
-            pytest.skip("the emulated kernels run with -p plugin after tests/cuda_emulation/build.py")
-        return np
-    reason = cuda_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    import cupy
-
-    return cupy
-
-
 @pytest.fixture(params=["row_plan", "host_plan"])
 def build(request):
     """How the plan is made: on the device by row_plan (device masks), or on the host (host lengths)."""
