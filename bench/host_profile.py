@@ -77,33 +77,45 @@ def main():
 
 def bench_like(cell, cfg, calls):
     """The forward timed as ``maskrnn bench`` times it (CUDA events around the call, the bench's own runner and
-    batches), alone and with the cuDNN packed peer's call between timed calls as in the bench's rounds: whether
-    the peer's work makes ours slower (on the H100 the bench's 1.06 ms was ~250 us above this script's timeline of
-    the same call, gpu-H100-20261127f)."""
+    batches): alone; after the cuDNN packed peer's timed call each time, as in the bench's rounds; and after a
+    host-only torch call each time (a small CPU LSTM: torch's dispatch without GPU work). On the H100 the bench's
+    1.06 ms was ~250 us above this script's timeline of the same call (gpu-H100-20261127f): slower after both
+    others points at the host's caches, after the cuDNN call only at the GPU's state."""
     from maskrnn import _bench_runners as runners
     from maskrnn import bench
 
     case = dict(cell=cell, mask="post", device="cuda", pass_="fwd")
     weights, batches = runners.workload(cfg, cell, "post", 0)
     ours = runners._maskrnn_runner(case, weights, batches)
-    try:
-        peer = runners._torch_runner("cudnn-packed", case, weights, batches)
-    except ImportError:
-        peer = None
     timed = bench._timer("cuda")
-    for i in range(5):
-        ours(i)
-        if peer:
-            peer(i)
-    alone = [timed(ours, i) for i in range(calls)]
-    line = f"bench-like (events, median of {calls}): alone {np.median(alone) * 1e3:.3f} ms"
-    if peer:
-        mixed = []
+    between = {"alone": None}
+    try:
+        import torch
+
+        between["after a cuDNN packed call"] = runners._torch_runner("cudnn-packed", case, weights, batches)
+        cpu_lstm, xs = torch.nn.LSTM(16, 32), torch.randn(20, 8, 16)
+
+        def host_only(i):
+            with torch.no_grad():
+                cpu_lstm(xs)
+
+        between["after a CPU torch call"] = host_only
+    except ImportError:
+        pass
+    for other in between.values():  # warm-up
+        for i in range(3):
+            timed(ours, i)
+            if other:
+                timed(other, i)
+    times = {}
+    for name, other in between.items():
+        samples = []
         for i in range(calls):
-            peer(i)
-            mixed.append(timed(ours, i))
-        line += f", after a cuDNN packed call each {np.median(mixed) * 1e3:.3f} ms"
-    print(line)
+            if other:
+                timed(other, i)  # synchronised, as the bench's rounds: the GPU idle when ours starts
+            samples.append(timed(ours, i))
+        times[name] = np.median(samples) * 1e3
+    print(f"bench-like (events, median of {calls}): " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
 
 
 if __name__ == "__main__":
