@@ -193,6 +193,7 @@ void host_plan(const py::array_t<bool, 0>& mask_in, std::uintptr_t dst, std::uin
   const auto mask = mask_in.unchecked<2>();
   const int T = static_cast<int>(mask.shape(0)), B = static_cast<int>(mask.shape(1));
   const std::size_t n = std::size_t(4) * (2 * B + T) + std::size_t(T) * B;
+  py::gil_scoped_release release;  // the wait for a pinned buffer lets other Python threads run
   maskrnn::staged_upload(n, ptr<void>(dst), reinterpret_cast<cudaStream_t>(stream),
                          [&](uint8_t* bytes) { write_host_plan(mask, T, B, bytes); });
 }
@@ -202,6 +203,7 @@ void host_plan(const py::array_t<bool, 0>& mask_in, std::uintptr_t dst, std::uin
 void upload(const py::array_t<uint8_t, py::array::c_style>& bytes, std::uintptr_t dst, std::uintptr_t stream) {
   const auto n = static_cast<std::size_t>(bytes.size());
   const uint8_t* src = bytes.data();
+  py::gil_scoped_release release;
   maskrnn::staged_upload(n, ptr<void>(dst), reinterpret_cast<cudaStream_t>(stream),
                          [&](uint8_t* staged) { std::copy(src, src + n, staged); });
 }
