@@ -185,14 +185,17 @@ void write_host_plan(const Mask& mask, int T, int B, uint8_t* bytes) {
 
 // The row plan of a (T,B) bool host mask (any strides), on the host: the same plan as row_plan (scan.h) makes on
 // the device, for host lengths (maskrnn/_dispatch.py host_plan). Written into a pinned buffer and queued to the
-// device buffer `dst` (staged_upload, upload.h) of 4 * (2B + T) + T * B bytes: order (B), inverse (B) and
-// counts[0..T) (T) as int32, then the mask's columns in plan order ((T,B) bytes). A counting sort by span
+// device buffer `dst` of dst_bytes == 4 * (2B + T) + T * B bytes (staged_upload, upload.h): order (B), inverse (B)
+// and counts[0..T) (T) as int32, then the mask's columns in plan order ((T,B) bytes). A counting sort by span
 // (stable): O(T*B), ~10 NumPy calls before, which a GPU forward's launch waited for.
-void host_plan(const py::array_t<bool, 0>& mask_in, std::uintptr_t dst, std::uintptr_t stream) {
+void host_plan(const py::array_t<bool, 0>& mask_in, std::uintptr_t dst, std::size_t dst_bytes, std::uintptr_t stream) {
   if (mask_in.ndim() != 2) throw std::invalid_argument("host_plan needs a 2-D (T, B) bool mask");
   const auto mask = mask_in.unchecked<2>();
   const int T = static_cast<int>(mask.shape(0)), B = static_cast<int>(mask.shape(1));
   const std::size_t n = std::size_t(4) * (2 * B + T) + std::size_t(T) * B;
+  if (dst_bytes != n)
+    throw std::invalid_argument("host_plan: the device buffer has " + std::to_string(dst_bytes) + " bytes, the plan " +
+                                std::to_string(n));
   py::gil_scoped_release release;  // the wait for a pinned buffer lets other Python threads run
   maskrnn::staged_upload(n, ptr<void>(dst), reinterpret_cast<cudaStream_t>(stream),
                          [&](uint8_t* bytes) { write_host_plan(mask, T, B, bytes); });

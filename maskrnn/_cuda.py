@@ -18,6 +18,8 @@ Set ``MASKRNN_CUDA_SYNC=1`` (read once per process) to make every kernel launch 
 at the launch that faulted: slow, for a first run on new hardware or under compute-sanitizer.
 """
 
+import functools
+
 import numpy as np
 
 from . import _scan
@@ -74,15 +76,10 @@ def _strided(a):
     return _addr(a), a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
 
 
-_names = {}
-
-
+@functools.cache
 def _name(dtype):
     """dtype.name, remembered: NumPy's property builds the string at every read (~3 us)."""
-    name = _names.get(dtype)
-    if name is None:
-        name = _names[dtype] = dtype.name
-    return name
+    return dtype.name
 
 
 def _empty(shape, dtype):
@@ -102,18 +99,20 @@ _ALPHA_BETA = {t: (a.ctypes.data, a.ctypes.data + a.itemsize) for t, a in zip((_
 _INT_MAX = 2**31 - 1
 
 
-_cublas_api = []  # [cupy_backends' cuBLAS module, CuPy's get_cublas_handle], imported once (~1 us a from-import)
+@functools.cache
+def _cublas_api():
+    """(cupy_backends' cuBLAS module, CuPy's get_cublas_handle), imported once (~1 us a from-import)."""
+    from cupy.cuda import device
+    from cupy_backends.cuda.libs import cublas
+
+    return cublas, device.get_cublas_handle
 
 
 def _cublas():
     """(cupy_backends' cuBLAS module, the current device's cuBLAS handle); its gemmEx sets the handle's stream to
     CuPy's current one."""
-    if not _cublas_api:
-        from cupy.cuda import device
-        from cupy_backends.cuda.libs import cublas
-
-        _cublas_api[:] = cublas, device.get_cublas_handle
-    return _cublas_api[0], _cublas_api[1]()
+    cublas, handle = _cublas_api()
+    return cublas, handle()
 
 
 def _cupy_matmul(a, b, out):
@@ -231,7 +230,7 @@ def host_plan(mask):
     (T) as int32, then the mask's columns in plan order."""
     T, B = mask.shape
     out = _empty((4 * (2 * B + T) + T * B,), np.uint8)
-    _ext().host_plan(mask, _addr(out), _stream())
+    _ext().host_plan(mask, _addr(out), out.nbytes, _stream())
     return out
 
 
@@ -345,8 +344,8 @@ def _infer(cell, x, W, U, b, b_rec, init, plan, zero_output, reset_after, out):
     ext = _ext()
     work = _empty((ext.infer_workspace(cell, name, k, B, H),), np.uint8)
     finals = _empty((n, B, H), dtype)
-    rows, _alive = _plan_addresses(plan)  # _alive: arrays behind the addresses, until the kernels are queued
-    sizes, mask, order, inverse, plan_mask = rows
+    # _alive: the arrays behind the addresses, kept until the kernels are queued
+    (sizes, mask, order, inverse, plan_mask), _alive = _plan_addresses(plan)
     inits = [_opt_ptr(s) for s in init] + [0] * (2 - n)
     stream = _stream()
     whole = len(spans) == 1  # then no slices of x and out (a CuPy view costs microseconds)

@@ -155,6 +155,7 @@ def test_calls_on_a_host_plan_match_the_reference(rng, monkeypatch, cell, kind, 
     emulation every plan is made so here (on a GPU, host lengths take this path in every test): inference, outputs
     and gradients against the float64 reference."""
     from cells import cell_fns, make_problem, random_upstream
+    from test_grad import grads, loss
 
     if "plugin" not in sys.modules:
         pytest.skip("the emulated kernels run with -p plugin after tests/cuda_emulation/build.py")
@@ -165,25 +166,22 @@ def test_calls_on_a_host_plan_match_the_reference(rng, monkeypatch, cell, kind, 
         return plans[-1]
 
     monkeypatch.setattr(dispatch, "device_plan", planned_on_the_host)
-    op, vjp, ref, extra = cell_fns(cell)
+    op, _, ref, extra = cell_fns(cell)
     p = make_problem(rng, cell, B, T, 3, 5, initial_state=initial_state)
     mask = make_mask(rng, kind, B, T)
     steps = dict(lengths=mask.sum(axis=1)) if kind == "post" else dict(mask=mask)
-    args = [p.pop(k) for k in ("x", "kernel", "recurrent_kernel", "bias")]
-    want = ref(*args, **p, **steps, **extra)
-    for got in (op(*args, **p, **steps, **extra), vjp(*args, **p, **steps, **extra)[0]):
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
-    assert len(plans) == 2 and all(isinstance(q, dispatch.UploadedPlan) for q in plans)
+    q = dict(p)
+    args = [q.pop(k) for k in ("x", "kernel", "recurrent_kernel", "bias")]
+    want = ref(*args, **q, **steps, **extra)
+    upstream = random_upstream(rng, cell, B, T, 5)
+    trained, g = grads("cpu", cell, p, upstream, **steps)
+    for got in (op(*args, **q, **steps, **extra), trained):
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-10)
+    assert len(plans) == 2 and all(isinstance(plan, dispatch.UploadedPlan) for plan in plans)
     assert plans[0].packed == (kind == "post")
-    # Gradients: the pullback against finite differences of the reference in one random direction of x.
-    ups = random_upstream(rng, cell, B, T, 5)
-    grads = vjp(*args, **p, **steps, **extra)[1](*ups)
-    direction = rng.standard_normal(args[0].shape)
-    eps = 1e-6
-
-    def loss(x):
-        return sum(float((o * u).sum()) for o, u in zip(ref(x, *args[1:], **p, **steps, **extra), ups))
-
-    numeric = (loss(args[0] + eps * direction) - loss(args[0] - eps * direction)) / (2 * eps)
-    np.testing.assert_allclose(float((grads.x * direction).sum()), numeric, rtol=1e-5, atol=1e-7)
+    # The input gradient against a central finite difference of the reference in one random direction of x.
+    direction, eps = rng.standard_normal(p["x"].shape), 1e-6
+    numeric = (loss(cell, dict(p, x=p["x"] + eps * direction), upstream, **steps)
+               - loss(cell, dict(p, x=p["x"] - eps * direction), upstream, **steps)) / (2 * eps)
+    np.testing.assert_allclose(float((g["x"] * direction).sum()), numeric, rtol=1e-5, atol=1e-7)
