@@ -7,12 +7,12 @@
 # Steps: 1 install (gpu + test extras, this GPU's architecture only), 2 nvidia-smi / maskrnn info / versions,
 # 3 pytest on the GPU cases (every `device` test on cuda; CI runs the rest), 4 compute-sanitizer memcheck, racecheck
 # (its H=37 part: the H=509 part is too slow for it), synccheck and initcheck on tests/gpu_sanitizer_case.py,
-# 5 `maskrnn bench --full`, the training example and bench/host_profile.py on cuda. Each step runs under `timeout`
-# with its own budget (a step past it is cut and reported), so the summary (step 6) always comes. Output goes to
-# $OUT when set, else bench/results/gpu-<device>-<date>/: at most 8 files (the device machine returns no more):
-# summary.txt, install.log, info.log, pytest.log, junit.xml, sanitizers.log, bench.json, bench.log (the host
-# profile at its end). Environment: PYTHON (default python3); wheels for missing packages may be put in .whl/
-# (installed first, without their dependencies; pip never uses the network).
+# 5 `maskrnn bench --full`, the training example, bench/host_profile.py and bench/cluster_ab.py on cuda. Each step
+# runs under `timeout` with its own budget (a step past it is cut and reported), so the summary (step 6) always
+# comes. Output goes to $OUT when set, else bench/results/gpu-<device>-<date>/: at most 8 files (the device machine
+# returns no more): summary.txt, install.log, info.log, pytest.log, junit.xml, sanitizers.log, bench.json,
+# bench.log (the host profile and the cluster A/B at its end). Environment: PYTHON (default python3); wheels for
+# missing packages may be put in .whl/ (installed first, without their dependencies; pip never uses the network).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -26,15 +26,16 @@ START=$SECONDS
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # this tree's maskrnn, for the example scripts too
 export PYTHONUNBUFFERED=1  # a step cut at its budget keeps the output it printed
 
-# Budgets in seconds: 525 together, under the 9 minutes of issue 12 (the device machine cuts a command at 10).
+# Budgets in seconds: 535 together, under the 9 minutes of issue 12 (the device machine cuts a command at 10).
 # Measured on an H100 (bench/results/gpu-H100-20261127b, -20261127c): install 30 s, pytest 47 s, memcheck 19-38 s,
 # racecheck 58 s on the persistent kernels of two rows a thread and over 75 s (cut there) on those of one row,
 # synccheck and initcheck 13 s each, the full bench 107 s, the training example 12 s; in -20261127e racecheck 85 s,
 # the bench 92 s. In -20261127f (the sanitizer case grown by the register kernels at H=509) memcheck 40 s, synccheck
 # and initcheck 10 s, the bench 98 s; racecheck was cut at 150 s, and on the H=509 part alone at 110 s: racecheck
 # runs the case's other part ("small", 85 s before), the three others all of it. bench/host_profile.py (added
-# since; not yet run on a GPU): the imports and 220 synchronised calls of 1-2 ms.
-B_INSTALL=40 B_INFO=15 B_PYTEST=60 B_BENCH=140 B_TRAIN=20 B_HOST=30
+# since; not yet run on a GPU): the imports and 220 synchronised calls of 1-2 ms. bench/cluster_ab.py (not yet run
+# on a GPU either): 12 cases of 34 timed calls of 1-5 ms. Together 535.
+B_INSTALL=40 B_INFO=15 B_PYTEST=60 B_BENCH=135 B_TRAIN=20 B_HOST=30 B_CLUSTER=15
 declare -A B_SANITIZER=([memcheck]=50 [racecheck]=120 [synccheck]=25 [initcheck]=25)
 declare -A SANITIZER_PART=([memcheck]=all [racecheck]=small [synccheck]=all [initcheck]=all)
 # The tests that run on the GPU: every `device` case on cuda and the torch.nn GPU cases (their ids name cuda).
@@ -43,6 +44,7 @@ PYTEST_ARGS=(-q -ra -p no:cacheprovider -k cuda tests)
 BENCH_ARGS=(--full --devices cuda --partial)
 TRAIN_ARGS=(--device cuda --steps 200)
 HOST_ARGS=(--calls 100 --top 20)  # the (64,100,128,256) LSTM inference's host time by function
+CLUSTER_ARGS=(--sizes ,16)  # the persistent kernels in clusters of 8 (default at H<=384) against 16
 SANITIZERS=(memcheck racecheck synccheck initcheck)
 
 if [ "$DRY" = 1 ]; then
@@ -88,7 +90,8 @@ if [ "$DRY" = 1 ]; then
     command -v "$tool" >/dev/null && echo "found $tool" || echo "not here (needed on the GPU machine): $tool"
   done
   "$PY" -m pip --version >/dev/null || { echo "pip is missing for $PY" >&2; fail=1; }
-  "$PY" -m py_compile tests/gpu_sanitizer_case.py examples/train_masked.py bench/host_profile.py || fail=1
+  "$PY" -m py_compile tests/gpu_sanitizer_case.py examples/train_masked.py bench/host_profile.py bench/cluster_ab.py ||
+    fail=1
   "$PY" - "${BENCH_ARGS[@]}" --json "$RES/bench.json" <<'EOF' || { echo "bench rejects its flags" >&2; fail=1; }
 import argparse, sys
 from maskrnn import bench
@@ -103,6 +106,10 @@ EOF
   help=$("$PY" bench/host_profile.py --help) || fail=1
   for flag in "${HOST_ARGS[@]}"; do
     case $flag in --*) grep -q -- "$flag" <<<"$help" || { echo "host_profile.py has no $flag" >&2; fail=1; } ;; esac
+  done
+  help=$("$PY" bench/cluster_ab.py --help) || fail=1
+  for flag in "${CLUSTER_ARGS[@]}"; do
+    case $flag in --*) grep -q -- "$flag" <<<"$help" || { echo "cluster_ab.py has no $flag" >&2; fail=1; } ;; esac
   done
   [ "$fail" = 1 ] || "$PY" -m pytest --collect-only "${PYTEST_ARGS[@]}" --junitxml="$RES/junit.xml" \
     >"$RES/collect.log" 2>&1 || { tail -20 "$RES/collect.log" >&2; echo "pytest cannot collect the suite" >&2; fail=1; }
@@ -130,6 +137,7 @@ done
 step "5 bench" "$B_BENCH" bench.log "$PY -m maskrnn bench ${BENCH_ARGS[*]} --json $RES/bench.json"
 step "5 train" "$B_TRAIN" bench.log "echo '### examples/train_masked.py'; $PY examples/train_masked.py ${TRAIN_ARGS[*]}"
 step "5 host" "$B_HOST" bench.log "echo '### bench/host_profile.py'; $PY bench/host_profile.py ${HOST_ARGS[*]}"
+step "5 clusters" "$B_CLUSTER" bench.log "echo '### bench/cluster_ab.py'; $PY bench/cluster_ab.py ${CLUSTER_ARGS[*]}"
 
 # 6: the summary, also written to summary.txt.
 {

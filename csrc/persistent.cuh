@@ -45,10 +45,25 @@ struct PersistPlan {
   std::string why;          // empty when the persistent kernel runs
 };
 
-// Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them). smem(H, HC):
-// the kernel's dynamic shared memory per CTA.
+// The cluster size MASKRNN_CUDA_CLUSTER names (1 to 16, read at every call), else 0. For benchmarks and tests:
+// which size is faster at a shape is for a GPU to measure (at H = 256 a CTA of 8 runs two warps a scheduler, one
+// of 16 one warp: half the product an SM, less latency hidden), and every size gives the same sums (a unit's k
+// is split kRowGroups ways whatever the cluster).
+inline int cluster_override() {
+  const char* v = std::getenv("MASKRNN_CUDA_CLUSTER");
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  const long c = std::strtol(v, &end, 10);
+  if (*end || c < 1 || c > 16)
+    throw std::invalid_argument(std::string("MASKRNN_CUDA_CLUSTER must be an integer from 1 to 16; got '") + v + "'");
+  return int(c);
+}
+
+// Clusters of 8 CTAs (portable) when U's slice fits, else 16 (non-portable: H100 allows them), or the size
+// MASKRNN_CUDA_CLUSTER names. smem(H, HC): the kernel's dynamic shared memory per CTA.
 inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
   PersistPlan plan;
+  const int forced = cluster_override();
   const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
   if (major < 9 || !device_attribute(cudaDevAttrClusterLaunch)) {
     plan.why = "thread-block clusters need sm_90 or newer, this GPU is sm_" + std::to_string(major) + "x";
@@ -56,7 +71,9 @@ inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
   }
   const size_t limit = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
   bool fits = false;
-  for (int C : {8, 16}) {
+  int C = 0;
+  for (const int size : {8, 16}) {
+    C = forced ? forced : size;
     plan.units = (p.H + C - 1) / C;
     plan.ctas = (p.H + plan.units - 1) / plan.units;  // no CTA without units
     plan.smem = smem(p.H, plan.units);
@@ -67,8 +84,8 @@ inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
     plan.why = "at H=" + std::to_string(p.H) + " a thread's part of U's rows is shorter than the rows it would keep "
                "in registers";
   } else if (!fits) {
-    plan.why = "at H=" + std::to_string(p.H) + " a 16-CTA cluster's CTA needs " + std::to_string(plan.smem) +
-               " bytes of shared memory (at most " + std::to_string(limit) + ") and " +
+    plan.why = "at H=" + std::to_string(p.H) + " a " + std::to_string(C) + "-CTA cluster's CTA needs " +
+               std::to_string(plan.smem) + " bytes of shared memory (at most " + std::to_string(limit) + ") and " +
                std::to_string(kRowGroups * plan.units) + " threads (at most " + std::to_string(kMaxPersistThreads) +
                ")";
   }

@@ -279,3 +279,52 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
         auto = backward(monkeypatch, "auto", cell, p, upstream, forward_kernel=forward_kernel)
         for k, v in backward(monkeypatch, "step", cell, p, upstream, forward_kernel=forward_kernel).items():
             np.testing.assert_array_equal(auto[k], v)
+
+
+# MASKRNN_CUDA_CLUSTER: H = 22 in clusters of 3 (8 units a CTA, the last 6), 8 (3, the last 1) and 16 (11 CTAs
+# of 2); H = 40 in 16 (14 CTAs of 3, the last 1); two batch slices, rows finishing at different steps and holes.
+@pytest.mark.parametrize("H, dtype", [(22, "float32"), (40, "float32"), (22, "float64"), (22, "float16")])
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_cluster_size_gives_the_same_results(monkeypatch, rng, cell, H, dtype):
+    """Forward and backward forced persistent in clusters of each size: the same bits as the default size's (a
+    unit's k is split eight ways whatever the cluster) and, forward, within tolerance of the reference."""
+    allow_half(monkeypatch)
+    B, T, I = 11, 7, 3
+    p = cast(make_problem(rng, cell, B, T, I, H, initial_state=True), DTYPES[dtype])
+    upstream = [u.astype(DTYPES[dtype]) for u in random_upstream(rng, cell, B, T, H)]
+    _, _, ref, extra = cell_fns(cell)
+    for kw in ({"lengths": rng.integers(0, T + 1, B)}, {"mask": make_mask(rng, "holes", B, T)}):
+        want = call(ref, cast(p, np.float64), extra, **kw)
+        got = {}
+        for size in ("", "3", "8", "16"):
+            monkeypatch.setenv("MASKRNN_CUDA_CLUSTER", size)
+            got[size] = forward(monkeypatch, "persistent", cell, p, **kw), backward(monkeypatch, "persistent", cell,
+                                                                                    p, upstream, **kw)
+        for size in ("3", "8", "16"):
+            for a, b in zip(got[size][0], got[""][0]):
+                np.testing.assert_array_equal(a, b, err_msg=f"forward, clusters of {size}")
+            assert got[size][1].keys() == got[""][1].keys()
+            for name, g in got[size][1].items():
+                np.testing.assert_array_equal(g, got[""][1][name], err_msg=f"{name}, clusters of {size}")
+        for a, w in zip(got[""][0], want):
+            assert rel_err(a, w) < TOLERANCE[dtype]
+
+
+def test_cluster_size_override_reaches_the_plan(monkeypatch, rng):
+    """Clusters of 2 at H=100: 50 units a CTA, 400 threads, more than a CTA may have: forced, the error says so
+    for that size; unforced, the step kernels run."""
+    monkeypatch.setenv("MASKRNN_CUDA_CLUSTER", "2")
+    p = make_problem(rng, "lstm", 3, 4, 2, 100, "float32")
+    with pytest.raises(RuntimeError, match="cannot run this scan: at H=100 a 2-CTA cluster's CTA needs .* and 400 "
+                                           r"threads \(at most 256\)"):
+        forward(monkeypatch, "persistent", "lstm", p)
+    for a, b in zip(forward(monkeypatch, "auto", "lstm", p), forward(monkeypatch, "step", "lstm", p)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", ["0", "17", "-8", "eight", "8x"])
+def test_bad_cluster_size_raises(monkeypatch, rng, value):
+    monkeypatch.setenv("MASKRNN_CUDA_CLUSTER", value)
+    p = make_problem(rng, "gru", 2, 3, 2, 4, "float32")
+    with pytest.raises(ValueError, match=f"MASKRNN_CUDA_CLUSTER must be an integer from 1 to 16; got '{value}'"):
+        forward(monkeypatch, "auto", "gru", p)
