@@ -5,7 +5,8 @@
 // units' gate gradients of step t, and pushes them (4 x HC per row) into every peer's copy through distributed
 // shared memory: one cluster barrier per step. The arithmetic is the step kernels' (lstm_kernels.cuh): the same
 // running gradients dh, dc and carried output gradient, here in registers, and the same rounding of the gate
-// gradients to the storage type before they enter the product.
+// gradients to the storage type before they enter the product. As in the forward, the step's writes (dgx) and the
+// loads of the next step's inputs go between the cluster barrier's arrive and its wait.
 //
 // Where U's rows and the doubled gradient buffer outgrow shared memory (float32 from H = 364, float16 and bfloat16
 // from 462: at H = 512 in float32, 256 KiB of U and 128 KiB of buffers per CTA), the kernel (kRegK =
@@ -99,57 +100,83 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] = acc[i][0];
   };
-  int phase = 0;             // pushes so far: the last one is in dgbuf[phase % kBuffers]
-  bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
-  int n_next = 0;            // rows computed at step t + 1
-  for (int t = steps - 1; t >= 0; --t) {
-    const int n = rows_at(sizes, t, B);
-    const bool active = n > row0;  // the same for the whole cluster
-    // Step t's inputs, loaded before the product so that their latency overlaps it.
+  // A step's inputs at the thread's rows: its row count n, which rows are real, the output gradient, the gates'
+  // activations and the cell states before and after. Loaded for step t - 1 between step t's cluster barrier's
+  // arrive and wait (as persistent_fwd's), so that their latency overlaps the barrier's rather than open the step.
+  struct StepIn {
+    int n;
     bool real[RT];
     Acc a[RT][4], c_prev[RT], c_t[RT], dout[RT];
+  };
+  auto load = [&](int t) {
+    StepIn in;
+    in.n = rows_at(sizes, t, B);
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
       const int b = row0 + r0 + i;
       const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 4 + j;
-      real[i] = ok[i] && is_real(mask, t, B, b, n);
-      dout[i] = ok[i] ? to_acc(d_out[o]) : Acc(0);
+      in.real[i] = ok[i] && is_real(mask, t, B, b, in.n);
+      in.dout[i] = ok[i] ? to_acc(d_out[o]) : Acc(0);
 #pragma unroll
-      for (int g = 0; g < 4; ++g) a[i][g] = real[i] ? to_acc(gx[row + g * H]) : Acc(0);
-      c_prev[i] = real[i] ? to_acc(cs[o]) : Acc(0);
-      c_t[i] = real[i] ? to_acc(cs[o + BH]) : Acc(0);
+      for (int g = 0; g < 4; ++g) in.a[i][g] = in.real[i] ? to_acc(gx[row + g * H]) : Acc(0);
+      in.c_prev[i] = in.real[i] ? to_acc(cs[o]) : Acc(0);
+      in.c_t[i] = in.real[i] ? to_acc(cs[o + BH]) : Acc(0);
     }
+    return in;
+  };
+  StepIn in = load(steps - 1);  // steps >= 1: the launcher launches no empty scan
+  int phase = 0;                // pushes so far: the last one is in dgbuf[phase % kBuffers]
+  bool next_active = false;     // whether step t + 1 was computed for the slice (and its gradients pushed)
+  int n_next = 0;               // rows computed at step t + 1
+  for (int t = steps - 1; t >= 0; --t) {
+    const int n = in.n;
+    const bool active = n > row0;  // the same for the whole cluster
     if (next_active) product(dgbuf + (phase % kBuffers) * K * R, t + 1, n_next);
     Acc d[RT][4] = {};
+    T dg[RT][4];  // the gate gradients into dgx (0 where the row is not real)
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
       if (!ok[i]) continue;
-      const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 4 + j;
-      if (!real[i]) {
+      if (!in.real[i]) {
 #pragma unroll
-        for (int g = 0; g < 4; ++g) dgx[row + g * H] = from_acc<T>(Acc(0));
-        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + dout[i];
+        for (int g = 0; g < 4; ++g) dg[i][g] = from_acc<T>(Acc(0));
+        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + in.dout[i];
         continue;
       }
       Acc dd[4];
-      const Acc dht = dhr[i] + dout[i] + carry[i];
+      const Acc dht = dhr[i] + in.dout[i] + carry[i];
       carry[i] = Acc(0);
-      lstm_cell_bwd(a[i], c_prev[i], c_t[i], dht, dcr[i], dd);
+      lstm_cell_bwd(in.a[i], in.c_prev[i], in.c_t[i], dht, dcr[i], dd);
 #pragma unroll
       for (int g = 0; g < 4; ++g) {
-        const T v = from_acc<T>(dd[g]);
-        dgx[row + g * H] = v;
-        d[i][g] = to_acc(v);
+        dg[i][g] = from_acc<T>(dd[g]);
+        d[i][g] = to_acc(dg[i][g]);
       }
     }
+    // dgx's writes and the next step's loads: after the barrier's arrive where there is one (persistent_fwd).
+    auto store_and_load = [&] {
+#pragma unroll
+      for (int i = 0; i < RT; ++i) {
+        if (!ok[i]) continue;
+        const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 4 + j;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) dgx[row + g * H] = dg[i][g];
+      }
+      if (t > 0) in = load(t - 1);
+    };
     if (active) {
       // One buffer: every CTA's product has read step t + 1's gradients before any peer writes step t's. (The
       // active steps are a prefix of time, so a step without a product here pushes into a buffer none has read.)
       if (kBuffers == 1 && next_active) cluster.sync();
       persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
                          [&](int g, int i) { return d[i][g]; });
-      cluster.sync();  // step t's gradients are everywhere; with two buffers, every read of the other one is done
+      auto arrived = cluster.barrier_arrive();
+      store_and_load();
+      cluster.barrier_wait(std::move(arrived));  // step t's gradients are everywhere; with two buffers, every read
+                                                  // of the other one is done
       ++phase;
+    } else {
+      store_and_load();
     }
     next_active = active;
     n_next = n;

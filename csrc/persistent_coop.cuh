@@ -157,7 +157,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads)
            const int64_t o = t * BH + s;
            Acc h = h_at(t, s), c = kLstm ? c_at(t, s) : Acc(0);
            T y = carried_output(out, o, t, BH, zero_output);
-           persist_cell<T, kCell>(real, zero_output, gv, acc, bias, gv[0], H, BH, o, g_row, h, c, y, out, hs, tape);
+           persist_store<T, kCell>(persist_cell<T, kCell>(real, zero_output, gv, acc, bias, gv[0], h, c, y), H, BH, o,
+                                   g_row, out, hs, tape);
            if constexpr (kSep) {
              state[s] = h;
              if (kLstm) state[BH + s] = c;

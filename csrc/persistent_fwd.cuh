@@ -6,7 +6,11 @@
 // its threads' registers: kPersistRegK). Each CTA also holds h of the slice's rows for every unit
 // (accumulation type, k-major: h[k][row]); a CTA pushes its new h values into every peer's copy through
 // distributed shared memory, then one cluster barrier ends the step (two for GRU without reset_after, whose
-// r * h is exchanged the same way in mid-step). The tape is the step kernels' (lstm_kernels.cuh,
+// r * h is exchanged the same way in mid-step). That barrier is split: the step's writes to global memory (out,
+// hs, the tape, the gates into gx) and the loads of the next step's inputs go between its arrive and its wait. In
+// SASS the arrive's release is a MEMBAR.ALL.GPU (it would wait for those writes to reach L2; now only the pushes are
+// before it) and the wait is followed by CCTL.IVALL (L1 invalidated: a step that loaded its row count and gx after
+// the wait started with two L2 round trips). The tape is the step kernels' (lstm_kernels.cuh,
 // gru_kernels.cuh), so their backward runs unchanged after it. A step where none of the slice's rows is
 // computed (sizes[t] <= first row: rows finished, or not yet started when pre-padded) is only carried: no
 // product, no exchange, no barrier. The product h U (persist_dot) splits k among a unit's threads, each over all
@@ -16,6 +20,7 @@
 #include <cooperative_groups.h>
 
 #include <type_traits>
+#include <utility>
 
 #include "persistent_mma.cuh"
 #include "tile.cuh"
@@ -171,14 +176,26 @@ __device__ inline Acc persist_gru_gates(const Acc (&gv)[3], const Acc (&acc)[3],
   return r_gate * h;
 }
 
+// What persist_cell leaves for persist_store to write of one row at unit j and step t: whether the row is real, the
+// gates' values into its gx (LSTM: the four activations; GRU with reset_after: z, r and the candidate; without:
+// the candidate, z and r went in mid-step), the tape's (reset_after GRU: the candidate's h U_h + b, 0 where the row
+// is not real), the output and the states after the step. The persistent forward holds them across the step's
+// exchange and writes them once its cluster barrier has been arrived at (persistent_fwd).
+template <typename T, int G> struct PersistOut {
+  bool real;
+  T gate[G], tape, y, h, c;
+};
+
 // One row at unit j after step t's product, for the persistent kernels: the cell where the row is real, else
-// the carry, then out, hs and the tape at o = t * BH + b * H + j. gv: gx's pre-activations, acc: h U's (the
-// candidate's (r * h) U_h for GRU without reset_after, whose z comes in); h, c: the states (in: after t - 1,
-// out: after t); y: the output carried into padded steps. g_row: the row's gx at gate 0 of unit j.
+// the carry. gv: gx's pre-activations, acc: h U's (the candidate's (r * h) U_h for GRU without reset_after, whose
+// z comes in); h, c: the states (in: after t - 1, out: after t); y: the output carried into padded steps.
 template <typename T, Cell kCell, typename Acc, int G = kGates<kCell>>
-__device__ inline void persist_cell(bool real, bool zero_output, const Acc (&gv)[G], const Acc (&acc)[G],
-                                    const Acc (&bias)[G], Acc z, int H, int64_t BH, int64_t o, T* g_row, Acc& h,
-                                    Acc& c, T& y, T* out, T* hs, T* tape) {
+__device__ inline PersistOut<T, G> persist_cell(bool real, bool zero_output, const Acc (&gv)[G],
+                                                const Acc (&acc)[G], const Acc (&bias)[G], Acc z, Acc& h, Acc& c,
+                                                T& y) {
+  PersistOut<T, G> v;
+  v.real = real;
+  v.tape = from_acc<T>(Acc(0));
   if (real) {
     if constexpr (kCell == Cell::kLstm) {
       Acc a[4];
@@ -187,32 +204,47 @@ __device__ inline void persist_cell(bool real, bool zero_output, const Acc (&gv)
       Acc c_new, h_new;
       lstm_cell_fwd(a, c, c_new, h_new);
 #pragma unroll
-      for (int g = 0; g < 4; ++g) g_row[g * H] = from_acc<T>(a[g]);
+      for (int g = 0; g < 4; ++g) v.gate[g] = from_acc<T>(a[g]);
       c = c_new;
       h = h_new;
     } else if constexpr (kCell == Cell::kGru) {
       Acc hh;
       h = gru_cell_fwd(z, gv[2], acc[2], h, hh);
-      g_row[2 * H] = from_acc<T>(hh);
+      v.gate[2] = from_acc<T>(hh);
     } else {
       const Acc zg = sigmoid(gv[0] + acc[0] + bias[0]);
       const Acc r_gate = sigmoid(gv[1] + acc[1] + bias[1]);
       const Acc rh = acc[2] + bias[2];
       Acc hh;
       h = gru_cell_fwd(zg, gv[2], r_gate * rh, h, hh);
-      g_row[0] = from_acc<T>(zg);
-      g_row[H] = from_acc<T>(r_gate);
-      g_row[2 * H] = from_acc<T>(hh);
-      tape[o] = from_acc<T>(rh);
+      v.gate[0] = from_acc<T>(zg);
+      v.gate[1] = from_acc<T>(r_gate);
+      v.gate[2] = from_acc<T>(hh);
+      v.tape = from_acc<T>(rh);
     }
     y = from_acc<T>(h);
-  } else {
-    if (kCell == Cell::kGruResetAfter) tape[o] = from_acc<T>(Acc(0));
-    if (zero_output) y = from_acc<T>(Acc(0));  // else the previous output (0 before the first step)
+  } else if (zero_output) {
+    y = from_acc<T>(Acc(0));  // else the previous output (0 before the first step)
   }
-  out[o] = y;
-  hs[o + BH] = from_acc<T>(h);
-  if constexpr (kCell == Cell::kLstm) tape[o + BH] = from_acc<T>(c);
+  v.y = y;
+  v.h = from_acc<T>(h);
+  v.c = from_acc<T>(c);
+  return v;
+}
+
+// persist_cell's values of one row into out, hs and the tape at o = t * BH + b * H + j, and its gates into the
+// row's gx (g_row: at gate 0 of unit j).
+template <typename T, Cell kCell, int G = kGates<kCell>>
+__device__ inline void persist_store(const PersistOut<T, G>& v, int H, int64_t BH, int64_t o, T* g_row, T* out,
+                                     T* hs, T* tape) {
+  if (v.real) {
+#pragma unroll
+    for (int g = kCell == Cell::kGru ? 2 : 0; g < G; ++g) g_row[g * H] = v.gate[g];
+  }
+  if constexpr (kCell == Cell::kGruResetAfter) tape[o] = v.tape;
+  out[o] = v.y;
+  hs[o + BH] = v.h;
+  if constexpr (kCell == Cell::kLstm) tape[o + BH] = v.c;
 }
 
 // v(g, i) (the thread's rows r0 + i at unit j, for g < N) into buffer[(g * H + j) * kPersistRows + r0 + i] of every
@@ -306,21 +338,34 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     for (int g = 0; g < G; ++g) bias[g] = to_acc(b_rec[g * H + j]);
   cluster.sync();  // every CTA of the cluster has started and loaded before its peers push into it
 
-  int phase = 0;  // computed steps so far: h_t is in hbuf[phase % kHBuffers]
-  for (int t = 0; t < steps; ++t) {
-    const int n = rows_at(sizes, t, B);
-    const bool active = n > row0;  // the same for the whole cluster
+  // A step's inputs at the thread's rows: its row count n, which rows are real, gx's pre-activations. Loaded for step
+  // t + 1 between step t's cluster barrier's arrive and wait, so that no step starts by waiting for its row count
+  // and then for gx (the wait invalidates L1: each is an L2 round trip).
+  struct StepIn {
+    int n;
     bool real[RT];
     Acc gv[RT][G];
-    T* g_row[RT];
+  };
+  auto load = [&](int t) {
+    StepIn in;
+    in.n = rows_at(sizes, t, B);
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
       const int b = row0 + r0 + i;
-      real[i] = ok[i] && is_real(mask, t, B, b, n);
-      g_row[i] = gx + (t * BH + int64_t(b) * H) * G + j;
+      in.real[i] = ok[i] && is_real(mask, t, B, b, in.n);
+      const T* g_row = gx + (t * BH + int64_t(b) * H) * G + j;
 #pragma unroll
-      for (int g = 0; g < G; ++g) gv[i][g] = real[i] ? to_acc(g_row[i][g * H]) : Acc(0);
+      for (int g = 0; g < G; ++g) in.gv[i][g] = in.real[i] ? to_acc(g_row[g * H]) : Acc(0);
     }
+    return in;
+  };
+  StepIn in = load(0);  // steps >= 1: the launcher launches no empty scan
+  int phase = 0;        // computed steps so far: h_t is in hbuf[phase % kHBuffers]
+  for (int t = 0; t < steps; ++t) {
+    const bool active = in.n > row0;  // the same for the whole cluster
+    T* g_row[RT];
+#pragma unroll
+    for (int i = 0; i < RT; ++i) g_row[i] = gx + (t * BH + int64_t(row0 + r0 + i) * H) * G + j;
     Acc acc[RT][G] = {}, z[RT] = {};
     // acc[i][g] += (h U)[row0 + r0 + i][g * H + j] for g in [g0, g1), h from the buffer hT; block-uniform.
     auto product = [&](const HT* hT, int g0, int g1) {
@@ -334,7 +379,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       Acc rh[RT];
 #pragma unroll
       for (int i = 0; i < RT; ++i)
-        rh[i] = real[i] ? persist_gru_gates(gv[i], acc[i], h[i], H, g_row[i], z[i]) : Acc(0);
+        rh[i] = in.real[i] ? persist_gru_gates(in.gv[i], acc[i], h[i], H, g_row[i], z[i]) : Acc(0);
       if (active) {
         persist_push<T, 1>(cluster, rhbuf, H, HC, unit, j, r0, [&](int, int i) { return rh[i]; });
         cluster.sync();
@@ -344,16 +389,30 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       for (int i = 0; i < RT; ++i)
         if (ok[i]) tape[t * BH + int64_t(row0 + r0 + i) * H + j] = from_acc<T>(rh[i]);
     }
+    PersistOut<T, G> v[RT];
 #pragma unroll
     for (int i = 0; i < RT; ++i)
-      if (ok[i])
-        persist_cell<T, kCell>(real[i], zero_output, gv[i], acc[i], bias, z[i], H, BH,
-                               t * BH + int64_t(row0 + r0 + i) * H + j, g_row[i], h[i], c[i], y[i], out, hs, tape);
+      if (ok[i]) v[i] = persist_cell<T, kCell>(in.real[i], zero_output, in.gv[i], acc[i], bias, z[i], h[i], c[i], y[i]);
+    // The step's writes to global memory, and the next step's loads: after the barrier's arrive where there is one
+    // (its release waits for every earlier write of the thread to reach L2, MEMBAR.ALL.GPU: only the pushes need
+    // to), before its wait.
+    auto store_and_load = [&] {
+#pragma unroll
+      for (int i = 0; i < RT; ++i)
+        if (ok[i])
+          persist_store<T, kCell>(v[i], H, BH, t * BH + int64_t(row0 + r0 + i) * H + j, g_row[i], out, hs, tape);
+      if (t + 1 < steps) in = load(t + 1);
+    };
     if (active) {
       persist_push<T, 1>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, H, HC, unit, j, r0,
                          [&](int, int i) { return h[i]; });
-      cluster.sync();  // h_{t+1} is everywhere; with two buffers, every read of the other one is done
+      auto arrived = cluster.barrier_arrive();
+      store_and_load();
+      cluster.barrier_wait(std::move(arrived));  // h_{t+1} is everywhere; with two buffers, every read of the other
+                                                  // one is done
       ++phase;
+    } else {
+      store_and_load();
     }
   }
 #endif

@@ -19,6 +19,8 @@
 //   has one barrier between its readers and its next writers, so neither is doubled. Merging the two would
 //   need every CTA to form v for all H units (C times the product's work).
 // A step where none of the slice's rows is computed (sizes[t] <= first row) pushes nothing and has no barrier.
+// As in the forward, the step's writes (dgx, dgr) and the loads of the next step's inputs go between its last
+// barrier's arrive and wait.
 //
 // Where U's rows outgrow shared memory, the kernel (kRegK > 0) keeps the first rows of each thread's part of k in
 // registers, as the LSTM's (persistent_bwd.cuh). reset_after, in float32 from H = 433 (U's rows and the doubled
@@ -124,27 +126,39 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     for (int i = 0; i < RT; ++i)
       if (ok[i] && is_real(mask, t, B, row0 + r0 + i, n)) dhr[i] += acc[i][0];
   };
-  int phase = 0;             // reset_after: pushes so far, the last one in dgbuf[phase % kBuffers]
-  bool next_active = false;  // whether step t + 1 was computed for the slice (and its gradients pushed)
-  int n_next = 0;            // rows computed at step t + 1
-  for (int t = steps - 1; t >= 0; --t) {
-    const int n = rows_at(sizes, t, B);
-    const bool active = n > row0;  // the same for the whole cluster
-    // Step t's inputs, loaded before the product so that their latency overlaps it.
+  // A step's inputs at the thread's rows: its row count n, which rows are real, the output gradient, z, r and the
+  // candidate from gx, h_{t-1} and (reset_after) the tape's h U_h + b. Loaded for step t - 1 between step t's last
+  // cluster barrier's arrive and wait (as persistent_fwd's), so that their latency overlaps the barrier's.
+  struct StepIn {
+    int n;
     bool real[RT];
     Acc z[RT], hh[RT], r_gate[RT], h_prev[RT], hr_t[RT], dout[RT];
+  };
+  auto load = [&](int t) {
+    StepIn in;
+    in.n = rows_at(sizes, t, B);
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
       const int b = row0 + r0 + i;
       const int64_t o = t * BH + int64_t(b) * H + j, row = (t * BH + int64_t(b) * H) * 3 + j;
-      real[i] = ok[i] && is_real(mask, t, B, b, n);
-      dout[i] = ok[i] ? to_acc(d_out[o]) : Acc(0);
-      z[i] = real[i] ? to_acc(gx[row]) : Acc(0);
-      r_gate[i] = real[i] ? to_acc(gx[row + H]) : Acc(0);
-      hh[i] = real[i] ? to_acc(gx[row + 2 * H]) : Acc(0);
-      h_prev[i] = real[i] ? to_acc(hs[o]) : Acc(0);
-      hr_t[i] = kResetAfter && real[i] ? to_acc(hr[o]) : Acc(0);
+      const bool real = ok[i] && is_real(mask, t, B, b, in.n);
+      in.real[i] = real;
+      in.dout[i] = ok[i] ? to_acc(d_out[o]) : Acc(0);
+      in.z[i] = real ? to_acc(gx[row]) : Acc(0);
+      in.r_gate[i] = real ? to_acc(gx[row + H]) : Acc(0);
+      in.hh[i] = real ? to_acc(gx[row + 2 * H]) : Acc(0);
+      in.h_prev[i] = real ? to_acc(hs[o]) : Acc(0);
+      in.hr_t[i] = kResetAfter && real ? to_acc(hr[o]) : Acc(0);
     }
+    return in;
+  };
+  StepIn in = load(steps - 1);  // steps >= 1: the launcher launches no empty scan
+  int phase = 0;                // reset_after: pushes so far, the last one in dgbuf[phase % kBuffers]
+  bool next_active = false;     // whether step t + 1 was computed for the slice (and its gradients pushed)
+  int n_next = 0;               // rows computed at step t + 1
+  for (int t = steps - 1; t >= 0; --t) {
+    const int n = in.n;
+    const bool active = n > row0;  // the same for the whole cluster
     if (next_active) {
       if constexpr (kResetAfter)
         product(dgbuf + (phase % kBuffers) * K * R, K, t + 1, n_next);
@@ -152,68 +166,82 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
         product(zrbuf, 2 * H, t + 1, n_next);
     }
     // The pushed gradients, rounded to the storage type (0 for rows not real at t): z, r, h (dhh for not
-    // reset_after, its r comes after the first exchange).
+    // reset_after, its r comes after the first exchange). dg, dgh: the step's rows of dgx and dgr (reset_after),
+    // written after the last barrier's arrive.
     Acc d[3][RT] = {};
+    T dg[RT][3], dgh[RT][3];
 #pragma unroll
     for (int i = 0; i < RT; ++i) {
-      if (!ok[i]) continue;
-      const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 3 + j;
-      if (!real[i]) {
 #pragma unroll
-        for (int g = 0; g < 3; ++g) {
-          dgx[row + g * H] = from_acc<T>(Acc(0));
-          if constexpr (kResetAfter) dgr[row + g * H] = from_acc<T>(Acc(0));
-        }
-        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + dout[i];
+      for (int g = 0; g < 3; ++g) dg[i][g] = dgh[i][g] = from_acc<T>(Acc(0));
+      if (!ok[i]) continue;
+      if (!in.real[i]) {
+        carry[i] = (zero_output || t == 0) ? Acc(0) : carry[i] + in.dout[i];
         continue;
       }
-      Acc dt = dhr[i] + dout[i] + carry[i], dz, dhh;
+      Acc dt = dhr[i] + in.dout[i] + carry[i], dz, dhh;
       carry[i] = Acc(0);
-      gru_cell_bwd(z[i], hh[i], h_prev[i], dt, dz, dhh);
+      gru_cell_bwd(in.z[i], in.hh[i], in.h_prev[i], dt, dz, dhh);
       dhr[i] = dt;
-      const T dz_t = from_acc<T>(dz), dhh_t = from_acc<T>(dhh);
-      dgx[row] = dz_t;
-      dgx[row + 2 * H] = dhh_t;
-      d[0][i] = to_acc(dz_t);
+      dg[i][0] = from_acc<T>(dz);
+      dg[i][2] = from_acc<T>(dhh);
+      d[0][i] = to_acc(dg[i][0]);
       if constexpr (kResetAfter) {  // dr = dhh * (h U_h + b_h) * r(1-r)
-        const Acc dr = dhh * hr_t[i] * r_gate[i] * (Acc(1) - r_gate[i]);
-        const T dr_t = from_acc<T>(dr), dhr_t = from_acc<T>(dhh * r_gate[i]);
-        dgx[row + H] = dr_t;
-        dgr[row] = dz_t;
-        dgr[row + H] = dr_t;
-        dgr[row + 2 * H] = dhr_t;
-        d[1][i] = to_acc(dr_t);
-        d[2][i] = to_acc(dhr_t);
+        const Acc r = in.r_gate[i];
+        dg[i][1] = from_acc<T>(dhh * in.hr_t[i] * r * (Acc(1) - r));
+        dgh[i][0] = dg[i][0];
+        dgh[i][1] = dg[i][1];
+        dgh[i][2] = from_acc<T>(dhh * r);
+        d[1][i] = to_acc(dg[i][1]);
+        d[2][i] = to_acc(dgh[i][2]);
       } else {
-        d[2][i] = to_acc(dhh_t);
+        d[2][i] = to_acc(dg[i][2]);
       }
     }
-    if (active) {
-      if constexpr (kResetAfter) {
-        // One buffer: every CTA's product has read step t + 1's dgr before any peer writes step t's (the active
-        // steps are a prefix of time: a step without a product here pushes into a buffer none has read).
-        if (kBuffers == 1 && next_active) cluster.sync();
-        persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
-                           [&](int g, int i) { return d[g][i]; });
-        cluster.sync();  // step t's gradients are everywhere; with two buffers, every read of the other is done
-        ++phase;
-      } else {
-        persist_push<T, 1>(cluster, dgbuf, H, HC, unit, j, r0, [&](int, int i) { return d[2][i]; });
-        cluster.sync();  // dhh_t is everywhere; every read of the (dz, dr) buffer of step t + 1 is done
-        Acc v[RT][1] = {};  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
-        persist_dot(dgbuf, Uh, H, HC, jj, r0, 0, 1, red, v, urh);
+    // dgx's and dgr's writes and the next step's loads: after the last barrier's arrive where there is one.
+    auto store_and_load = [&] {
 #pragma unroll
-        for (int i = 0; i < RT; ++i) {
-          if (!real[i]) continue;
-          const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 3 + j;
-          const T dr_t = from_acc<T>(v[i][0] * h_prev[i] * r_gate[i] * (Acc(1) - r_gate[i]));
-          dgx[row + H] = dr_t;
-          dhr[i] += v[i][0] * r_gate[i];
-          d[1][i] = to_acc(dr_t);
+      for (int i = 0; i < RT; ++i) {
+        if (!ok[i]) continue;
+        const int64_t row = (t * BH + int64_t(row0 + r0 + i) * H) * 3 + j;
+#pragma unroll
+        for (int g = 0; g < 3; ++g) {
+          dgx[row + g * H] = dg[i][g];
+          if constexpr (kResetAfter) dgr[row + g * H] = dgh[i][g];
         }
-        persist_push<T, 2>(cluster, zrbuf, H, HC, unit, j, r0, [&](int g, int i) { return d[g][i]; });
-        cluster.sync();  // (dz_t, dr_t) are everywhere; every read of dhh_t is done
       }
+      if (t > 0) in = load(t - 1);
+    };
+    if (!active) {
+      store_and_load();
+    } else if constexpr (kResetAfter) {
+      // One buffer: every CTA's product has read step t + 1's dgr before any peer writes step t's (the active
+      // steps are a prefix of time: a step without a product here pushes into a buffer none has read).
+      if (kBuffers == 1 && next_active) cluster.sync();
+      persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
+                         [&](int g, int i) { return d[g][i]; });
+      auto arrived = cluster.barrier_arrive();
+      store_and_load();
+      cluster.barrier_wait(std::move(arrived));  // step t's gradients are everywhere; with two buffers, every read
+                                                  // of the other is done
+      ++phase;
+    } else {
+      persist_push<T, 1>(cluster, dgbuf, H, HC, unit, j, r0, [&](int, int i) { return d[2][i]; });
+      cluster.sync();  // dhh_t is everywhere; every read of the (dz, dr) buffer of step t + 1 is done
+      Acc v[RT][1] = {};  // v = dhh_t U_h^T: the gradient of r * h_{t-1} -> dr_t, and r * v into dh
+      persist_dot(dgbuf, Uh, H, HC, jj, r0, 0, 1, red, v, urh);
+#pragma unroll
+      for (int i = 0; i < RT; ++i) {
+        if (!in.real[i]) continue;
+        const Acc r = in.r_gate[i];
+        dg[i][1] = from_acc<T>(v[i][0] * in.h_prev[i] * r * (Acc(1) - r));
+        dhr[i] += v[i][0] * r;
+        d[1][i] = to_acc(dg[i][1]);
+      }
+      persist_push<T, 2>(cluster, zrbuf, H, HC, unit, j, r0, [&](int g, int i) { return d[g][i]; });
+      auto arrived = cluster.barrier_arrive();
+      store_and_load();
+      cluster.barrier_wait(std::move(arrived));  // (dz_t, dr_t) are everywhere; every read of dhh_t is done
     }
     next_active = active;
     n_next = n;

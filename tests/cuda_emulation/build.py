@@ -8,8 +8,9 @@ Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then ru
 
 ``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
 see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th barrier (``__syncthreads();``,
-``cluster.sync();`` or ``grid.sync();``; 0-based, negative from the end) of csrc/FILE in the float32 kernels: a
-mutant the TSan build must report; ``--define NAME=VALUE`` a macro for the float32 kernels.
+``cluster.sync();``, ``grid.sync();`` or a split cluster barrier's ``cluster.barrier_wait(std::move(x));`` with the
+``auto x = cluster.barrier_arrive();`` before it; 0-based, negative from the end) of csrc/FILE in the float32
+kernels: a mutant the TSan build must report; ``--define NAME=VALUE`` a macro for the float32 kernels.
 Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
@@ -114,11 +115,18 @@ def rewrite(text):
 
 
 def drop_barrier(text, index, where):
-    spots = list(re.finditer(r"__syncthreads\(\);|cluster\.sync\(\);|grid\.sync\(\);", text))
+    spots = list(re.finditer(r"__syncthreads\(\);|cluster\.sync\(\);|grid\.sync\(\);|"
+                             r"cluster\.barrier_wait\(std::move\((\w+)\)\);", text))
     if not spots or not -len(spots) <= index < len(spots):
         raise SystemExit(f"{where}: no barrier number {index} (it has {len(spots)})")
-    at = spots[index]
-    return text[:at.start()] + "/* barrier removed by build.py --drop-barrier */" + text[at.end():]
+    at, removed = spots[index], "{ /* barrier removed by build.py --drop-barrier */ }"  # a statement still
+    text = text[:at.start()] + removed + text[at.end():]
+    if at.group(1):  # a split barrier: its arrive goes too
+        arrives = list(re.finditer(rf"auto {at.group(1)} = cluster\.barrier_arrive\(\);", text[:at.start()]))
+        if not arrives:
+            raise SystemExit(f"{where}: barrier number {index} waits for an arrive it does not follow")
+        text = text[:arrives[-1].start()] + removed + text[arrives[-1].end():]
+    return text
 
 
 def copy_sources(dest, mutant=None):
