@@ -43,7 +43,7 @@ declare -A SANITIZER_PART=([memcheck]=all [racecheck]=small [synccheck]=all [ini
 PYTEST_ARGS=(-q -ra -p no:cacheprovider -k cuda tests)
 BENCH_ARGS=(--full --devices cuda --partial)
 TRAIN_ARGS=(--device cuda --steps 200)
-HOST_ARGS=(--calls 100 --top 20)  # the (64,100,128,256) LSTM inference's host time by function
+HOST_ARGS=(--calls 100 --top 20 --kernels)  # the (64,100,128,256) LSTM inference's host time by function, kernel times
 CLUSTER_ARGS=(--sizes ,16)  # the persistent kernels in clusters of 8 (default at H<=384) against 16
 SANITIZERS=(memcheck racecheck synccheck initcheck)
 

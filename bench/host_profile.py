@@ -2,7 +2,7 @@
 (host lengths, float32), after a warm-up. On the H100 the host work before the first launch is a third of the
 (64,100,128,256) forward's wall time (bench/results/gpu-H100-20261127f/call2-gaps.txt); this names its parts.
 
-    python bench/host_profile.py [B,T,I,H] [--cell lstm|gru] [--calls 200] [--train] [--top 25]
+    python bench/host_profile.py [B,T,I,H] [--cell lstm|gru] [--calls 200] [--train] [--top 25] [--kernels]
 
 Needs a CUDA GPU and CuPy. Prints the wall time of a synchronised call with and without the profiler, the forward
 timed as ``maskrnn bench`` times it (alone, and after a cuDNN packed call each time, with torch), then the functions
@@ -24,6 +24,8 @@ def main():
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--train", action="store_true", help="the training forward and backward (vjp) instead")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--kernels", action="store_true",
+                        help="also each kernel's device time per call (torch.profiler), inference and training")
     args = parser.parse_args()
     import cupy
 
@@ -39,16 +41,11 @@ def main():
     d = cupy.asarray(rng.standard_normal((B, T, H)), "float32")
     lengths = rng.integers(T // 4, T + 1, B)
     lengths[0] = T
-    if args.train:
-        vjp = maskrnn.lstm_vjp if args.cell == "lstm" else maskrnn.gru_vjp
-
-        def call():
-            return vjp(x, W, U, b, lengths=lengths)[1](d)
-    else:
-        op = maskrnn.lstm if args.cell == "lstm" else maskrnn.gru
-
-        def call():
-            return op(x, W, U, b, lengths=lengths)
+    vjp = maskrnn.lstm_vjp if args.cell == "lstm" else maskrnn.gru_vjp
+    op = maskrnn.lstm if args.cell == "lstm" else maskrnn.gru
+    calls = {"infer": lambda: op(x, W, U, b, lengths=lengths),
+             "fwd+bwd": lambda: vjp(x, W, U, b, lengths=lengths)[1](d)}
+    call = calls["fwd+bwd" if args.train else "infer"]
 
     sync = cupy.cuda.Device().synchronize
 
@@ -60,6 +57,9 @@ def main():
         return (time.perf_counter() - t0) / n * 1e3
 
     run(20)
+    if args.kernels:
+        for name, f in calls.items():
+            kernel_table(f"{args.cell} {B},{T},{I},{H} {name}", f)
     plain = run(args.calls)
     if not args.train:
         bench_like(args.cell, (B, T, I, H), args.calls)
@@ -73,6 +73,30 @@ def main():
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(args.top)
     stats.sort_stats("cumulative").print_stats(args.top)
+
+
+def kernel_table(what, call, calls=10, rows=8):
+    """Each kernel's device time per call (CUPTI through torch.profiler), the longest first: the persistent scan's
+    own time, beside the GEMMs and copies around it (as bench/results/gpu-H100-20261127f/call2-kprof.txt)."""
+    import cupy
+
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        print(f"{what}: no kernel times (torch is not installed)")
+        return
+    for _ in range(3):
+        call()
+    cupy.cuda.Device().synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        cupy.cuda.Device().synchronize()
+    times = [(e.device_time_total / calls, e.count / calls, e.key) for e in prof.key_averages()
+             if getattr(e, "device_time_total", 0) > 0]
+    print(f"== {what}: {sum(t for t, _, _ in times):.1f} us of device time per call")
+    for t, n, key in sorted(times, reverse=True)[:rows]:
+        print(f"   {t:8.1f} us x{n:.0f}  {key[:90]}")
 
 
 def bench_like(cell, cfg, calls):
