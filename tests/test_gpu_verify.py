@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_verify.sh"
 STEPS = ["1 install", "2 info", "3 pytest", "4 memcheck", "4 racecheck", "4 synccheck", "4 initcheck", "5 bench",
-         "5 train", "5 host"]
+         "5 train", "5 host", "5 clusters"]
 
 
 def dry_run(script=SCRIPT):
