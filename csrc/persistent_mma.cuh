@@ -9,8 +9,8 @@
 // FMA path and no tile row is padding (m16n16k16 would need 16-row slices: half as many clusters at a given B,
 // and half of every tile wasted at B <= 8, the latency-bound case these kernels are for). N = 32: a CTA of
 // kRowGroups * HC = 8 HC threads (rounded up to whole warps) has ceil(HC / 4) warps and ceil(G HC / 32) <= that
-// many column tiles, so warp w computes column tile w over all of K with one accumulator fragment: no split-K
-// sums, no second barrier. K = H is padded to a multiple of 16 with zero rows of h and U, and the CTA's G HC
+// many column tiles, so warp w computes column tile w over all of K (in two accumulator fragments, the even and
+// the odd k tiles, added in registers at the end): no split-K sums across warps, no second barrier. K = H is padded to a multiple of 16 with zero rows of h and U, and the CTA's G HC
 // columns to a multiple of 32 with zero columns of U (their products are never read).
 //
 // Shared memory (storage type unless said): h buffers [Hp][8] (k-major, the A operand column-major, ldm 8),
@@ -48,16 +48,27 @@ __device__ inline void persist_mma_dot(const T* hT, const T* Us, int Hp, int HC,
   namespace wmma = nvcuda::wmma;
   const int NP = mma_width(G, HC), n = int(threadIdx.x) / kWarp * kMmaN;
   if (n < g1 * HC && n + kMmaN > g0 * HC) {  // warp-uniform
+    // Two accumulators, the even and the odd k tiles: each mma waits for the one before it on its accumulator
+    // (sm_90 SASS: two HMMA.16816 a tile, chained through the loop), so two chains take half the latency of one.
     wmma::fragment<wmma::matrix_a, kMmaM, kMmaN, kMmaK, T, wmma::col_major> a;
     wmma::fragment<wmma::matrix_b, kMmaM, kMmaN, kMmaK, T, wmma::row_major> b;
-    wmma::fragment<wmma::accumulator, kMmaM, kMmaN, kMmaK, float> d;
-    wmma::fill_fragment(d, 0.0f);
-    for (int k = 0; k < Hp; k += kMmaK) {
+    wmma::fragment<wmma::accumulator, kMmaM, kMmaN, kMmaK, float> d0, d1;  // named: an indexed pair is local memory
+    wmma::fill_fragment(d0, 0.0f);
+    wmma::fill_fragment(d1, 0.0f);
+    auto tile = [&](int k, auto& d) {
       wmma::load_matrix_sync(a, hT + k * kMmaM, kMmaM);
       wmma::load_matrix_sync(b, Us + k * NP + n, NP);
       wmma::mma_sync(d, a, b, d);
+    };
+    int k = 0;
+    for (; k + kMmaK < Hp; k += 2 * kMmaK) {
+      tile(k, d0);
+      tile(k + kMmaK, d1);
     }
-    wmma::store_matrix_sync(P + n, d, NP, wmma::mem_row_major);
+    if (k < Hp) tile(k, d0);  // an odd count of tiles
+#pragma unroll
+    for (int i = 0; i < d0.num_elements; ++i) d0.x[i] += d1.x[i];  // the same layout: element by element
+    wmma::store_matrix_sync(P + n, d0, NP, wmma::mem_row_major);
   }
   __syncthreads();
   if (!unit) return;
