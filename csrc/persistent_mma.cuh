@@ -10,8 +10,9 @@
 // and half of every tile wasted at B <= 8, the latency-bound case these kernels are for). N = 32: a CTA of
 // kRowGroups * HC = 8 HC threads (rounded up to whole warps) has ceil(HC / 4) warps and ceil(G HC / 32) <= that
 // many column tiles, so warp w computes column tile w over all of K (in two accumulator fragments, the even and
-// the odd k tiles, added in registers at the end): no split-K sums across warps, no second barrier. K = H is padded to a multiple of 16 with zero rows of h and U, and the CTA's G HC
-// columns to a multiple of 32 with zero columns of U (their products are never read).
+// the odd k tiles, added in registers at the end): no split-K sums across warps, no second barrier. K = H is
+// padded to a multiple of 16 with zero rows of h and U, and the CTA's G HC columns to a multiple of 32 with zero
+// columns of U (their products are never read).
 //
 // Shared memory (storage type unless said): h buffers [Hp][8] (k-major, the A operand column-major, ldm 8),
 // U's slice [Hp][NP] (row-major B operand, ldm NP; U[k][g H + j] at k NP + g HC + jj), P [8][NP] in fp32; Hp
