@@ -281,8 +281,9 @@ def test_gru_backward_choice(monkeypatch, rng, cell):
             np.testing.assert_array_equal(auto[k], v)
 
 
-# MASKRNN_CUDA_CLUSTER: H = 22 in clusters of 3 (8 units a CTA, the last 6), 8 (3, the last 1) and 16 (11 CTAs
-# of 2); H = 40 in 16 (14 CTAs of 3, the last 1); two batch slices, rows finishing at different steps and holes.
+# MASKRNN_CUDA_CLUSTER against the default clusters of 8 (H = 22: 3 units a CTA, the last 1; H = 40: 5 units):
+# H = 22 in clusters of 3 (8 units a CTA, the last 6) and 16 (11 CTAs of 2); H = 40 in 3 (14 units, the last 12)
+# and 16 (14 CTAs of 3, the last 1); two batch slices, rows finishing at different steps and holes.
 @pytest.mark.parametrize("H, dtype", [(22, "float32"), (40, "float32"), (22, "float64"), (22, "float16")])
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_cluster_size_gives_the_same_results(monkeypatch, rng, cell, H, dtype):
@@ -296,11 +297,11 @@ def test_every_cluster_size_gives_the_same_results(monkeypatch, rng, cell, H, dt
     for kw in ({"lengths": rng.integers(0, T + 1, B)}, {"mask": make_mask(rng, "holes", B, T)}):
         want = call(ref, cast(p, np.float64), extra, **kw)
         got = {}
-        for size in ("", "3", "8", "16"):
+        for size in ("", "3", "16"):
             monkeypatch.setenv("MASKRNN_CUDA_CLUSTER", size)
             got[size] = forward(monkeypatch, "persistent", cell, p, **kw), backward(monkeypatch, "persistent", cell,
                                                                                     p, upstream, **kw)
-        for size in ("3", "8", "16"):
+        for size in ("3", "16"):
             for a, b in zip(got[size][0], got[""][0]):
                 np.testing.assert_array_equal(a, b, err_msg=f"forward, clusters of {size}")
             assert got[size][1].keys() == got[""][1].keys()
