@@ -78,7 +78,7 @@ inline PersistPlan persist_plan(const ScanParams& p, size_t (*smem)(int, int)) {
     plan.ctas = (p.H + plan.units - 1) / plan.units;  // no CTA without units
     plan.smem = smem(p.H, plan.units);
     fits = kRowGroups * plan.units <= kMaxPersistThreads && plan.smem <= limit;
-    if (fits) break;
+    if (fits || forced) break;
   }
   if (!fits && plan.smem == ~size_t(0)) {  // a variant with part of U in registers whose split does not hold
     plan.why = "at H=" + std::to_string(p.H) + " a thread's part of U's rows is shorter than the rows it would keep "

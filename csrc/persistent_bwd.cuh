@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
         d[i][g] = to_acc(dg[i][g]);
       }
     }
-    // dgx's writes and the next step's loads: after the barrier's arrive where there is one (persistent_fwd).
+    // dgx's writes and the next step's loads: inside the barrier where there is one (cluster_sync_around).
     auto store_and_load = [&] {
 #pragma unroll
       for (int i = 0; i < RT; ++i) {
@@ -170,10 +170,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       if (kBuffers == 1 && next_active) cluster.sync();
       persist_push<T, 4>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
                          [&](int g, int i) { return d[i][g]; });
-      auto arrived = cluster.barrier_arrive();
-      store_and_load();
-      cluster.barrier_wait(std::move(arrived));  // step t's gradients are everywhere; with two buffers, every read
-                                                  // of the other one is done
+      // step t's gradients are everywhere; with two buffers, every read of the other one is done
+      cluster_sync_around(cluster, store_and_load);
       ++phase;
     } else {
       store_and_load();

@@ -6,11 +6,9 @@
 // its threads' registers: kPersistRegK). Each CTA also holds h of the slice's rows for every unit
 // (accumulation type, k-major: h[k][row]); a CTA pushes its new h values into every peer's copy through
 // distributed shared memory, then one cluster barrier ends the step (two for GRU without reset_after, whose
-// r * h is exchanged the same way in mid-step). That barrier is split: the step's writes to global memory (out,
-// hs, the tape, the gates into gx) and the loads of the next step's inputs go between its arrive and its wait. In
-// SASS the arrive's release is a MEMBAR.ALL.GPU (it would wait for those writes to reach L2; now only the pushes are
-// before it) and the wait is followed by CCTL.IVALL (L1 invalidated: a step that loaded its row count and gx after
-// the wait started with two L2 round trips). The tape is the step kernels' (lstm_kernels.cuh,
+// r * h is exchanged the same way in mid-step). The step's writes to global memory (out, hs, the tape, the gates
+// into gx) and the loads of the next step's inputs go between that barrier's arrive and its wait
+// (cluster_sync_around: why). The tape is the step kernels' (lstm_kernels.cuh,
 // gru_kernels.cuh), so their backward runs unchanged after it. A step where none of the slice's rows is
 // computed (sizes[t] <= first row: rows finished, or not yet started when pre-padded) is only carried: no
 // product, no exchange, no barrier. The product h U (persist_dot) splits k among a unit's threads, each over all
@@ -275,6 +273,17 @@ __device__ inline void persist_push(const Cluster& cluster, E* buffer, int H, in
   }
 }
 
+// A cluster barrier with `between` run after its arrive and before its wait: the step's writes to global memory
+// and the next step's loads, which no peer reads. In sm_90 SASS the arrive's release is a MEMBAR.ALL.GPU (it waits
+// for every earlier write of the thread to reach L2: only the pushes need to) and the wait is followed by CCTL.IVALL
+// (L1 invalidated: loads after it are L2 round trips), so work between the two overlaps the barrier.
+template <class Cluster, class F>
+__device__ inline void cluster_sync_around(const Cluster& c, F between) {
+  auto token = c.barrier_arrive();
+  between();
+  c.barrier_wait(std::move(token));
+}
+
 // Launched as a grid of C * ceil(B / kPersistRows) CTAs of kRowGroups * HC threads (rounded up to whole warps
 // where kPersistMma<T>), clusters of (C,1,1), with persist_smem<T, kCell, kRegK> bytes of dynamic shared memory.
 // kRegK: U's rows each thread holds in registers (kPersistRegK; 0: U's slice all in shared memory). sizes:
@@ -393,9 +402,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
 #pragma unroll
     for (int i = 0; i < RT; ++i)
       if (ok[i]) v[i] = persist_cell<T, kCell>(in.real[i], zero_output, in.gv[i], acc[i], bias, z[i], h[i], c[i], y[i]);
-    // The step's writes to global memory, and the next step's loads: after the barrier's arrive where there is one
-    // (its release waits for every earlier write of the thread to reach L2, MEMBAR.ALL.GPU: only the pushes need
-    // to), before its wait.
+    // The step's writes to global memory, and the next step's loads: inside the barrier where there is one.
     auto store_and_load = [&] {
 #pragma unroll
       for (int i = 0; i < RT; ++i)
@@ -406,10 +413,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
     if (active) {
       persist_push<T, 1>(cluster, hbuf + ((phase + 1) % kHBuffers<kCell>) * Hp * R, H, HC, unit, j, r0,
                          [&](int, int i) { return h[i]; });
-      auto arrived = cluster.barrier_arrive();
-      store_and_load();
-      cluster.barrier_wait(std::move(arrived));  // h_{t+1} is everywhere; with two buffers, every read of the other
-                                                  // one is done
+      // h_{t+1} is everywhere; with two buffers, every read of the other one is done
+      cluster_sync_around(cluster, store_and_load);
       ++phase;
     } else {
       store_and_load();

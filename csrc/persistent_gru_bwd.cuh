@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
         d[2][i] = to_acc(dg[i][2]);
       }
     }
-    // dgx's and dgr's writes and the next step's loads: after the last barrier's arrive where there is one.
+    // dgx's and dgr's writes and the next step's loads: inside the last barrier where there is one.
     auto store_and_load = [&] {
 #pragma unroll
       for (int i = 0; i < RT; ++i) {
@@ -220,10 +220,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
       if (kBuffers == 1 && next_active) cluster.sync();
       persist_push<T, 3>(cluster, dgbuf + ((phase + 1) % kBuffers) * K * R, H, HC, unit, j, r0,
                          [&](int g, int i) { return d[g][i]; });
-      auto arrived = cluster.barrier_arrive();
-      store_and_load();
-      cluster.barrier_wait(std::move(arrived));  // step t's gradients are everywhere; with two buffers, every read
-                                                  // of the other is done
+      // step t's gradients are everywhere; with two buffers, every read of the other is done
+      cluster_sync_around(cluster, store_and_load);
       ++phase;
     } else {
       persist_push<T, 1>(cluster, dgbuf, H, HC, unit, j, r0, [&](int, int i) { return d[2][i]; });
@@ -239,9 +237,8 @@ __global__ void __launch_bounds__(kMaxPersistThreads, 1)
         d[1][i] = to_acc(dg[i][1]);
       }
       persist_push<T, 2>(cluster, zrbuf, H, HC, unit, j, r0, [&](int g, int i) { return d[g][i]; });
-      auto arrived = cluster.barrier_arrive();
-      store_and_load();
-      cluster.barrier_wait(std::move(arrived));  // (dz_t, dr_t) are everywhere; every read of dhh_t is done
+      // (dz_t, dr_t) are everywhere; every read of dhh_t is done
+      cluster_sync_around(cluster, store_and_load);
     }
     next_active = active;
     n_next = n;

@@ -8,9 +8,9 @@ Needs the CUDA headers (cuda_runtime.h, cuda_fp16.h), not a GPU or nvcc. Then ru
 
 ``--tsan`` builds under ThreadSanitizer into build/cuda_emulation_tsan (load it with LD_PRELOAD=libtsan.so,
 see test_tsan.py); ``--drop-barrier FILE:N`` additionally deletes the N-th barrier (``__syncthreads();``,
-``cluster.sync();``, ``grid.sync();`` or a split cluster barrier's ``cluster.barrier_wait(std::move(x));`` with the
-``auto x = cluster.barrier_arrive();`` before it; 0-based, negative from the end) of csrc/FILE in the float32
-kernels: a mutant the TSan build must report; ``--define NAME=VALUE`` a macro for the float32 kernels.
+``cluster.sync();``, ``grid.sync();`` or ``cluster_sync_around(cluster, f);``, which becomes ``f();``; 0-based,
+negative from the end) of csrc/FILE in the float32 kernels: a mutant the TSan build must report;
+``--define NAME=VALUE`` a macro for the float32 kernels.
 Objects are cached in build/cuda_emulation_objects by the hash of their sources and flags.
 """
 
@@ -116,17 +116,12 @@ def rewrite(text):
 
 def drop_barrier(text, index, where):
     spots = list(re.finditer(r"__syncthreads\(\);|cluster\.sync\(\);|grid\.sync\(\);|"
-                             r"cluster\.barrier_wait\(std::move\((\w+)\)\);", text))
+                             r"cluster_sync_around\(cluster, (\w+)\);", text))
     if not spots or not -len(spots) <= index < len(spots):
         raise SystemExit(f"{where}: no barrier number {index} (it has {len(spots)})")
-    at, removed = spots[index], "{ /* barrier removed by build.py --drop-barrier */ }"  # a statement still
-    text = text[:at.start()] + removed + text[at.end():]
-    if at.group(1):  # a split barrier: its arrive goes too
-        arrives = list(re.finditer(rf"auto {at.group(1)} = cluster\.barrier_arrive\(\);", text[:at.start()]))
-        if not arrives:
-            raise SystemExit(f"{where}: barrier number {index} waits for an arrive it does not follow")
-        text = text[:arrives[-1].start()] + removed + text[arrives[-1].end():]
-    return text
+    at = spots[index]
+    kept = f"{at.group(1)}();" if at.group(1) else ""  # the work inside a split barrier stays
+    return text[:at.start()] + "{ /* barrier removed by build.py --drop-barrier */ " + kept + " }" + text[at.end():]
 
 
 def copy_sources(dest, mutant=None):
